@@ -1,0 +1,35 @@
+# The study DAG. Thin by design: the config is composed (Hydra, conf/) and planned
+# (actsparse.plan) in workflow/rules/common.smk; each stage's rule lives in
+# workflow/rules/<stage>.smk and runs `python -m actsparse.stages.<stage>`.
+#
+#   snakemake -c2                                  # the quickstart study (default)
+#   snakemake -c2 --config experiment=smoke        # another preset (conf/experiment/)
+#   snakemake -c2 --config train.steps=100         # any key of the composed config
+#
+# Output tree (<root> = <study.output_root>/<study.name>, e.g. data/quickstart):
+#   <root>/data/<corpus>-<hash>/          tokenizer/, tokens/*.npy, manifest.parquet, corpus.json
+#   <root>/train/<model>-<hash>/          model/ (save_pretrained), loss_curve.parquet/.png
+#   <root>/calibrate/<model>-<hash>/      channel_stats/, histograms/, gram/ (per layer), linears.parquet
+#   <root>/evaluate/<model>.<method>-<hash>/
+#   <root>/summary.parquet                every job's metrics.parquet, long format
+#   <root>/logs/, <root>/benchmarks/      one log and one Snakemake benchmark per job
+# Every job folder also holds config.yaml (its resolved config slice: the canonical
+# record), metrics.parquet and mlflow_run_id. <hash> is the hash of that slice.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/calibrate.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/summary.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        PLAN.summary_path,

@@ -1,0 +1,447 @@
+"""Typed study configuration: the schema, Hydra composition and validation.
+
+The dataclasses below are the one schema of the study config (`conf/`). Hydra composes the
+YAML tree; OmegaConf merges it onto these dataclasses (unknown keys and wrong types fail
+there); each dataclass's `problems()` then checks ranges and cross-field rules. Every
+failure becomes a `ConfigError` that names the dotted key and the file (or command-line
+override) that set it, before any job starts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+DTYPES = ("float32", "float16", "bfloat16")
+TRAINABLE_FAMILIES = ("llama", "opt")
+
+
+class ConfigError(ValueError):
+    """A bad study configuration; the message names the key and where it was set."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclass
+class StudyCfg:
+    name: str = MISSING
+    seed: int = 0
+    output_root: str = "data"  # outputs go to <output_root>/<name>/, relative to the workdir
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
+            out.append(("name", f"must be a plain folder name ([A-Za-z0-9_.-]), got {self.name!r}"))
+        if self.seed < 0:
+            out.append(("seed", f"must be >= 0, got {self.seed}"))
+        return out
+
+
+@dataclass
+class SplitFiles:
+    train: str | None = None
+    valid: str | None = None
+    test: str | None = None
+
+
+@dataclass
+class SplitChars:
+    """Upper bounds on characters per split (null: no bound)."""
+
+    train: int | None = None
+    valid: int | None = None
+    test: int | None = None
+
+
+@dataclass
+class HFDatasetCfg:
+    path: str | None = None  # e.g. "wikitext", "allenai/c4", or "text" for local files
+    name: str | None = None  # e.g. "wikitext-2-raw-v1", "en"
+    revision: str | None = None
+    text_field: str = "text"
+    data_files: dict[str, str] | None = None
+    splits: dict[str, str] = field(
+        default_factory=lambda: {"train": "train", "valid": "validation", "test": "test"}
+    )
+
+
+@dataclass
+class TokenizerCfg:
+    kind: str = "bpe"  # bpe: trained here with `tokenizers`; model: the checkpoint's own
+    vocab_size: int = 4096
+    min_frequency: int = 2
+
+
+@dataclass
+class DataCfg:
+    name: str = MISSING
+    source: str = MISSING  # stdlib | local | hf
+    files: SplitFiles = field(default_factory=SplitFiles)
+    hf: HFDatasetCfg = field(default_factory=HFDatasetCfg)
+    max_chars: SplitChars = field(default_factory=SplitChars)
+    # a split the source does not provide is carved from train: stdlib holds out whole
+    # files (this fraction each for valid and test); local/hf hold out the tail of train
+    holdout_fraction: float = 0.05
+    sha256: str | None = None  # if set, the corpus content hash must equal it
+    tokenizer: TokenizerCfg = field(default_factory=TokenizerCfg)
+    shard_tokens: int = 1_000_000
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.source not in ("stdlib", "local", "hf"):
+            out.append(("source", f"must be one of stdlib, local, hf; got {self.source!r}"))
+        if self.source == "local":
+            for split in ("train", "test"):
+                if getattr(self.files, split) is None:
+                    out.append((f"files.{split}", "is required when source is 'local'"))
+            for split in ("train", "valid", "test"):
+                p = getattr(self.files, split)
+                if p is not None and not Path(p).expanduser().is_file():
+                    out.append((f"files.{split}", f"corpus file not found: {p}"))
+        if self.source == "hf" and not self.hf.path:
+            out.append(("hf.path", "is required when source is 'hf' (e.g. 'wikitext')"))
+        if not 0.0 < self.holdout_fraction < 0.5:
+            out.append(("holdout_fraction", f"must be in (0, 0.5), got {self.holdout_fraction}"))
+        for split in ("train", "valid", "test"):
+            v = getattr(self.max_chars, split)
+            if v is not None and v <= 0:
+                out.append((f"max_chars.{split}", f"must be > 0 or null, got {v}"))
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            out.append(("sha256", "must be 64 lowercase hex digits or null"))
+        if self.tokenizer.kind not in ("bpe", "model"):
+            out.append(("tokenizer.kind", f"must be 'bpe' or 'model', got {self.tokenizer.kind!r}"))
+        if self.tokenizer.kind == "bpe" and not 260 <= self.tokenizer.vocab_size <= 2**20:
+            out.append(("tokenizer.vocab_size", f"must be in [260, 2^20], got {self.tokenizer.vocab_size}"))
+        if self.tokenizer.min_frequency < 1:
+            out.append(("tokenizer.min_frequency", "must be >= 1"))
+        if self.shard_tokens < 1024:
+            out.append(("shard_tokens", f"must be >= 1024, got {self.shard_tokens}"))
+        return out
+
+
+@dataclass
+class ArchCfg:
+    """Shape of a tiny model trained here (Hugging Face config names)."""
+
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int | None = None  # llama only; null: same as attention heads
+    intermediate_size: int = 344
+    max_position_embeddings: int = 256
+    tie_word_embeddings: bool = False
+
+
+@dataclass
+class ModelCfg:
+    source: str = MISSING  # train: built and trained here; pretrained: loaded from `path`
+    family: str | None = None  # for source=train: llama (SwiGLU) or opt (ReLU)
+    arch: ArchCfg = field(default_factory=ArchCfg)
+    path: str | None = None  # for source=pretrained: a Hugging Face id or a local folder
+    revision: str | None = None
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.source not in ("train", "pretrained"):
+            out.append(("source", f"must be 'train' or 'pretrained', got {self.source!r}"))
+        if self.dtype not in DTYPES:
+            out.append(("dtype", f"must be one of {', '.join(DTYPES)}; got {self.dtype!r}"))
+        if self.source == "train":
+            if self.family not in TRAINABLE_FAMILIES:
+                out.append(("family", f"must be one of {', '.join(TRAINABLE_FAMILIES)}; got {self.family!r}"))
+            a = self.arch
+            for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                        "intermediate_size", "max_position_embeddings"):
+                if getattr(a, key) < 1:
+                    out.append((f"arch.{key}", f"must be >= 1, got {getattr(a, key)}"))
+            if a.num_attention_heads >= 1 and a.hidden_size % a.num_attention_heads:
+                out.append(("arch.hidden_size", f"must be divisible by num_attention_heads ({a.num_attention_heads}), got {a.hidden_size}"))
+            kv = a.num_key_value_heads
+            if kv is not None and (kv < 1 or a.num_attention_heads % kv):
+                out.append(("arch.num_key_value_heads", f"must divide num_attention_heads, got {kv}"))
+        if self.source == "pretrained":
+            if not self.path:
+                out.append(("path", "is required when source is 'pretrained'"))
+            else:
+                problem = local_model_path_problem(self.path)
+                if problem:
+                    out.append(("path", problem))
+        return out
+
+
+def local_model_path_problem(path: str) -> str | None:
+    """Why `path` is not a loadable local model, or None (also None for a hub id)."""
+    p = Path(path).expanduser()
+    looks_local = p.exists() or path.startswith(("/", "./", "../", "~")) or path.count("/") > 1
+    if not looks_local:
+        return None  # an id such as "meta-llama/Llama-2-7b-hf": resolved on the cluster
+    if not p.is_dir():
+        return f"not a model: {path} is not a folder" if p.exists() else f"model path not found: {path}"
+    if not (p / "config.json").is_file():
+        return f"not a model: {path} has no config.json (expected a save_pretrained folder)"
+    return None
+
+
+@dataclass
+class TrainCfg:
+    steps: int = 200
+    batch_size: int = 16
+    seq_len: int = 128
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    eval_interval: int = 50
+    eval_batches: int = 4
+    ckpt_interval: int = 50
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        for key in ("steps", "batch_size", "eval_interval", "eval_batches", "ckpt_interval"):
+            if getattr(self, key) < 1:
+                out.append((key, f"must be >= 1, got {getattr(self, key)}"))
+        if self.seq_len < 2:
+            out.append(("seq_len", f"must be >= 2, got {self.seq_len}"))
+        if not 0 < self.lr < 1:
+            out.append(("lr", f"must be in (0, 1), got {self.lr}"))
+        if not 0 <= self.min_lr_ratio <= 1:
+            out.append(("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"))
+        if not 0 <= self.warmup_steps < max(self.steps, 1):
+            out.append(("warmup_steps", f"must be in [0, steps={self.steps}), got {self.warmup_steps}"))
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                out.append((key, f"must be in [0, 1), got {getattr(self, key)}"))
+        if self.weight_decay < 0:
+            out.append(("weight_decay", f"must be >= 0, got {self.weight_decay}"))
+        if self.grad_clip <= 0:
+            out.append(("grad_clip", f"must be > 0, got {self.grad_clip}"))
+        return out
+
+
+@dataclass
+class CalibrateCfg:
+    split: str = "train"
+    n_tokens: int = 65536
+    seq_len: int = 128
+    batch_size: int = 8
+    hist_bins: int = 2048  # log-spaced bins of |x| over [hist_min, hist_max]
+    hist_min: float = 1e-6
+    hist_max: float = 1e4
+    near_zero_eps: float = 1e-3  # |x| <= eps counts as near-zero
+    layers_per_pass: int = 0  # 0: every layer in one pass; k: k layers' statistics in memory at once
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.split not in ("train", "valid", "test"):
+            out.append(("split", f"must be train, valid or test; got {self.split!r}"))
+        for key in ("n_tokens", "batch_size"):
+            if getattr(self, key) < 1:
+                out.append((key, f"must be >= 1, got {getattr(self, key)}"))
+        if self.seq_len < 2:
+            out.append(("seq_len", f"must be >= 2, got {self.seq_len}"))
+        if self.hist_bins < 16:
+            out.append(("hist_bins", f"must be >= 16, got {self.hist_bins}"))
+        if not 0 < self.hist_min < self.hist_max:
+            out.append(("hist_min", f"must satisfy 0 < hist_min < hist_max, got {self.hist_min}, {self.hist_max}"))
+        if self.near_zero_eps < 0:
+            out.append(("near_zero_eps", f"must be >= 0, got {self.near_zero_eps}"))
+        if self.layers_per_pass < 0:
+            out.append(("layers_per_pass", f"must be >= 0, got {self.layers_per_pass}"))
+        return out
+
+
+@dataclass
+class EvaluateCfg:
+    split: str = "test"
+    seq_len: int | None = None  # null: the model's context length
+    batch_size: int = 8
+    max_tokens: int | None = None  # null: the whole split
+    fidelity_tokens: int = 16384  # tokens on which hidden states and next-token KL are compared
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.split not in ("train", "valid", "test"):
+            out.append(("split", f"must be train, valid or test; got {self.split!r}"))
+        if self.seq_len is not None and self.seq_len < 2:
+            out.append(("seq_len", f"must be >= 2 or null, got {self.seq_len}"))
+        if self.batch_size < 1:
+            out.append(("batch_size", f"must be >= 1, got {self.batch_size}"))
+        if self.max_tokens is not None and self.max_tokens < 2:
+            out.append(("max_tokens", f"must be >= 2 or null, got {self.max_tokens}"))
+        if self.fidelity_tokens < 0:
+            out.append(("fidelity_tokens", f"must be >= 0, got {self.fidelity_tokens}"))
+        return out
+
+
+@dataclass
+class StudyConfig:
+    study: StudyCfg = field(default_factory=StudyCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    models: dict[str, ModelCfg] = field(default_factory=dict)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    calibrate: CalibrateCfg = field(default_factory=CalibrateCfg)
+    evaluate: EvaluateCfg = field(default_factory=EvaluateCfg)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for group in ("study", "data", "train", "calibrate", "evaluate"):
+            out += [(f"{group}.{k}", m) for k, m in getattr(self, group).problems()]
+        if not self.models:
+            out.append(("models", "the study needs at least one model"))
+        for name, model in self.models.items():
+            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+                out.append((f"models.{name}", "model names may use only letters, digits and _"))
+            out += [(f"models.{name}.{k}", m) for k, m in model.problems()]
+            if model.source == "train":
+                if self.data.tokenizer.kind == "model":
+                    out.append(("data.tokenizer.kind", f"'model' needs pretrained models; models.{name} is trained here"))
+                if self.train.seq_len > model.arch.max_position_embeddings:
+                    out.append(("train.seq_len", f"{self.train.seq_len} exceeds models.{name}.arch.max_position_embeddings={model.arch.max_position_embeddings}"))
+        return out
+
+
+# --------------------------------------------------------------------------- composition
+
+
+def snakemake_config_to_overrides(smk_config: dict[str, Any]) -> list[str]:
+    """Turn Snakemake's `--config` entries into Hydra overrides.
+
+    `experiment=NAME` selects a preset; `overrides=[...]` passes Hydra overrides verbatim;
+    any other `dotted.key=value` is an override of that key.
+    """
+    overrides: list[str] = []
+    for key, value in smk_config.items():
+        if key == "experiment":
+            overrides.append(f"experiment={value}")
+        elif key == "overrides":
+            values = [value] if isinstance(value, str) else list(value or [])
+            overrides += [str(v) for v in values]
+        else:
+            rendered = json.dumps(value) if isinstance(value, (list, dict)) else (
+                "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+            )
+            overrides.append(f"{key}={rendered}")
+    return overrides
+
+
+def compose_study(overrides: list[str] | None = None, conf_dir: Path | str | None = None) -> StudyConfig:
+    """Compose `conf/study.yaml` with Hydra and validate it; raise ConfigError on any problem."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException
+
+    conf_dir = Path(conf_dir or CONF_DIR).resolve()
+    overrides = list(overrides or [])
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            raw = compose("study", overrides=overrides, return_hydra_config=True)
+    except MissingConfigException as e:
+        raise ConfigError(_missing_option_message(e, conf_dir)) from None
+    except (HydraException, OmegaConfBaseException) as e:
+        m = re.search(r"Could not override '([^']+)'", str(e))
+        if m:
+            bad = [o for o in overrides if o.split("=", 1)[0] == m.group(1)]
+            raise ConfigError(
+                f"unknown config key '{m.group(1)}' in command-line override '{bad[0] if bad else m.group(1)}'"
+                f" (see `actsparse config` for the keys that exist)"
+            ) from None
+        raise ConfigError(f"could not compose the study config from {conf_dir}: {e}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    choices = OmegaConf.to_container(raw.hydra.runtime.choices)
+    with open_dict(raw):
+        del raw["hydra"]
+    return validate(raw, _Sources(conf_dir, choices, overrides))
+
+
+def validate(raw: DictConfig | dict, sources: _Sources | None = None) -> StudyConfig:
+    """Merge `raw` onto the schema and check it; return the typed StudyConfig."""
+    sources = sources or _Sources(CONF_DIR, {}, [])
+    schema = OmegaConf.structured(StudyConfig)
+    try:
+        merged = OmegaConf.merge(schema, raw)
+        OmegaConf.resolve(merged)
+        typed: StudyConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        key = str(getattr(e, "full_key", "") or "")
+        msg = str(getattr(e, "msg", e)).splitlines()[0]
+        if "not in" in msg or "Key '" in msg and "not in" in msg:
+            msg = f"unknown key ({msg})"
+        raise ConfigError(f"config error at '{key}' ({sources.where(key)}): {msg}") from None
+    problems = typed.problems()
+    if problems:
+        lines = [f"  {key}: {msg}  [{sources.where(key)}]" for key, msg in problems]
+        raise ConfigError("invalid study config:\n" + "\n".join(lines))
+    return typed
+
+
+def _missing_option_message(e: Exception, conf_dir: Path) -> str:
+    text = str(e)
+    m = re.search(r"Could not find '([^/']+)/([^']+)'", text)
+    if m:
+        group, option = m.groups()
+        options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+        what = "experiment" if group == "experiment" else f"option for '{group}'"
+        return f"unknown {what} '{option}' (no {conf_dir / group / option}.yaml); available: {', '.join(options)}"
+    return f"could not compose the study config: {text.splitlines()[0]}"
+
+
+class _Sources:
+    """Finds which file or command-line override set a dotted key."""
+
+    def __init__(self, conf_dir: Path, choices: dict[str, Any], overrides: list[str]):
+        self.conf_dir, self.choices, self.overrides = conf_dir, choices, overrides
+
+    def where(self, key: str) -> str:
+        for ov in reversed(self.overrides):
+            name = ov.split("=", 1)[0].lstrip("+~")
+            if key == name or key.startswith(name + ".") or name.startswith(key + "."):
+                return f"command-line override '{ov}'"
+        candidates: list[tuple[Path, str]] = []
+        exp = self.choices.get("experiment")
+        if exp:
+            candidates.append((self.conf_dir / "experiment" / f"{exp}.yaml", key))
+        candidates.append((self.conf_dir / "study.yaml", key))
+        for group, option in self.choices.items():
+            if option is None or group.startswith("hydra/") or group == "experiment":
+                continue
+            base, _, package = group.partition("@")
+            package = package or base
+            if key == package or key.startswith(package + "."):
+                candidates.append((self.conf_dir / base / f"{option}.yaml", key[len(package) + 1:]))
+        for path, sub in candidates:
+            if path.is_file() and _yaml_has_key(path, sub):
+                return f"set in {path}"
+        files = [str(p) for p, _ in candidates if p.is_file()]
+        return "default in the schema (actsparse.config)" if not files else f"from {files[-1]}"
+
+
+def _yaml_has_key(path: Path, dotted: str) -> bool:
+    node: Any = yaml.safe_load(path.read_text()) or {}
+    if not dotted:
+        return True
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def to_dict(obj: Any) -> Any:
+    """A plain, JSON-able dict of a config dataclass."""
+    return OmegaConf.to_container(OmegaConf.structured(obj), resolve=True)

@@ -1,0 +1,7 @@
+"""Model families: where each Hugging Face architecture keeps its blocks and linear layers,
+how tiny models are built here, and the one loader every stage uses."""
+
+from actsparse.models.adapters import SITES, FamilyAdapter, adapter_for
+from actsparse.models.loader import load_model
+
+__all__ = ["SITES", "FamilyAdapter", "adapter_for", "load_model"]

@@ -1,0 +1,43 @@
+"""The one model loader: a local `save_pretrained` folder or a Hugging Face hub id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from actsparse.config import local_model_path_problem
+from actsparse.models.adapters import FamilyAdapter, adapter_for
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def load_model(
+    path: str | Path,
+    dtype: str = "float32",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[PreTrainedModel, FamilyAdapter]:
+    """Load a causal LM in eval mode with its family adapter.
+
+    A local path must be a folder with `config.json`; anything else is taken as a hub id.
+    `trust_remote_code` stays off unless the model config turns it on.
+    """
+    path = str(path)
+    problem = local_model_path_problem(path)
+    if problem:
+        raise FileNotFoundError(problem)
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    local = Path(path).expanduser().is_dir()
+    config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
+                                        local_files_only=local)
+    adapter = adapter_for(config.model_type)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, revision=revision, trust_remote_code=trust_remote_code, local_files_only=local,
+        dtype=DTYPES[dtype], use_safetensors=True if local else None,
+    )
+    model.to(device).eval()
+    return model, adapter

@@ -1,0 +1,160 @@
+"""The study plan: which jobs exist, the config slice each one gets, and where it writes.
+
+Each job's *spec* holds only what that job needs: its stage's config group, the seed, and
+the identities (output folders) of its inputs. The spec is hashed; the hash names the
+output folder `<root>/<stage>/<variant>-<hash8>/` and goes into the rule's `params:`, so a
+changed value reruns exactly the jobs whose slice it is in, and everything downstream.
+The Snakefile and the tests both read jobs from here; no other code builds these paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from actsparse.config import StudyConfig, to_dict
+
+STAGES = ("data", "train", "calibrate", "evaluate")
+
+
+def config_hash(obj: Any, n: int = 8) -> str:
+    """Hex digest of the canonical JSON of `obj` (sorted keys), first `n` characters."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:n]
+
+
+@dataclass(frozen=True)
+class Job:
+    stage: str
+    variant: str
+    hash: str
+    out_dir: str  # relative to the working directory
+    spec: dict[str, Any]  # what the stage CLI receives and writes as config.yaml
+
+    @property
+    def spec_json(self) -> str:
+        return json.dumps(self.spec, sort_keys=True, separators=(",", ":"))
+
+
+class StudyPlan:
+    def __init__(self, cfg: StudyConfig):
+        self.cfg = cfg
+        self.root = f"{cfg.study.output_root.rstrip('/')}/{cfg.study.name}"
+
+    # ----------------------------------------------------------------- naming
+    @property
+    def models(self) -> list[str]:
+        return list(self.cfg.models)
+
+    @property
+    def trained_models(self) -> list[str]:
+        return [m for m, c in self.cfg.models.items() if c.source == "train"]
+
+    def data_variant(self, model: str) -> str:
+        """One data job per corpus, or per (corpus, model) when tokenizing with the model's own."""
+        if self.cfg.data.tokenizer.kind == "model":
+            return f"{self.cfg.data.name}.{model}"
+        return self.cfg.data.name
+
+    @property
+    def data_variants(self) -> list[str]:
+        return sorted({self.data_variant(m) for m in self.models})
+
+    def _job(self, stage: str, variant: str, config: dict[str, Any], inputs: dict[str, str],
+             model: str = "") -> Job:
+        h = config_hash({"stage": stage, "config": config, "inputs": inputs})
+        out = f"{self.root}/{stage}/{variant}-{h}"
+        spec = {
+            "study": self.cfg.study.name,
+            "stage": stage,
+            "variant": variant,
+            "model": model,
+            "hash": h,
+            "output": out,
+            "inputs": inputs,
+            "config": config,
+        }
+        return Job(stage, variant, h, out, spec)
+
+    # ----------------------------------------------------------------- jobs
+    def data(self, variant: str) -> Job:
+        data = to_dict(self.cfg.data)
+        tokenizer_from = None
+        if self.cfg.data.tokenizer.kind == "model":
+            model = variant.split(".", 1)[1]
+            m = self.cfg.models[model]
+            tokenizer_from = {"path": m.path, "revision": m.revision,
+                              "trust_remote_code": m.trust_remote_code}
+        config = {"data": data, "tokenizer_from": tokenizer_from, "seed": self.cfg.study.seed}
+        return self._job("data", variant, config, {})
+
+    def train(self, model: str) -> Job:
+        if self.cfg.models[model].source != "train":
+            raise KeyError(f"model {model!r} is pretrained; it has no train job")
+        config = {
+            "model": to_dict(self.cfg.models[model]),
+            "train": to_dict(self.cfg.train),
+            "seed": self.cfg.study.seed,
+        }
+        inputs = {"data": self.data(self.data_variant(model)).out_dir}
+        return self._job("train", model, config, inputs, model)
+
+    def model_path(self, model: str) -> str:
+        """Where the model's weights load from: a train job's output, a local folder or a hub id."""
+        m = self.cfg.models[model]
+        return f"{self.train(model).out_dir}/model" if m.source == "train" else str(m.path)
+
+    def _model_load(self, model: str) -> dict[str, Any]:
+        m = self.cfg.models[model]
+        return {"dtype": m.dtype, "revision": m.revision, "trust_remote_code": m.trust_remote_code}
+
+    def calibrate(self, model: str) -> Job:
+        config = {
+            "calibrate": to_dict(self.cfg.calibrate),
+            "load": self._model_load(model),
+            "seed": self.cfg.study.seed,
+        }
+        inputs = {"model": self.model_path(model), "data": self.data(self.data_variant(model)).out_dir}
+        return self._job("calibrate", model, config, inputs, model)
+
+    def evaluate(self, model: str) -> Job:
+        """The dense baseline: the model evaluated against itself as the fidelity reference."""
+        config = {
+            "evaluate": to_dict(self.cfg.evaluate),
+            "load": self._model_load(model),
+            "method": "dense",
+            "seed": self.cfg.study.seed,
+        }
+        path = self.model_path(model)
+        inputs = {"model": path, "reference": path, "data": self.data(self.data_variant(model)).out_dir}
+        return self._job("evaluate", f"{model}.dense", config, inputs, model)
+
+    def job(self, stage: str, variant: str) -> Job:
+        if stage == "data":
+            return self.data(variant)
+        if stage == "evaluate":
+            return self.evaluate(variant.rsplit(".", 1)[0])
+        return getattr(self, stage)(variant)
+
+    def jobs(self) -> list[Job]:
+        out = [self.data(v) for v in self.data_variants]
+        out += [self.train(m) for m in self.trained_models]
+        out += [self.calibrate(m) for m in self.models]
+        out += [self.evaluate(m) for m in self.models]
+        return out
+
+    def upstream_dirs(self, job: Job) -> list[str]:
+        """Output folders of the jobs `job` reads (local model folders and hub ids excluded)."""
+        own = {j.out_dir for j in self.jobs()}
+        dirs = []
+        for path in job.spec["inputs"].values():
+            d = path[: -len("/model")] if path.endswith("/model") else path
+            if d in own and d not in dirs:
+                dirs.append(d)
+        return dirs
+
+    @property
+    def summary_path(self) -> str:
+        return f"{self.root}/summary.parquet"

@@ -1,0 +1,168 @@
+"""Train stage: a tiny Hugging Face causal LM from scratch on the data stage's tokens.
+
+AdamW (no decay on norms and biases), linear warmup then cosine decay to
+`lr * min_lr_ratio`. The batch of step `t` depends only on `(seed, t)`, and checkpoints
+hold the model, optimizer, schedule and loss curve, so a killed run resumes from its last
+checkpoint and continues the very same loss curve.
+
+Outputs: `model/` (save_pretrained, safetensors, with the tokenizer), `loss_curve.parquet`
+(schema `tables.LOSS_CURVE`), `loss_curve.png`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
+
+from actsparse.config import ModelCfg, TrainCfg
+from actsparse.data import TokenData, batch_at
+from actsparse.io import atomic_path
+from actsparse.models.tiny import build_tiny
+from actsparse.stages.job import Metric, StageResult, main
+from actsparse.tables import LOSS_CURVE, write_table
+
+log = logging.getLogger("actsparse.train")
+
+
+@dataclass
+class TrainJob:
+    model: ModelCfg = field(default_factory=ModelCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    seed: int = 0
+
+
+@torch.no_grad()
+def held_out_loss(model, tokens: torch.Tensor, cfg: TrainCfg, seed: int) -> float:
+    was_training = model.training
+    model.eval()
+    losses = [
+        model(input_ids=(x := batch_at(tokens, -1 - i, cfg.batch_size, cfg.seq_len, seed)), labels=x).loss.item()
+        for i in range(cfg.eval_batches)
+    ]
+    model.train(was_training)
+    return float(np.mean(losses))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainCfg) -> torch.optim.AdamW:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+    )
+
+
+def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, rows: list[dict], elapsed: float) -> None:
+    state = {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "step": step, "rows": rows, "elapsed": elapsed,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def run(cfg: TrainJob, inputs: dict[str, str], out: Path) -> StageResult:
+    tc = cfg.train
+    data = TokenData(inputs["data"])
+    tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
+    train_tokens = torch.from_numpy(data.tokens("train"))
+    valid_tokens = torch.from_numpy(data.tokens("valid"))
+    for name, toks in (("train", train_tokens), ("valid", valid_tokens)):
+        if len(toks) < tc.seq_len + 1:
+            raise ValueError(f"train.seq_len={tc.seq_len} exceeds the {len(toks)} tokens of the {name} split")
+
+    torch.manual_seed(cfg.seed)
+    eos = tokenizer.eos_token_id
+    model = build_tiny(cfg.model, vocab_size=len(tokenizer), bos_id=eos, eos_id=eos)
+    model.train()
+    optimizer = make_optimizer(model, tc)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
+        optimizer, num_warmup_steps=tc.warmup_steps, num_training_steps=tc.steps, min_lr_rate=tc.min_lr_ratio
+    )
+    ckpt = out / "ckpt" / "state.pt"
+    start, rows, elapsed = 0, [], 0.0
+    if ckpt.is_file():  # resume a killed run
+        state = torch.load(ckpt, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, rows, elapsed = int(state["step"]), list(state["rows"]), float(state["elapsed"])
+        log.info("resuming from checkpoint at step %d", start)
+
+    n_params = sum(p.numel() for p in model.parameters())
+    t0 = time.perf_counter() - elapsed
+    bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc=f"train {cfg.model.family}",
+               unit="step", mininterval=2)
+    for step in bar:
+        x = batch_at(train_tokens, step, tc.batch_size, tc.seq_len, cfg.seed)
+        loss = model(input_ids=x, labels=x).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"train: non-finite loss {loss.item()} at step {step}")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        valid = held_out_loss(model, valid_tokens, tc, cfg.seed) if done % tc.eval_interval == 0 or done == tc.steps else None
+        rows.append({"step": done, "tokens": done * tc.batch_size * tc.seq_len, "lr": lr,
+                     "train_loss": loss.item(), "valid_loss": valid, "elapsed_s": time.perf_counter() - t0})
+        bar.set_postfix(loss=f"{loss.item():.3f}", **({"valid": f"{valid:.3f}"} if valid is not None else {}),
+                        refresh=False)
+        if done % tc.ckpt_interval == 0 and done < tc.steps:
+            _save_checkpoint(ckpt, model, optimizer, scheduler, done, rows, time.perf_counter() - t0)
+    bar.close()
+
+    model.eval()
+    model.save_pretrained(out / "model", safe_serialization=True)
+    tokenizer.save_pretrained(out / "model")
+    curve = pd.DataFrame(rows, columns=LOSS_CURVE.names)
+    write_table(curve, out / "loss_curve.parquet", LOSS_CURVE)
+    plot = plot_loss_curve(curve, out / "loss_curve.png", title=f"{cfg.model.family} ({n_params / 1e6:.2f}M params)")
+    shutil.rmtree(out / "ckpt", ignore_errors=True)
+
+    final_valid = float(curve.valid_loss.dropna().iloc[-1])
+    return StageResult(
+        [
+            Metric("final_train_loss", float(curve.train_loss.tail(10).mean()), split="train"),
+            Metric("final_valid_loss", final_valid, split="valid"),
+            Metric("valid_perplexity", math.exp(final_valid), split="valid"),
+            Metric("n_params", n_params),
+            Metric("tokens_trained", float(curve.tokens.iloc[-1])),
+        ],
+        [out / "loss_curve.parquet", plot],
+    )
+
+
+def plot_loss_curve(curve: pd.DataFrame, path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(curve.step, curve.train_loss, lw=0.8, alpha=0.6, label="train")
+    v = curve.dropna(subset=["valid_loss"])
+    ax.plot(v.step, v.valid_loss, "o-", label="held-out (valid)")
+    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=title)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    main("train", TrainJob, run, resumable=True)

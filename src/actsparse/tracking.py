@@ -1,0 +1,143 @@
+"""MLflow tracking: one run per job, experiment = study.
+
+MLflow is a view of the files, never their source: a tracking store that is down or
+failing costs a warning, not a result. With `MLFLOW_TRACKING_URI` unset the store is a
+local SQLite file `<output_root>/mlflow.db` with artifacts in `<output_root>/mlartifacts/`,
+shared by every study under that root (open it with `actsparse ui`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import subprocess
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO_DIR = Path(__file__).resolve().parents[2]
+
+
+def default_tracking_uri(output_root: str | Path) -> str:
+    return "sqlite:///" + str((Path(output_root) / "mlflow.db").resolve())
+
+
+def tracking_uri(output_root: str | Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(output_root)
+
+
+@functools.cache
+def git_commit() -> str:
+    """The commit of the code that ran, with '-dirty' when the work tree has changes."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO_DIR), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = str(v)[:6000]
+    return out
+
+
+class JobRun:
+    """An MLflow run for one job. Every call degrades to a warning if the store fails."""
+
+    def __init__(self, study: str, stage: str, variant: str, config_hash: str, output_root: str | Path):
+        self.study, self.stage, self.variant, self.hash = study, stage, variant, config_hash
+        self.uri = tracking_uri(output_root)
+        self.artifact_root = (Path(output_root) / "mlartifacts").resolve()
+        self.run_id = ""
+        self._failed = False
+
+    @contextlib.contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        if self._failed:
+            yield
+            return
+        try:
+            with self._lock():
+                yield
+        except Exception as e:  # noqa: BLE001 - the store is a view; results must survive it
+            self._failed = True
+            warnings.warn(
+                f"MLflow tracking failed while trying to {what} ({self.uri}): {e!r}. "
+                "The job's outputs are unaffected; re-log later from the files.",
+                stacklevel=3,
+            )
+
+    def _lock(self):
+        if self.uri.startswith("sqlite:///"):
+            from filelock import FileLock  # concurrent jobs must not race SQLite migrations
+
+            db = Path(self.uri[len("sqlite:///"):])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            return FileLock(str(db) + ".lock", timeout=600)
+        return contextlib.nullcontext()
+
+    def start(self, params: dict[str, Any]) -> str:
+        with self._guard("start a run"):
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(self.uri)
+            exp = client.get_experiment_by_name(self.study)
+            if exp is None:
+                location = self.artifact_root.as_uri() if self.uri.startswith("sqlite") else None
+                exp_id = client.create_experiment(self.study, artifact_location=location)
+            else:
+                exp_id = exp.experiment_id
+            tags = {
+                "stage": self.stage,
+                "variant": self.variant,
+                "config_hash": self.hash,
+                "git_commit": git_commit(),
+                "mlflow.runName": f"{self.stage}/{self.variant}-{self.hash}",
+            }
+            if os.environ.get("SLURM_JOB_ID"):
+                tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+            run = client.create_run(exp_id, tags=tags, run_name=tags["mlflow.runName"])
+            self.run_id = run.info.run_id
+            from mlflow.entities import Param
+
+            items = [Param(k, v) for k, v in flatten(params).items()]
+            for i in range(0, len(items), 100):
+                client.log_batch(self.run_id, params=items[i:i + 100])
+        return self.run_id
+
+    def finish(self, metrics: dict[str, float], artifacts: list[Path], status: str = "FINISHED") -> None:
+        if not self.run_id:
+            return
+        with self._guard("log metrics and artifacts"):
+            import time
+
+            from mlflow.entities import Metric
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(self.uri)
+            now = int(time.time() * 1000)
+            items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+            for i in range(0, len(items), 500):
+                client.log_batch(self.run_id, metrics=items[i:i + 500])
+            for path in artifacts:
+                if Path(path).is_file():
+                    client.log_artifact(self.run_id, str(path))
+            client.set_terminated(self.run_id, status=status)
+
+    def fail(self) -> None:
+        if self.run_id:
+            with self._guard("mark the run failed"):
+                from mlflow.tracking import MlflowClient
+
+                MlflowClient(self.uri).set_terminated(self.run_id, status="FAILED")

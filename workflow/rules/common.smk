@@ -1,0 +1,53 @@
+# Config and path helpers only: compose + validate the study, then plan its jobs.
+import shlex
+import sys
+from pathlib import Path
+
+from actsparse.config import ConfigError, compose_study, snakemake_config_to_overrides
+from actsparse.plan import StudyPlan
+
+try:
+    STUDY = compose_study(
+        snakemake_config_to_overrides(config), conf_dir=Path(workflow.basedir) / "conf"
+    )
+except ConfigError as err:
+    raise WorkflowError(f"actsparse: {err}") from None
+
+PLAN = StudyPlan(STUDY)
+ROOT = PLAN.root
+PY = shlex.quote(sys.executable)  # the interpreter running Snakemake has actsparse installed
+
+wildcard_constraints:
+    variant=r"[A-Za-z0-9_.]+",
+    hash=r"[0-9a-f]{8}",
+
+def job_of(stage, wildcards):
+    """The planned job for a rule's wildcards; refuses an output that the config does not plan."""
+    job = PLAN.job(stage, wildcards.variant)
+    if job.hash != wildcards.hash:
+        raise WorkflowError(
+            f"{stage}/{wildcards.variant}-{wildcards.hash} is not planned by the current config "
+            f"(its slice hashes to {job.hash})"
+        )
+    return job
+
+def spec_of(stage):
+    return lambda wildcards: job_of(stage, wildcards).spec_json
+
+def inputs_of(stage):
+    return lambda wildcards: PLAN.upstream_dirs(job_of(stage, wildcards))
+
+def stage_cmd(stage):
+    """The shell command of a stage job: the spec reaches the shell quoted (`:q`)."""
+    return f"{PY} -m actsparse.stages.{stage} --spec {{params.spec:q}} --threads {{threads}} > {{log:q}} 2>&1"
+
+def log_of(stage):
+    return f"{ROOT}/logs/{stage}/{{variant}}-{{hash}}.log"
+
+def benchmark_of(stage):
+    return f"{ROOT}/benchmarks/{stage}/{{variant}}-{{hash}}.tsv"
+
+def needs_gpu(wildcards):
+    """Real (pretrained) checkpoints ask the cluster for a GPU; tiny models run on CPU."""
+    model = wildcards.variant.split(".")[0]
+    return int(model in STUDY.models and STUDY.models[model].source == "pretrained")
