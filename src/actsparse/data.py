@@ -105,6 +105,7 @@ def _stdlib_corpus(cfg: DataCfg) -> Corpus:
     # files in the order of a hash of their path: a budget (max_chars) then takes a mix of
     # packages rather than the alphabetically first ones
     key = lambda p: hashlib.sha256(p.relative_to(root).as_posix().encode()).hexdigest()  # noqa: E731
+    seen: set[bytes] = set()
     for path in sorted(root.rglob("*.py"), key=key):
         rel = path.relative_to(root).as_posix()
         if STDLIB_SKIP.intersection(rel.split("/")[:-1]):
@@ -113,7 +114,9 @@ def _stdlib_corpus(cfg: DataCfg) -> Corpus:
             text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
             continue
-        if text.strip():
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+        if text.strip() and digest not in seen:  # identical files would leak across splits
+            seen.add(digest)
             docs[_split_of(rel, cfg.holdout_fraction)].append(text)
     if not docs["train"]:
         raise FileNotFoundError(f"data: no Python source files found under {root}")

@@ -64,7 +64,10 @@ class StudyPlan:
 
     def _job(self, stage: str, variant: str, config: dict[str, Any], inputs: dict[str, str],
              model: str = "") -> Job:
-        h = config_hash({"stage": stage, "config": config, "inputs": inputs})
+        # upstream outputs enter the hash by their place in the study (stage/variant-hash),
+        # so hashes do not depend on the study's name or output root
+        ids = {k: v[len(self.root) + 1:] if v.startswith(self.root + "/") else v for k, v in inputs.items()}
+        h = config_hash({"stage": stage, "config": config, "inputs": ids})
         out = f"{self.root}/{stage}/{variant}-{h}"
         spec = {
             "study": self.cfg.study.name,

@@ -12,8 +12,8 @@ import contextlib
 import functools
 import os
 import subprocess
+import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +32,19 @@ def tracking_uri(output_root: str | Path) -> str:
 def git_commit() -> str:
     """The commit of the code that ran, with '-dirty' when the work tree has changes."""
     try:
-        head = subprocess.run(["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"],
-                              capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO_DIR), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(REPO_DIR), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO_DIR), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -55,21 +64,22 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
 class JobRun:
     """An MLflow run for one job. Every call degrades to a warning if the store fails."""
 
-    def __init__(self, study: str, stage: str, variant: str, config_hash: str, output_root: str | Path):
+    def __init__(
+        self, study: str, stage: str, variant: str, config_hash: str, output_root: str | Path
+    ):
         self.study, self.stage, self.variant, self.hash = study, stage, variant, config_hash
         self.uri = tracking_uri(output_root)
         self.artifact_root = (Path(output_root) / "mlartifacts").resolve()
         self.run_id = ""
         self._failed = False
 
-    @contextlib.contextmanager
-    def _guard(self, what: str) -> Iterator[None]:
+    def _safely(self, what: str, fn) -> None:
+        """Run `fn` under the store's lock; on any failure warn once and stop tracking."""
         if self._failed:
-            yield
             return
         try:
             with self._lock():
-                yield
+                fn()
         except Exception as e:  # noqa: BLE001 - the store is a view; results must survive it
             self._failed = True
             warnings.warn(
@@ -82,62 +92,69 @@ class JobRun:
         if self.uri.startswith("sqlite:///"):
             from filelock import FileLock  # concurrent jobs must not race SQLite migrations
 
-            db = Path(self.uri[len("sqlite:///"):])
+            db = Path(self.uri[len("sqlite:///") :])
             db.parent.mkdir(parents=True, exist_ok=True)
             return FileLock(str(db) + ".lock", timeout=600)
         return contextlib.nullcontext()
 
     def start(self, params: dict[str, Any]) -> str:
-        with self._guard("start a run"):
-            from mlflow.tracking import MlflowClient
-
-            client = MlflowClient(self.uri)
-            exp = client.get_experiment_by_name(self.study)
-            if exp is None:
-                location = self.artifact_root.as_uri() if self.uri.startswith("sqlite") else None
-                exp_id = client.create_experiment(self.study, artifact_location=location)
-            else:
-                exp_id = exp.experiment_id
-            tags = {
-                "stage": self.stage,
-                "variant": self.variant,
-                "config_hash": self.hash,
-                "git_commit": git_commit(),
-                "mlflow.runName": f"{self.stage}/{self.variant}-{self.hash}",
-            }
-            if os.environ.get("SLURM_JOB_ID"):
-                tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
-            run = client.create_run(exp_id, tags=tags, run_name=tags["mlflow.runName"])
-            self.run_id = run.info.run_id
-            from mlflow.entities import Param
-
-            items = [Param(k, v) for k, v in flatten(params).items()]
-            for i in range(0, len(items), 100):
-                client.log_batch(self.run_id, params=items[i:i + 100])
+        self._safely("start a run", lambda: self._start(params))
         return self.run_id
 
-    def finish(self, metrics: dict[str, float], artifacts: list[Path], status: str = "FINISHED") -> None:
-        if not self.run_id:
-            return
-        with self._guard("log metrics and artifacts"):
-            import time
+    def _start(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
 
-            from mlflow.entities import Metric
-            from mlflow.tracking import MlflowClient
+        client = self._client()
+        exp = client.get_experiment_by_name(self.study)
+        if exp is None:
+            location = self.artifact_root.as_uri() if self.uri.startswith("sqlite") else None
+            exp_id = client.create_experiment(self.study, artifact_location=location)
+        else:
+            exp_id = exp.experiment_id
+        tags = {
+            "stage": self.stage,
+            "variant": self.variant,
+            "config_hash": self.hash,
+            "git_commit": git_commit(),
+            "mlflow.runName": f"{self.stage}/{self.variant}-{self.hash}",
+        }
+        if os.environ.get("SLURM_JOB_ID"):
+            tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+        run = client.create_run(exp_id, tags=tags, run_name=tags["mlflow.runName"])
+        self.run_id = run.info.run_id
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            client.log_batch(self.run_id, params=items[i : i + 100])
 
-            client = MlflowClient(self.uri)
-            now = int(time.time() * 1000)
-            items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
-            for i in range(0, len(items), 500):
-                client.log_batch(self.run_id, metrics=items[i:i + 500])
-            for path in artifacts:
-                if Path(path).is_file():
-                    client.log_artifact(self.run_id, str(path))
-            client.set_terminated(self.run_id, status=status)
+    def finish(
+        self, metrics: dict[str, float], artifacts: list[Path], status: str = "FINISHED"
+    ) -> None:
+        if self.run_id:
+            self._safely(
+                "log metrics and artifacts", lambda: self._finish(metrics, artifacts, status)
+            )
+
+    def _finish(self, metrics: dict[str, float], artifacts: list[Path], status: str) -> None:
+        from mlflow.entities import Metric
+
+        client = self._client()
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        for i in range(0, len(items), 500):
+            client.log_batch(self.run_id, metrics=items[i : i + 500])
+        for path in artifacts:
+            if Path(path).is_file():
+                client.log_artifact(self.run_id, str(path))
+        client.set_terminated(self.run_id, status=status)
 
     def fail(self) -> None:
         if self.run_id:
-            with self._guard("mark the run failed"):
-                from mlflow.tracking import MlflowClient
+            self._safely(
+                "mark the run failed",
+                lambda: self._client().set_terminated(self.run_id, status="FAILED"),
+            )
 
-                MlflowClient(self.uri).set_terminated(self.run_id, status="FAILED")
+    def _client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.uri)

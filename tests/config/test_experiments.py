@@ -1,0 +1,94 @@
+"""Config tier: every experiment composes and validates; bad config is refused clearly."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from actsparse.config import CONF_DIR, ConfigError, compose_study, snakemake_config_to_overrides
+from actsparse.plan import StudyPlan
+
+EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+def test_the_presets_the_issue_names_exist():
+    assert {"smoke", "quickstart", "llama2_7b"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_validates_and_plans(experiment):
+    cfg = compose_study([f"experiment={experiment}"])
+    assert cfg.study.name == experiment
+    plan = StudyPlan(cfg)
+    jobs = plan.jobs()
+    assert {j.stage for j in jobs} >= {"data", "calibrate", "evaluate"}
+    assert len({j.out_dir for j in jobs}) == len(jobs)
+    for j in jobs:
+        assert j.out_dir == f"data/{experiment}/{j.stage}/{j.variant}-{j.hash}"
+
+
+def test_quickstart_is_the_default():
+    assert compose_study([]).study.name == "quickstart"
+
+
+def test_real_model_preset_uses_the_checkpoint_tokenizer_per_model():
+    plan = StudyPlan(compose_study(["experiment=llama2_7b"]))
+    assert plan.trained_models == []
+    assert plan.data_variants == ["wikitext2.llama2_7b"]
+    assert plan.data("wikitext2.llama2_7b").spec["config"]["tokenizer_from"]["path"] == "meta-llama/Llama-2-7b-hf"
+    assert plan.calibrate("llama2_7b").spec["inputs"]["model"] == "meta-llama/Llama-2-7b-hf"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        (["experiment=nope"], r"unknown experiment 'nope'.*available: .*quickstart"),
+        (["train.lr=-1"], r"train\.lr: must be in \(0, 1\).*command-line override 'train.lr=-1'"),
+        (["train.lr=fast"], r"'train\.lr'.*could not be converted"),
+        (["train.steps=2.5"], r"'train\.steps'"),
+        (["train.nope=1"], r"unknown config key 'train\.nope'"),
+        (["+train.nope=1"], r"'train\.nope'.*unknown key"),
+        (["calibrate.hist_bins=0"], r"calibrate\.hist_bins: must be >= 16"),
+        (["evaluate.split=dev"], r"evaluate\.split: must be train, valid or test"),
+        (["data.tokenizer.vocab_size=10"], r"data\.tokenizer\.vocab_size"),
+        (["data=wikitext2_local", "data.files.test=/nowhere/test.txt"], r"data\.files\.test: corpus file not found: /nowhere/test.txt"),
+        (["study.name=a/b"], r"study\.name: must be a plain folder name"),
+        (["+models.big.source=pretrained", "+models.big.path=/tmp"], r"models\.big\.path: not a model: /tmp has no config\.json"),
+        (["+models.big.source=pretrained", "+models.big.path=./no/such/model"], r"models\.big\.path: model path not found"),
+        (["+models.x.source=train", "+models.x.family=gpt9"], r"models\.x\.family: must be one of llama, opt"),
+        (["train.seq_len=100000"], r"train\.seq_len: 100000 exceeds"),
+    ],
+)
+def test_bad_config_is_refused_naming_the_key(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        compose_study(overrides)
+
+
+def test_a_bad_value_in_a_yaml_file_names_that_file(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    path = conf / "evaluate" / "default.yaml"
+    path.write_text(path.read_text().replace("batch_size: 8", "batch_size: -3"))
+    with pytest.raises(ConfigError, match=rf"evaluate\.batch_size: must be >= 1.*set in {path}"):
+        compose_study([], conf_dir=conf)
+    path.write_text(path.read_text().replace("batch_size: -3", "batch_size: 8\nbatchsize: 4"))
+    with pytest.raises(ConfigError, match=rf"'evaluate\.batchsize'.*{path}.*unknown key"):
+        compose_study([], conf_dir=conf)
+
+
+def test_a_value_set_by_the_experiment_names_the_experiment_file(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    path = conf / "experiment" / "smoke.yaml"
+    path.write_text(path.read_text().replace("steps: 30", "steps: 0"))
+    with pytest.raises(ConfigError, match=rf"train\.steps: must be >= 1.*set in {path}"):
+        compose_study(["experiment=smoke"], conf_dir=conf)
+
+
+def test_snakemake_config_becomes_hydra_overrides():
+    got = snakemake_config_to_overrides(
+        {"experiment": "smoke", "train.steps": 10, "overrides": ["evaluate.batch_size=2"], "x.flag": True, "y.v": None}
+    )
+    assert got == ["experiment=smoke", "train.steps=10", "evaluate.batch_size=2", "x.flag=true", "y.v=null"]
+    cfg = compose_study(snakemake_config_to_overrides({"experiment": "smoke", "train.steps": 10}))
+    assert cfg.train.steps == 10

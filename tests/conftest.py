@@ -1,0 +1,51 @@
+"""Shared fixtures. Tests never touch the network (HF_HUB_OFFLINE) and write only to tmp."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # tests choose their own stores
+os.environ.pop("SLURM_JOB_ID", None)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"the shared corpora are expected beside the repository at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+def smoke_plan(tmp: Path, *overrides: str):
+    """The smoke study's plan with outputs under `tmp`."""
+    from actsparse.config import compose_study
+    from actsparse.plan import StudyPlan
+
+    return StudyPlan(compose_study(["experiment=smoke", f"study.output_root={tmp}", *overrides]))
+
+
+@pytest.fixture(scope="session")
+def smoke_outputs(tmp_path_factory):
+    """Data, a trained micro Llama and micro OPT of the smoke study, run in-process once."""
+    from actsparse.stages import data, train
+    from actsparse.stages.job import run_job
+
+    tmp = tmp_path_factory.mktemp("smoke")
+    plan = smoke_plan(tmp)
+    run_job(plan.data("stdlib").spec, data.DataJob, data.run)
+    for m in plan.trained_models:
+        run_job(plan.train(m).spec, train.TrainJob, train.run, resumable=True)
+    return plan

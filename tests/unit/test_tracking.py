@@ -1,0 +1,50 @@
+"""MLflow runs are real and read back with the MLflow client."""
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from actsparse.tracking import JobRun, default_tracking_uri, git_commit
+
+
+def _run(tmp_path, **kw):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    r = JobRun("study_x", "train", "llama_micro", "deadbeef", tmp_path)
+    run_id = r.start({"train": {"lr": 0.001, "steps": 3}, "seed": 0})
+    (tmp_path / "a.txt").write_text("artifact")
+    r.finish({"loss": 1.5}, [tmp_path / "a.txt"])
+    return run_id
+
+
+def test_default_store_is_local_sqlite_under_the_output_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    run_id = _run(tmp_path)
+    assert (tmp_path / "mlflow.db").is_file()
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    assert tags["stage"] == "train" and tags["variant"] == "llama_micro" and tags["config_hash"] == "deadbeef"
+    assert tags["git_commit"] == git_commit() and tags["slurm_job_id"] == "4242"
+    assert run.data.params["train.lr"] == "0.001"
+    assert run.data.metrics["loss"] == 1.5
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "study_x"
+    assert [a.path for a in client.list_artifacts(run_id)] == ["a.txt"]
+    assert (tmp_path / "mlartifacts").is_dir()
+
+
+def test_honours_mlflow_tracking_uri(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    run_id = _run(tmp_path / "out")
+    assert not (tmp_path / "out" / "mlflow.db").exists()
+    assert MlflowClient(uri).get_run(run_id).data.tags["stage"] == "train"
+
+
+def test_a_failing_store_warns_once_and_loses_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/no/such/dir/mlflow.db")
+    r = JobRun("s", "train", "v", "h", tmp_path)
+    with pytest.warns(UserWarning, match="MLflow tracking failed") as caught:
+        assert r.start({"a": 1}) == ""
+        r.finish({"m": 1.0}, [])
+    assert len(caught) == 1
