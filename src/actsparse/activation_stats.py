@@ -26,8 +26,14 @@ class SiteStats:
     edges[i-1] <= |x| < edges[i], and bin bins+1 holds |x| >= edges[-1].
     """
 
-    def __init__(self, n: int, edges: torch.Tensor, near_zero_eps: float, gram: bool = True,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        n: int,
+        edges: torch.Tensor,
+        near_zero_eps: float,
+        gram: bool = True,
+        device: torch.device | str = "cpu",
+    ):
         f64 = dict(dtype=torch.float64, device=device)
         self.n, self.eps = n, near_zero_eps
         self.edges = edges.to(device)

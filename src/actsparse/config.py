@@ -120,7 +120,9 @@ class DataCfg:
         if self.tokenizer.kind not in ("bpe", "model"):
             out.append(("tokenizer.kind", f"must be 'bpe' or 'model', got {self.tokenizer.kind!r}"))
         if self.tokenizer.kind == "bpe" and not 260 <= self.tokenizer.vocab_size <= 2**20:
-            out.append(("tokenizer.vocab_size", f"must be in [260, 2^20], got {self.tokenizer.vocab_size}"))
+            out.append(
+                ("tokenizer.vocab_size", f"must be in [260, 2^20], got {self.tokenizer.vocab_size}")
+            )
         if self.tokenizer.min_frequency < 1:
             out.append(("tokenizer.min_frequency", "must be >= 1"))
         if self.shard_tokens < 1024:
@@ -159,17 +161,34 @@ class ModelCfg:
             out.append(("dtype", f"must be one of {', '.join(DTYPES)}; got {self.dtype!r}"))
         if self.source == "train":
             if self.family not in TRAINABLE_FAMILIES:
-                out.append(("family", f"must be one of {', '.join(TRAINABLE_FAMILIES)}; got {self.family!r}"))
+                out.append(
+                    (
+                        "family",
+                        f"must be one of {', '.join(TRAINABLE_FAMILIES)}; got {self.family!r}",
+                    )
+                )
             a = self.arch
-            for key in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                        "intermediate_size", "max_position_embeddings"):
+            for key in (
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+                "max_position_embeddings",
+            ):
                 if getattr(a, key) < 1:
                     out.append((f"arch.{key}", f"must be >= 1, got {getattr(a, key)}"))
             if a.num_attention_heads >= 1 and a.hidden_size % a.num_attention_heads:
-                out.append(("arch.hidden_size", f"must be divisible by num_attention_heads ({a.num_attention_heads}), got {a.hidden_size}"))
+                out.append(
+                    (
+                        "arch.hidden_size",
+                        f"must be divisible by num_attention_heads ({a.num_attention_heads}), got {a.hidden_size}",
+                    )
+                )
             kv = a.num_key_value_heads
             if kv is not None and (kv < 1 or a.num_attention_heads % kv):
-                out.append(("arch.num_key_value_heads", f"must divide num_attention_heads, got {kv}"))
+                out.append(
+                    ("arch.num_key_value_heads", f"must divide num_attention_heads, got {kv}")
+                )
         if self.source == "pretrained":
             if not self.path:
                 out.append(("path", "is required when source is 'pretrained'"))
@@ -187,7 +206,11 @@ def local_model_path_problem(path: str) -> str | None:
     if not looks_local:
         return None  # an id such as "meta-llama/Llama-2-7b-hf": resolved on the cluster
     if not p.is_dir():
-        return f"not a model: {path} is not a folder" if p.exists() else f"model path not found: {path}"
+        return (
+            f"not a model: {path} is not a folder"
+            if p.exists()
+            else f"model path not found: {path}"
+        )
     if not (p / "config.json").is_file():
         return f"not a model: {path} has no config.json (expected a save_pretrained folder)"
     return None
@@ -221,7 +244,9 @@ class TrainCfg:
         if not 0 <= self.min_lr_ratio <= 1:
             out.append(("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"))
         if not 0 <= self.warmup_steps < max(self.steps, 1):
-            out.append(("warmup_steps", f"must be in [0, steps={self.steps}), got {self.warmup_steps}"))
+            out.append(
+                ("warmup_steps", f"must be in [0, steps={self.steps}), got {self.warmup_steps}")
+            )
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 out.append((key, f"must be in [0, 1), got {getattr(self, key)}"))
@@ -242,7 +267,9 @@ class CalibrateCfg:
     hist_min: float = 1e-6
     hist_max: float = 1e4
     near_zero_eps: float = 1e-3  # |x| <= eps counts as near-zero
-    layers_per_pass: int = 0  # 0: every layer in one pass; k: k layers' statistics in memory at once
+    layers_per_pass: int = (
+        0  # 0: every layer in one pass; k: k layers' statistics in memory at once
+    )
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -256,7 +283,12 @@ class CalibrateCfg:
         if self.hist_bins < 16:
             out.append(("hist_bins", f"must be >= 16, got {self.hist_bins}"))
         if not 0 < self.hist_min < self.hist_max:
-            out.append(("hist_min", f"must satisfy 0 < hist_min < hist_max, got {self.hist_min}, {self.hist_max}"))
+            out.append(
+                (
+                    "hist_min",
+                    f"must satisfy 0 < hist_min < hist_max, got {self.hist_min}, {self.hist_max}",
+                )
+            )
         if self.near_zero_eps < 0:
             out.append(("near_zero_eps", f"must be >= 0, got {self.near_zero_eps}"))
         if self.layers_per_pass < 0:
@@ -308,9 +340,19 @@ class StudyConfig:
             out += [(f"models.{name}.{k}", m) for k, m in model.problems()]
             if model.source == "train":
                 if self.data.tokenizer.kind == "model":
-                    out.append(("data.tokenizer.kind", f"'model' needs pretrained models; models.{name} is trained here"))
+                    out.append(
+                        (
+                            "data.tokenizer.kind",
+                            f"'model' needs pretrained models; models.{name} is trained here",
+                        )
+                    )
                 if self.train.seq_len > model.arch.max_position_embeddings:
-                    out.append(("train.seq_len", f"{self.train.seq_len} exceeds models.{name}.arch.max_position_embeddings={model.arch.max_position_embeddings}"))
+                    out.append(
+                        (
+                            "train.seq_len",
+                            f"{self.train.seq_len} exceeds models.{name}.arch.max_position_embeddings={model.arch.max_position_embeddings}",
+                        )
+                    )
         return out
 
 
@@ -331,14 +373,24 @@ def snakemake_config_to_overrides(smk_config: dict[str, Any]) -> list[str]:
             values = [value] if isinstance(value, str) else list(value or [])
             overrides += [str(v) for v in values]
         else:
-            rendered = json.dumps(value) if isinstance(value, (list, dict)) else (
-                "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+            rendered = (
+                json.dumps(value)
+                if isinstance(value, (list, dict))
+                else (
+                    "null"
+                    if value is None
+                    else str(value).lower()
+                    if isinstance(value, bool)
+                    else str(value)
+                )
             )
             overrides.append(f"{key}={rendered}")
     return overrides
 
 
-def compose_study(overrides: list[str] | None = None, conf_dir: Path | str | None = None) -> StudyConfig:
+def compose_study(
+    overrides: list[str] | None = None, conf_dir: Path | str | None = None
+) -> StudyConfig:
     """Compose `conf/study.yaml` with Hydra and validate it; raise ConfigError on any problem."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -423,7 +475,9 @@ class _Sources:
             base, _, package = group.partition("@")
             package = package or base
             if key == package or key.startswith(package + "."):
-                candidates.append((self.conf_dir / base / f"{option}.yaml", key[len(package) + 1:]))
+                candidates.append(
+                    (self.conf_dir / base / f"{option}.yaml", key[len(package) + 1 :])
+                )
         for path, sub in candidates:
             if path.is_file() and _yaml_has_key(path, sub):
                 return f"set in {path}"

@@ -24,8 +24,19 @@ from actsparse.config import DataCfg
 from actsparse.tables import DATA_MANIFEST, read_table
 
 SPLITS = ("train", "valid", "test")
-STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__",
-               "encodings", "lib2to3", "pydoc_data", "ensurepip", "turtledemo"}
+STDLIB_SKIP = {
+    "site-packages",
+    "dist-packages",
+    "test",
+    "tests",
+    "idle_test",
+    "__pycache__",
+    "encodings",
+    "lib2to3",
+    "pydoc_data",
+    "ensurepip",
+    "turtledemo",
+}
 
 
 @dataclass
@@ -165,10 +176,17 @@ def _hf_corpus(cfg: DataCfg) -> Corpus:
         if name is None:
             texts[split] = None
             continue
-        ds = datasets.load_dataset(h.path, h.name, revision=h.revision,
-                                   data_files=dict(h.data_files) if h.data_files else None, split=name)
+        ds = datasets.load_dataset(
+            h.path,
+            h.name,
+            revision=h.revision,
+            data_files=dict(h.data_files) if h.data_files else None,
+            split=name,
+        )
         if h.text_field not in ds.column_names:
-            raise KeyError(f"data.hf.text_field: {h.text_field!r} not in {h.path} columns {ds.column_names}")
+            raise KeyError(
+                f"data.hf.text_field: {h.text_field!r} not in {h.path} columns {ds.column_names}"
+            )
         limit = getattr(cfg.max_chars, split)
         rows, total = [], 0
         for row in ds[h.text_field]:
@@ -177,7 +195,9 @@ def _hf_corpus(cfg: DataCfg) -> Corpus:
             if limit is not None and total > limit:
                 break
         texts[split] = "\n\n".join(rows)  # the convention of the perplexity literature
-    return _from_texts(texts, cfg.holdout_fraction, "hf", f"{h.path}/{h.name} (Hugging Face datasets)")
+    return _from_texts(
+        texts, cfg.holdout_fraction, "hf", f"{h.path}/{h.name} (Hugging Face datasets)"
+    )
 
 
 # --------------------------------------------------------------------------- token shards
@@ -221,10 +241,14 @@ class TokenData:
                 if not path.is_file():
                     raise FileNotFoundError(f"token shard missing: {path}")
                 if hashlib.sha256(path.read_bytes()).hexdigest() != row.sha256:
-                    raise ValueError(f"token shard {path} does not match its sha256 in the manifest")
+                    raise ValueError(
+                        f"token shard {path} does not match its sha256 in the manifest"
+                    )
                 arr = np.load(path, allow_pickle=False)
                 if arr.shape != (row.n_tokens,):
-                    raise ValueError(f"token shard {path} has {arr.shape} tokens, manifest says {row.n_tokens}")
+                    raise ValueError(
+                        f"token shard {path} has {arr.shape} tokens, manifest says {row.n_tokens}"
+                    )
                 parts.append(arr.astype(np.int64))
             self._cache[split] = np.concatenate(parts)
         return self._cache[split]

@@ -62,11 +62,20 @@ class StudyPlan:
     def data_variants(self) -> list[str]:
         return sorted({self.data_variant(m) for m in self.models})
 
-    def _job(self, stage: str, variant: str, config: dict[str, Any], inputs: dict[str, str],
-             model: str = "") -> Job:
+    def _job(
+        self,
+        stage: str,
+        variant: str,
+        config: dict[str, Any],
+        inputs: dict[str, str],
+        model: str = "",
+    ) -> Job:
         # upstream outputs enter the hash by their place in the study (stage/variant-hash),
         # so hashes do not depend on the study's name or output root
-        ids = {k: v[len(self.root) + 1:] if v.startswith(self.root + "/") else v for k, v in inputs.items()}
+        ids = {
+            k: v[len(self.root) + 1 :] if v.startswith(self.root + "/") else v
+            for k, v in inputs.items()
+        }
         h = config_hash({"stage": stage, "config": config, "inputs": ids})
         out = f"{self.root}/{stage}/{variant}-{h}"
         spec = {
@@ -88,8 +97,11 @@ class StudyPlan:
         if self.cfg.data.tokenizer.kind == "model":
             model = variant.split(".", 1)[1]
             m = self.cfg.models[model]
-            tokenizer_from = {"path": m.path, "revision": m.revision,
-                              "trust_remote_code": m.trust_remote_code}
+            tokenizer_from = {
+                "path": m.path,
+                "revision": m.revision,
+                "trust_remote_code": m.trust_remote_code,
+            }
         config = {"data": data, "tokenizer_from": tokenizer_from, "seed": self.cfg.study.seed}
         return self._job("data", variant, config, {})
 
@@ -119,7 +131,10 @@ class StudyPlan:
             "load": self._model_load(model),
             "seed": self.cfg.study.seed,
         }
-        inputs = {"model": self.model_path(model), "data": self.data(self.data_variant(model)).out_dir}
+        inputs = {
+            "model": self.model_path(model),
+            "data": self.data(self.data_variant(model)).out_dir,
+        }
         return self._job("calibrate", model, config, inputs, model)
 
     def evaluate(self, model: str) -> Job:
@@ -131,7 +146,11 @@ class StudyPlan:
             "seed": self.cfg.study.seed,
         }
         path = self.model_path(model)
-        inputs = {"model": path, "reference": path, "data": self.data(self.data_variant(model)).out_dir}
+        inputs = {
+            "model": path,
+            "reference": path,
+            "data": self.data(self.data_variant(model)).out_dir,
+        }
         return self._job("evaluate", f"{model}.dense", config, inputs, model)
 
     def job(self, stage: str, variant: str) -> Job:

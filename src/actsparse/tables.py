@@ -16,69 +16,81 @@ from actsparse.io import atomic_path
 
 # The long-format study table: one row per (job, metric). Every job writes its own
 # `metrics.parquet` with this schema; the summary rule concatenates them.
-METRICS = pa.schema([
-    ("stage", pa.string()),
-    ("method", pa.string()),       # dense, unigram, (later) teal, svdllm, ...
-    ("variant", pa.string()),      # the job's variant (model, model.method, corpus)
-    ("level", pa.float64()),       # sparsity / compression level; null for dense
-    ("model", pa.string()),
-    ("corpus", pa.string()),
-    ("split", pa.string()),
-    ("metric", pa.string()),
-    ("value", pa.float64()),
-    ("config_hash", pa.string()),
-    ("mlflow_run_id", pa.string()),
-])
+METRICS = pa.schema(
+    [
+        ("stage", pa.string()),
+        ("method", pa.string()),  # dense, unigram, (later) teal, svdllm, ...
+        ("variant", pa.string()),  # the job's variant (model, model.method, corpus)
+        ("level", pa.float64()),  # sparsity / compression level; null for dense
+        ("model", pa.string()),
+        ("corpus", pa.string()),
+        ("split", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("config_hash", pa.string()),
+        ("mlflow_run_id", pa.string()),
+    ]
+)
 
-DATA_MANIFEST = pa.schema([
-    ("split", pa.string()),
-    ("shard", pa.int32()),
-    ("path", pa.string()),         # relative to the data job's folder
-    ("n_tokens", pa.int64()),
-    ("dtype", pa.string()),
-    ("sha256", pa.string()),       # of the shard file
-    ("corpus_sha256", pa.string()),  # of the split's text (before tokenizing)
-    ("n_chars", pa.int64()),
-    ("source", pa.string()),
-])
+DATA_MANIFEST = pa.schema(
+    [
+        ("split", pa.string()),
+        ("shard", pa.int32()),
+        ("path", pa.string()),  # relative to the data job's folder
+        ("n_tokens", pa.int64()),
+        ("dtype", pa.string()),
+        ("sha256", pa.string()),  # of the shard file
+        ("corpus_sha256", pa.string()),  # of the split's text (before tokenizing)
+        ("n_chars", pa.int64()),
+        ("source", pa.string()),
+    ]
+)
 
-LOSS_CURVE = pa.schema([
-    ("step", pa.int64()),
-    ("tokens", pa.int64()),
-    ("lr", pa.float64()),
-    ("train_loss", pa.float64()),
-    ("valid_loss", pa.float64()),  # null except every eval_interval steps
-    ("elapsed_s", pa.float64()),
-])
+LOSS_CURVE = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("tokens", pa.int64()),
+        ("lr", pa.float64()),
+        ("train_loss", pa.float64()),
+        ("valid_loss", pa.float64()),  # null except every eval_interval steps
+        ("elapsed_s", pa.float64()),
+    ]
+)
 
-CHANNEL_STATS = pa.schema([
-    ("layer", pa.int32()),
-    ("site", pa.string()),
-    ("channel", pa.int32()),
-    ("count", pa.int64()),
-    ("mean", pa.float64()),
-    ("std", pa.float64()),         # population std
-    ("mean_abs", pa.float64()),
-    ("frac_zero", pa.float64()),   # exactly 0
-    ("frac_near_zero", pa.float64()),  # |x| <= near_zero_eps
-])
+CHANNEL_STATS = pa.schema(
+    [
+        ("layer", pa.int32()),
+        ("site", pa.string()),
+        ("channel", pa.int32()),
+        ("count", pa.int64()),
+        ("mean", pa.float64()),
+        ("std", pa.float64()),  # population std
+        ("mean_abs", pa.float64()),
+        ("frac_zero", pa.float64()),  # exactly 0
+        ("frac_near_zero", pa.float64()),  # |x| <= near_zero_eps
+    ]
+)
 
-HISTOGRAMS = pa.schema([
-    ("layer", pa.int32()),
-    ("site", pa.string()),
-    ("bin", pa.int32()),           # 0: [0, lo_1) underflow incl. exact zeros; last: overflow
-    ("lo", pa.float64()),
-    ("hi", pa.float64()),
-    ("count", pa.int64()),
-])
+HISTOGRAMS = pa.schema(
+    [
+        ("layer", pa.int32()),
+        ("site", pa.string()),
+        ("bin", pa.int32()),  # 0: [0, lo_1) underflow incl. exact zeros; last: overflow
+        ("lo", pa.float64()),
+        ("hi", pa.float64()),
+        ("count", pa.int64()),
+    ]
+)
 
-LINEARS = pa.schema([
-    ("layer", pa.int32()),
-    ("site", pa.string()),         # the activation this linear layer reads
-    ("linear", pa.string()),       # module name in the model
-    ("in_features", pa.int64()),
-    ("out_features", pa.int64()),
-])
+LINEARS = pa.schema(
+    [
+        ("layer", pa.int32()),
+        ("site", pa.string()),  # the activation this linear layer reads
+        ("linear", pa.string()),  # module name in the model
+        ("in_features", pa.int64()),
+        ("out_features", pa.int64()),
+    ]
+)
 
 SCHEMAS = {
     "metrics": METRICS,
@@ -100,7 +112,9 @@ def write_table(data: pd.DataFrame | pa.Table, path: str | Path, schema: pa.Sche
         missing = [n for n in schema.names if n not in data.columns]
         extra = [c for c in data.columns if c not in schema.names]
         if missing or extra:
-            raise TableError(f"{path}: columns do not match schema (missing {missing}, unexpected {extra})")
+            raise TableError(
+                f"{path}: columns do not match schema (missing {missing}, unexpected {extra})"
+            )
         table = pa.Table.from_pandas(data[schema.names], schema=schema, preserve_index=False)
     else:
         table = data.select(schema.names).cast(schema)
@@ -124,7 +138,9 @@ def read_table(path: str | Path, schema: pa.Schema) -> pd.DataFrame:
 def check_schema(actual: pa.Schema, expected: pa.Schema, path: str | Path) -> None:
     for f in expected:
         if f.name not in actual.names:
-            raise TableError(f"{path}: missing column {f.name!r} (expected schema: {expected.names})")
+            raise TableError(
+                f"{path}: missing column {f.name!r} (expected schema: {expected.names})"
+            )
         got = actual.field(f.name).type
         if got != f.type and not (pa.types.is_dictionary(got) and got.value_type == f.type):
             raise TableError(f"{path}: column {f.name!r} has type {got}, expected {f.type}")

@@ -1,7 +1,6 @@
 """Config tier: every experiment composes and validates; bad config is refused clearly."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -35,7 +34,10 @@ def test_real_model_preset_uses_the_checkpoint_tokenizer_per_model():
     plan = StudyPlan(compose_study(["experiment=llama2_7b"]))
     assert plan.trained_models == []
     assert plan.data_variants == ["wikitext2.llama2_7b"]
-    assert plan.data("wikitext2.llama2_7b").spec["config"]["tokenizer_from"]["path"] == "meta-llama/Llama-2-7b-hf"
+    assert (
+        plan.data("wikitext2.llama2_7b").spec["config"]["tokenizer_from"]["path"]
+        == "meta-llama/Llama-2-7b-hf"
+    )
     assert plan.calibrate("llama2_7b").spec["inputs"]["model"] == "meta-llama/Llama-2-7b-hf"
 
 
@@ -51,11 +53,23 @@ def test_real_model_preset_uses_the_checkpoint_tokenizer_per_model():
         (["calibrate.hist_bins=0"], r"calibrate\.hist_bins: must be >= 16"),
         (["evaluate.split=dev"], r"evaluate\.split: must be train, valid or test"),
         (["data.tokenizer.vocab_size=10"], r"data\.tokenizer\.vocab_size"),
-        (["data=wikitext2_local", "data.files.test=/nowhere/test.txt"], r"data\.files\.test: corpus file not found: /nowhere/test.txt"),
+        (
+            ["data=wikitext2_local", "data.files.test=/nowhere/test.txt"],
+            r"data\.files\.test: corpus file not found: /nowhere/test.txt",
+        ),
         (["study.name=a/b"], r"study\.name: must be a plain folder name"),
-        (["+models.big.source=pretrained", "+models.big.path=/tmp"], r"models\.big\.path: not a model: /tmp has no config\.json"),
-        (["+models.big.source=pretrained", "+models.big.path=./no/such/model"], r"models\.big\.path: model path not found"),
-        (["+models.x.source=train", "+models.x.family=gpt9"], r"models\.x\.family: must be one of llama, opt"),
+        (
+            ["+models.big.source=pretrained", "+models.big.path=/tmp"],
+            r"models\.big\.path: not a model: /tmp has no config\.json",
+        ),
+        (
+            ["+models.big.source=pretrained", "+models.big.path=./no/such/model"],
+            r"models\.big\.path: model path not found",
+        ),
+        (
+            ["+models.x.source=train", "+models.x.family=gpt9"],
+            r"models\.x\.family: must be one of llama, opt",
+        ),
         (["train.seq_len=100000"], r"train\.seq_len: 100000 exceeds"),
     ],
 )
@@ -87,8 +101,20 @@ def test_a_value_set_by_the_experiment_names_the_experiment_file(tmp_path):
 
 def test_snakemake_config_becomes_hydra_overrides():
     got = snakemake_config_to_overrides(
-        {"experiment": "smoke", "train.steps": 10, "overrides": ["evaluate.batch_size=2"], "x.flag": True, "y.v": None}
+        {
+            "experiment": "smoke",
+            "train.steps": 10,
+            "overrides": ["evaluate.batch_size=2"],
+            "x.flag": True,
+            "y.v": None,
+        }
     )
-    assert got == ["experiment=smoke", "train.steps=10", "evaluate.batch_size=2", "x.flag=true", "y.v=null"]
+    assert got == [
+        "experiment=smoke",
+        "train.steps=10",
+        "evaluate.batch_size=2",
+        "x.flag=true",
+        "y.v=null",
+    ]
     cfg = compose_study(snakemake_config_to_overrides({"experiment": "smoke", "train.steps": 10}))
     assert cfg.train.steps == 10

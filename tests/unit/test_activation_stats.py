@@ -10,7 +10,7 @@ def _stream(x: np.ndarray, sizes: list[int], bins: int = 512, eps: float = 0.05)
     s = SiteStats(x.shape[1], edges, near_zero_eps=eps)
     start = 0
     for size in sizes:
-        s.update(torch.from_numpy(x[start:start + size]).float())
+        s.update(torch.from_numpy(x[start : start + size]).float())
         start += size
     assert start == len(x)
     return s
@@ -18,7 +18,7 @@ def _stream(x: np.ndarray, sizes: list[int], bins: int = 512, eps: float = 0.05)
 
 def test_streamed_moments_and_gram_equal_float64_reference():
     rng = np.random.default_rng(0)
-    x = (rng.standard_normal((1000, 24)) * rng.uniform(0.1, 5, 24) + rng.uniform(-2, 2, 24))
+    x = rng.standard_normal((1000, 24)) * rng.uniform(0.1, 5, 24) + rng.uniform(-2, 2, 24)
     x[rng.random(x.shape) < 0.1] = 0.0
     x32 = x.astype(np.float32).astype(np.float64)  # what the stream sees after the float cast
     s = _stream(x32, [1, 7, 300, 692])
@@ -41,7 +41,9 @@ def test_histogram_counts_match_numpy():
     s = _stream(x32, [400], bins=64)
     edges = s.edges.numpy()
     a = np.abs(x32).ravel()
-    expected = np.concatenate([[np.sum(a < edges[0])], np.histogram(a, edges)[0], [np.sum(a >= edges[-1])]])
+    expected = np.concatenate(
+        [[np.sum(a < edges[0])], np.histogram(a, edges)[0], [np.sum(a >= edges[-1])]]
+    )
     # np.histogram's last bin is closed; ours sends |x| == edges[-1] to overflow: none here
     np.testing.assert_array_equal(s.hist.numpy(), expected)
     assert s.hist.sum().item() == a.size

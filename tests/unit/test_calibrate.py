@@ -26,7 +26,10 @@ def _reference(plan, model_name):
     for layer in range(len(adapter.layers(model))):
         for site, linears in adapter.site_linears(model, layer).items():
             linears[0][1].register_forward_pre_hook(
-                lambda m, a, key=(layer, site): acts.setdefault(key, []).append(a[0].reshape(-1, a[0].shape[-1]).double()))
+                lambda m, a, key=(layer, site): acts.setdefault(key, []).append(
+                    a[0].reshape(-1, a[0].shape[-1]).double()
+                )
+            )
     n_batches = -(-c.n_tokens // (c.batch_size * c.seq_len))
     with torch.no_grad():
         for b in range(n_batches):
@@ -45,7 +48,9 @@ def test_statistics_match_the_float64_reference(smoke_outputs, model_name):
     for layer in layers:
         grams = load_tensors(out / "gram" / f"layer_{layer:03d}.safetensors")
         meta = read_safetensors_metadata(out / "gram" / f"layer_{layer:03d}.safetensors")
-        assert json.loads(meta["linears"])["ffn_in"][0].endswith("gate_proj" if "llama" in model_name else "fc1")
+        assert json.loads(meta["linears"])["ffn_in"][0].endswith(
+            "gate_proj" if "llama" in model_name else "fc1"
+        )
         stats = read_table(out / "channel_stats" / f"layer_{layer:03d}.parquet", CHANNEL_STATS)
         hist = read_table(out / "histograms" / f"layer_{layer:03d}.parquet", HISTOGRAMS)
         for site in ("attn_in", "o_proj_in", "ffn_in", "ffn_intermediate"):
@@ -70,7 +75,10 @@ def test_layer_by_layer_passes_give_identical_statistics(smoke_outputs, tmp_path
     if not out_all.is_dir():
         run_job(job_all.spec, calibrate.CalibrateJob, calibrate.run)
     one = smoke_plan(tmp_path, "calibrate.layers_per_pass=1")
-    spec = {**one.calibrate("llama_micro").spec, "inputs": job_all.spec["inputs"]}  # same model and data
+    spec = {
+        **one.calibrate("llama_micro").spec,
+        "inputs": job_all.spec["inputs"],
+    }  # same model and data
     out_one = run_job(spec, calibrate.CalibrateJob, calibrate.run)
     for layer in (0, 1):
         tag = f"layer_{layer:03d}"
@@ -78,7 +86,9 @@ def test_layer_by_layer_passes_give_identical_statistics(smoke_outputs, tmp_path
         b = load_tensors(out_one / "gram" / f"{tag}.safetensors")
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         for sub, schema in (("channel_stats", CHANNEL_STATS), ("histograms", HISTOGRAMS)):
-            pd.testing.assert_frame_equal(read_table(out_all / sub / f"{tag}.parquet", schema),
-                                          read_table(out_one / sub / f"{tag}.parquet", schema))
+            pd.testing.assert_frame_equal(
+                read_table(out_all / sub / f"{tag}.parquet", schema),
+                read_table(out_one / sub / f"{tag}.parquet", schema),
+            )
     metrics = read_table(out_one / "metrics.parquet", METRICS).set_index("metric")
     assert metrics.loc["passes", "value"] == 2

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from actsparse.config import DataCfg, SplitFiles, TokenizerCfg
+from actsparse.config import DataCfg, SplitFiles
 from actsparse.data import SPLITS, TokenData, load_corpus
 from actsparse.stages import data
 from actsparse.stages.job import run_job
@@ -29,7 +29,9 @@ def test_stdlib_corpus_is_deterministic_and_held_out_by_file():
 
 
 def test_pinned_hash_mismatch_is_an_error():
-    with pytest.raises(ValueError, match="data.sha256: corpus content hash .* differs from the pinned 0{64}"):
+    with pytest.raises(
+        ValueError, match="data.sha256: corpus content hash .* differs from the pinned 0{64}"
+    ):
         load_corpus(_cfg(sha256="0" * 64))
     corpus = load_corpus(_cfg())
     assert load_corpus(_cfg(sha256=corpus.content_sha256)).content_sha256 == corpus.content_sha256
@@ -47,8 +49,12 @@ def test_local_files_carve_valid_from_train_tail(shared_data):
 
 
 def test_missing_local_file_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="data.files.train: corpus file not found: .*nope.txt"):
-        load_corpus(_cfg(source="local", files=SplitFiles(str(tmp_path / "nope.txt"), None, str(tmp_path))))
+    with pytest.raises(
+        FileNotFoundError, match="data.files.train: corpus file not found: .*nope.txt"
+    ):
+        load_corpus(
+            _cfg(source="local", files=SplitFiles(str(tmp_path / "nope.txt"), None, str(tmp_path)))
+        )
 
 
 def test_hf_source_through_the_datasets_text_builder(shared_data, tmp_path):

@@ -53,7 +53,11 @@ def test_unigram_baseline_equals_a_direct_count(setup):
 def test_fidelity_is_exact_against_itself_and_positive_against_a_perturbed_copy(setup):
     model, _, wins, uni = setup
     same = evaluate_lm(model, wins, 4, uni, reference=model, fidelity_tokens=500)
-    assert same.hidden_rel_err == 0.0 and same.kl == 0.0 and math.isclose(same.hidden_cosine, 1.0, rel_tol=1e-12)
+    assert (
+        same.hidden_rel_err == 0.0
+        and same.kl == 0.0
+        and math.isclose(same.hidden_cosine, 1.0, rel_tol=1e-12)
+    )
     other = copy.deepcopy(model)
     with torch.no_grad():
         for p in other.parameters():

@@ -3,8 +3,16 @@
 import pytest
 import torch
 from transformers import (
-    GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-    OPTConfig, OPTForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    OPTConfig,
+    OPTForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
 )
 
 from actsparse.models import SITES, adapter_for, load_model
@@ -15,8 +23,15 @@ D, F, V = 16, 40, 64
 
 def _tiny(family: str):
     torch.manual_seed(0)
-    common = dict(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    common = dict(
+        vocab_size=V,
+        hidden_size=D,
+        intermediate_size=F,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     if family == "llama":
         return LlamaForCausalLM(LlamaConfig(**common))
     if family == "mistral":
@@ -24,11 +39,30 @@ def _tiny(family: str):
     if family == "qwen2":
         return Qwen2ForCausalLM(Qwen2Config(**common))
     if family == "opt":
-        return OPTForCausalLM(OPTConfig(vocab_size=V, hidden_size=D, ffn_dim=F, num_hidden_layers=2,
-                                        num_attention_heads=4, max_position_embeddings=32, word_embed_proj_dim=D))
+        return OPTForCausalLM(
+            OPTConfig(
+                vocab_size=V,
+                hidden_size=D,
+                ffn_dim=F,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=32,
+                word_embed_proj_dim=D,
+            )
+        )
     if family == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=D, n_inner=F, n_layer=2, n_head=4, n_positions=32,
-                                          bos_token_id=0, eos_token_id=0))
+        return GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=V,
+                n_embd=D,
+                n_inner=F,
+                n_layer=2,
+                n_head=4,
+                n_positions=32,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        )
     raise KeyError(family)
 
 
@@ -58,7 +92,9 @@ def test_ffn_intermediate_site_is_the_activation_of_the_ffn_input(family):
     sites = adapter.site_linears(model, 1)
     seen = {}
     for site in ("ffn_in", "ffn_intermediate"):
-        sites[site][0][1].register_forward_pre_hook(lambda m, a, site=site: seen.setdefault(site, a[0]))
+        sites[site][0][1].register_forward_pre_hook(
+            lambda m, a, site=site: seen.setdefault(site, a[0])
+        )
     with torch.no_grad():
         model(input_ids=torch.randint(0, V, (2, 8)))
         x, act = seen["ffn_in"], seen["ffn_intermediate"]

@@ -34,13 +34,22 @@ def test_a_train_change_touches_train_and_everything_downstream():
 
 
 def test_a_data_change_touches_every_job():
-    assert _changed(_hashes(), _hashes("data.tokenizer.vocab_size=300")) == ["calibrate", "data", "evaluate", "train"]
+    assert _changed(_hashes(), _hashes("data.tokenizer.vocab_size=300")) == [
+        "calibrate",
+        "data",
+        "evaluate",
+        "train",
+    ]
 
 
 def test_a_model_change_touches_only_that_models_jobs():
     a, b = _hashes(), _hashes("models.opt_micro.arch.intermediate_size=96")
     changed = sorted(k for k in a if a[k] != b[k])
-    assert changed == [("calibrate", "opt_micro"), ("evaluate", "opt_micro.dense"), ("train", "opt_micro")]
+    assert changed == [
+        ("calibrate", "opt_micro"),
+        ("evaluate", "opt_micro.dense"),
+        ("train", "opt_micro"),
+    ]
 
 
 def test_the_study_name_and_output_root_do_not_enter_slices():
@@ -56,4 +65,7 @@ def test_spec_carries_slice_inputs_and_output():
     assert spec["inputs"]["model"] == plan.train("llama_micro").out_dir + "/model"
     assert spec["inputs"]["data"] == plan.data("stdlib").out_dir
     assert set(spec["config"]) == {"calibrate", "load", "seed"}  # its slice, not the whole config
-    assert plan.upstream_dirs(job) == [plan.train("llama_micro").out_dir, plan.data("stdlib").out_dir]
+    assert plan.upstream_dirs(job) == [
+        plan.train("llama_micro").out_dir,
+        plan.data("stdlib").out_dir,
+    ]

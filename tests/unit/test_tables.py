@@ -6,8 +6,15 @@ from actsparse.tables import LINEARS, METRICS, TableError, read_table, write_tab
 
 
 def _linears():
-    return pd.DataFrame({"layer": [0], "site": ["ffn_in"], "linear": ["model.layers.0.mlp.up_proj"],
-                         "in_features": [8], "out_features": [16]})
+    return pd.DataFrame(
+        {
+            "layer": [0],
+            "site": ["ffn_in"],
+            "linear": ["model.layers.0.mlp.up_proj"],
+            "in_features": [8],
+            "out_features": [16],
+        }
+    )
 
 
 def test_roundtrip_checks_schema(tmp_path):

@@ -23,7 +23,11 @@ def test_default_store_is_local_sqlite_under_the_output_root(tmp_path, monkeypat
     client = MlflowClient(default_tracking_uri(tmp_path))
     run = client.get_run(run_id)
     tags = run.data.tags
-    assert tags["stage"] == "train" and tags["variant"] == "llama_micro" and tags["config_hash"] == "deadbeef"
+    assert (
+        tags["stage"] == "train"
+        and tags["variant"] == "llama_micro"
+        and tags["config_hash"] == "deadbeef"
+    )
     assert tags["git_commit"] == git_commit() and tags["slurm_job_id"] == "4242"
     assert run.data.params["train.lr"] == "0.001"
     assert run.data.metrics["loss"] == 1.5

@@ -48,7 +48,9 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_loss_curve(tmp_pat
 
     job = runs["killed"]
     ckpt = partial_dir(job.out_dir) / "ckpt" / "state.pt"
-    proc = subprocess.Popen(_train_cmd(job.spec_json), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_cmd(job.spec_json), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
@@ -61,6 +63,8 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_loss_curve(tmp_pat
     result = subprocess.run(_train_cmd(job.spec_json), env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming from checkpoint at step" in result.stderr
-    a = read_table(f"{runs['straight'].out_dir}/loss_curve.parquet", LOSS_CURVE).drop(columns="elapsed_s")
+    a = read_table(f"{runs['straight'].out_dir}/loss_curve.parquet", LOSS_CURVE).drop(
+        columns="elapsed_s"
+    )
     b = read_table(f"{job.out_dir}/loss_curve.parquet", LOSS_CURVE).drop(columns="elapsed_s")
     pd.testing.assert_frame_equal(a, b)  # exactly the same curve, not merely close

@@ -18,7 +18,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from actsparse.tables import (
-    CHANNEL_STATS, DATA_MANIFEST, HISTOGRAMS, LINEARS, LOSS_CURVE, METRICS, read_table,
+    CHANNEL_STATS,
+    DATA_MANIFEST,
+    HISTOGRAMS,
+    LINEARS,
+    LOSS_CURVE,
+    METRICS,
+    read_table,
 )
 
 pytestmark = pytest.mark.workflow
@@ -28,8 +34,14 @@ SMOKE_BUDGET_S = 300
 def snakemake(wd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{wd / 'tracking' / 'mlflow.db'}"}
     (wd / "tracking").mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "snakemake", "-c2", *args], cwd=wd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-c2", *args],
+        cwd=wd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def planned(result: subprocess.CompletedProcess) -> dict[str, int]:
@@ -110,7 +122,9 @@ def test_every_output_validates_against_its_schema(smoke_run):
         read_table(cal / "linears.parquet", LINEARS)
     ev = summary[summary.stage == "evaluate"]
     ppl = ev[ev.metric == "perplexity"].set_index(["variant", "method"])["value"]
-    assert set(ppl.index) == {(v, m) for v in ("llama_micro.dense", "opt_micro.dense") for m in ("dense", "unigram")}
+    assert set(ppl.index) == {
+        (v, m) for v in ("llama_micro.dense", "opt_micro.dense") for m in ("dense", "unigram")
+    }
     assert (ppl > 1).all()
     assert set(summary.stage) == {"data", "train", "calibrate", "evaluate"}
     assert (root / "benchmarks" / "train").is_dir() and (root / "logs" / "train").is_dir()
@@ -131,7 +145,8 @@ def test_every_job_is_an_mlflow_run(smoke_run):
         assert run.data.tags["variant"] == variant and run.data.tags["config_hash"] == config_hash
         assert run.data.tags["git_commit"]
     assert sorted(r.data.tags["stage"] for r in runs) == sorted(
-        ["data", "train", "train", "calibrate", "calibrate", "evaluate", "evaluate"])
+        ["data", "train", "train", "calibrate", "calibrate", "evaluate", "evaluate"]
+    )
 
 
 def _edit(path: Path, old: str, new: str) -> str:
@@ -148,7 +163,11 @@ def test_reruns_follow_config_changes(smoke_run):
     evaluate = wd / "conf" / "evaluate" / "default.yaml"
     original = _edit(evaluate, "batch_size: 8", "batch_size: 5")
     try:
-        assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {"evaluate": 2, "summary": 1, "all": 1}
+        assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {
+            "evaluate": 2,
+            "summary": 1,
+            "all": 1,
+        }
     finally:
         evaluate.write_text(original)
 
@@ -156,7 +175,12 @@ def test_reruns_follow_config_changes(smoke_run):
     original = _edit(train, "grad_clip: 1.0", "grad_clip: 0.5")
     try:
         assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {
-            "train": 2, "calibrate": 2, "evaluate": 2, "summary": 1, "all": 1}
+            "train": 2,
+            "calibrate": 2,
+            "evaluate": 2,
+            "summary": 1,
+            "all": 1,
+        }
     finally:
         train.write_text(original)
     assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {}

@@ -47,7 +47,9 @@ _LLAMA_LINEARS = {
 ADAPTERS = [
     FamilyAdapter("llama", ("llama", "mistral", "qwen2"), "model.layers", _LLAMA_LINEARS, "swiglu"),
     FamilyAdapter(
-        "opt", ("opt",), "model.decoder.layers",
+        "opt",
+        ("opt",),
+        "model.decoder.layers",
         {
             "attn_in": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
             "o_proj_in": ("self_attn.out_proj",),
@@ -57,7 +59,9 @@ ADAPTERS = [
         "relu",
     ),
     FamilyAdapter(
-        "gpt2", ("gpt2",), "transformer.h",
+        "gpt2",
+        ("gpt2",),
+        "transformer.h",
         {  # Conv1D layers: weights are (in, out); q/k/v are one fused c_attn
             "attn_in": ("attn.c_attn",),
             "o_proj_in": ("attn.c_proj",),

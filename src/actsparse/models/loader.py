@@ -32,12 +32,17 @@ def load_model(
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     local = Path(path).expanduser().is_dir()
-    config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
-                                        local_files_only=local)
+    config = AutoConfig.from_pretrained(
+        path, revision=revision, trust_remote_code=trust_remote_code, local_files_only=local
+    )
     adapter = adapter_for(config.model_type)
     model = AutoModelForCausalLM.from_pretrained(
-        path, revision=revision, trust_remote_code=trust_remote_code, local_files_only=local,
-        dtype=DTYPES[dtype], use_safetensors=True if local else None,
+        path,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        local_files_only=local,
+        dtype=DTYPES[dtype],
+        use_safetensors=True if local else None,
     )
     model.to(device).eval()
     return model, adapter

@@ -24,7 +24,9 @@ def build_tiny(cfg: ModelCfg, vocab_size: int, bos_id: int, eos_id: int) -> PreT
             max_position_embeddings=a.max_position_embeddings,
             hidden_act="silu",
             tie_word_embeddings=a.tie_word_embeddings,
-            bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id,
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,
+            pad_token_id=eos_id,
         )
         return LlamaForCausalLM(config)
     if cfg.family == "opt":
@@ -38,9 +40,12 @@ def build_tiny(cfg: ModelCfg, vocab_size: int, bos_id: int, eos_id: int) -> PreT
             word_embed_proj_dim=a.hidden_size,
             activation_function="relu",
             do_layer_norm_before=True,
-            dropout=0.0, attention_dropout=0.0,
+            dropout=0.0,
+            attention_dropout=0.0,
             tie_word_embeddings=a.tie_word_embeddings,
-            bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=eos_id,
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,
+            pad_token_id=eos_id,
         )
         return OPTForCausalLM(config)
     raise ValueError(f"model.family: cannot build a tiny {cfg.family!r} model (llama, opt)")

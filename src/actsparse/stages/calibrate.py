@@ -16,6 +16,7 @@ count and which linears read each site), and `linears.parquet` (linear -> site).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -63,8 +64,15 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def collect(model, adapter: FamilyAdapter, tokens: torch.Tensor, cfg: CalibrateCfg, seed: int,
-            layers: list[int], dev: torch.device) -> dict[int, dict[str, SiteStats]]:
+def collect(
+    model,
+    adapter: FamilyAdapter,
+    tokens: torch.Tensor,
+    cfg: CalibrateCfg,
+    seed: int,
+    layers: list[int],
+    dev: torch.device,
+) -> dict[int, dict[str, SiteStats]]:
     """One pass over the calibration batches, accumulating the statistics of `layers`."""
     edges = log_bin_edges(cfg.hist_bins, cfg.hist_min, cfg.hist_max)
     stats: dict[int, dict[str, SiteStats]] = {}
@@ -77,8 +85,11 @@ def collect(model, adapter: FamilyAdapter, tokens: torch.Tensor, cfg: CalibrateC
             n_in, _ = linear_shape(module)
             s = stats[layer][site] = SiteStats(n_in, edges, cfg.near_zero_eps, device=dev)
             where = f"layer {layer} site {site} ({name})"
-            handles.append(module.register_forward_pre_hook(
-                lambda mod, args, s=s, where=where: s.update(args[0], where)))
+            handles.append(
+                module.register_forward_pre_hook(
+                    lambda mod, args, s=s, where=where: s.update(args[0], where)
+                )
+            )
 
     def stop(mod, args, out):
         raise _StopForward
@@ -87,52 +98,87 @@ def collect(model, adapter: FamilyAdapter, tokens: torch.Tensor, cfg: CalibrateC
     n_batches = math.ceil(cfg.n_tokens / (cfg.batch_size * cfg.seq_len))
     try:
         with torch.no_grad():
-            for b in tqdm(range(n_batches), desc=f"calibrate layers {layers[0]}-{layers[-1]}",
-                          unit="batch", mininterval=2):
+            for b in tqdm(
+                range(n_batches),
+                desc=f"calibrate layers {layers[0]}-{layers[-1]}",
+                unit="batch",
+                mininterval=2,
+            ):
                 x = batch_at(tokens, b, cfg.batch_size, cfg.seq_len, seed).to(dev)
-                try:
+                with contextlib.suppress(_StopForward):
                     model(input_ids=x, use_cache=False)
-                except _StopForward:
-                    pass
     finally:
         for h in handles:
             h.remove()
     return stats
 
 
-def write_layer(out: Path, layer: int, sites: dict[str, SiteStats], linears: dict[str, list[str]]) -> None:
+def write_layer(
+    out: Path, layer: int, sites: dict[str, SiteStats], linears: dict[str, list[str]]
+) -> None:
     stat_rows, hist_frames = [], []
     for site, s in sites.items():
         n = s.count
-        stat_rows.append(pd.DataFrame({
-            "layer": layer, "site": site, "channel": np.arange(s.n), "count": n,
-            "mean": s.mean.cpu().numpy(), "std": s.std.cpu().numpy(),
-            "mean_abs": (s.sum_abs / n).cpu().numpy(),
-            "frac_zero": (s.n_zero / n).cpu().numpy(), "frac_near_zero": (s.n_near_zero / n).cpu().numpy(),
-        }))
+        stat_rows.append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "site": site,
+                    "channel": np.arange(s.n),
+                    "count": n,
+                    "mean": s.mean.cpu().numpy(),
+                    "std": s.std.cpu().numpy(),
+                    "mean_abs": (s.sum_abs / n).cpu().numpy(),
+                    "frac_zero": (s.n_zero / n).cpu().numpy(),
+                    "frac_near_zero": (s.n_near_zero / n).cpu().numpy(),
+                }
+            )
+        )
         e = s.edges.cpu().numpy()
-        hist_frames.append(pd.DataFrame({
-            "layer": layer, "site": site, "bin": np.arange(len(e) + 1),
-            "lo": np.concatenate([[0.0], e]), "hi": np.concatenate([e, [np.inf]]),
-            "count": s.hist.cpu().numpy(),
-        }))
+        hist_frames.append(
+            pd.DataFrame(
+                {
+                    "layer": layer,
+                    "site": site,
+                    "bin": np.arange(len(e) + 1),
+                    "lo": np.concatenate([[0.0], e]),
+                    "hi": np.concatenate([e, [np.inf]]),
+                    "count": s.hist.cpu().numpy(),
+                }
+            )
+        )
     tag = f"layer_{layer:03d}"
-    write_table(pd.concat(stat_rows, ignore_index=True), out / "channel_stats" / f"{tag}.parquet", CHANNEL_STATS)
-    write_table(pd.concat(hist_frames, ignore_index=True), out / "histograms" / f"{tag}.parquet", HISTOGRAMS)
-    meta = {"n_tokens": str(next(iter(sites.values())).count), "layer": str(layer),
-            "linears": json.dumps(linears), "note": "X^T X of each site's input, float64"}
-    save_tensors(out / "gram" / f"{tag}.safetensors", {site: s.gram for site, s in sites.items()}, meta)
+    write_table(
+        pd.concat(stat_rows, ignore_index=True),
+        out / "channel_stats" / f"{tag}.parquet",
+        CHANNEL_STATS,
+    )
+    write_table(
+        pd.concat(hist_frames, ignore_index=True), out / "histograms" / f"{tag}.parquet", HISTOGRAMS
+    )
+    meta = {
+        "n_tokens": str(next(iter(sites.values())).count),
+        "layer": str(layer),
+        "linears": json.dumps(linears),
+        "note": "X^T X of each site's input, float64",
+    }
+    save_tensors(
+        out / "gram" / f"{tag}.safetensors", {site: s.gram for site, s in sites.items()}, meta
+    )
 
 
 def run(cfg: CalibrateJob, inputs: dict[str, str], out: Path) -> StageResult:
     c = cfg.calibrate
     dev = device()
-    model, adapter = load_model(inputs["model"], cfg.load.dtype, cfg.load.revision,
-                                cfg.load.trust_remote_code, device=dev)
+    model, adapter = load_model(
+        inputs["model"], cfg.load.dtype, cfg.load.revision, cfg.load.trust_remote_code, device=dev
+    )
     data = TokenData(inputs["data"])
     tokens = torch.from_numpy(data.tokens(c.split))
     if len(tokens) < c.seq_len:
-        raise ValueError(f"calibrate.seq_len={c.seq_len} exceeds the {len(tokens)} tokens of the {c.split} split")
+        raise ValueError(
+            f"calibrate.seq_len={c.seq_len} exceeds the {len(tokens)} tokens of the {c.split} split"
+        )
     n_layers = len(adapter.layers(model))
     per_pass = c.layers_per_pass or n_layers
     groups = [list(range(i, min(i + per_pass, n_layers))) for i in range(0, n_layers, per_pass)]
@@ -143,16 +189,30 @@ def run(cfg: CalibrateJob, inputs: dict[str, str], out: Path) -> StageResult:
     for group in groups:
         stats = collect(model, adapter, tokens, c, cfg.seed, group, dev)
         for layer in group:
-            linears = {site: [name for name, _ in mods] for site, mods in adapter.site_linears(model, layer).items()}
+            linears = {
+                site: [name for name, _ in mods]
+                for site, mods in adapter.site_linears(model, layer).items()
+            }
             for site, mods in adapter.site_linears(model, layer).items():
                 for name, module in mods:
                     n_in, n_out = linear_shape(module)
-                    linear_rows.append({"layer": layer, "site": site, "linear": name,
-                                        "in_features": n_in, "out_features": n_out})
+                    linear_rows.append(
+                        {
+                            "layer": layer,
+                            "site": site,
+                            "linear": name,
+                            "in_features": n_in,
+                            "out_features": n_out,
+                        }
+                    )
             write_layer(out, layer, stats[layer], linears)
             for site, s in stats[layer].items():
                 summary.setdefault(site, []).append(
-                    ((s.n_zero.sum() / (s.count * s.n)).item(), (s.n_near_zero.sum() / (s.count * s.n)).item()))
+                    (
+                        (s.n_zero.sum() / (s.count * s.n)).item(),
+                        (s.n_near_zero.sum() / (s.count * s.n)).item(),
+                    )
+                )
                 n_tokens = s.count
         del stats
     elapsed = time.perf_counter() - t0
@@ -166,8 +226,22 @@ def run(cfg: CalibrateJob, inputs: dict[str, str], out: Path) -> StageResult:
         Metric("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     ]
     for site, values in summary.items():
-        metrics.append(Metric(f"frac_zero.{site}", float(np.mean([v[0] for v in values])), split=c.split, corpus=corpus))
-        metrics.append(Metric(f"frac_near_zero.{site}", float(np.mean([v[1] for v in values])), split=c.split, corpus=corpus))
+        metrics.append(
+            Metric(
+                f"frac_zero.{site}",
+                float(np.mean([v[0] for v in values])),
+                split=c.split,
+                corpus=corpus,
+            )
+        )
+        metrics.append(
+            Metric(
+                f"frac_near_zero.{site}",
+                float(np.mean([v[1] for v in values])),
+                split=c.split,
+                corpus=corpus,
+            )
+        )
     return StageResult(metrics, [out / "linears.parquet"])
 
 

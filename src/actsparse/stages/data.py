@@ -31,7 +31,9 @@ EOS = "<|endoftext|>"
 @dataclass
 class DataJob:
     data: DataCfg = field(default_factory=DataCfg)
-    tokenizer_from: dict[str, Any] | None = None  # {path, revision, trust_remote_code} for kind=model
+    tokenizer_from: dict[str, Any] | None = (
+        None  # {path, revision, trust_remote_code} for kind=model
+    )
     seed: int = 0
 
 
@@ -51,14 +53,17 @@ def train_bpe(docs: list[str], vocab_size: int, min_frequency: int):
         show_progress=False,
     )
     tok.train_from_iterator(docs, trainer=trainer, length=len(docs))
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=None)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=None
+    )
 
 
 def load_model_tokenizer(source: dict[str, Any]):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(
-        source["path"], revision=source.get("revision"),
+        source["path"],
+        revision=source.get("revision"),
         trust_remote_code=bool(source.get("trust_remote_code", False)),
     )
 
@@ -92,20 +97,36 @@ def encode_split(tokenizer, docs: list[str], separate_docs: bool) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-def write_shards(out: Path, split: str, ids: np.ndarray, shard_tokens: int, vocab: int,
-                 corpus_sha: str, n_chars: int, source: str) -> list[dict[str, Any]]:
+def write_shards(
+    out: Path,
+    split: str,
+    ids: np.ndarray,
+    shard_tokens: int,
+    vocab: int,
+    corpus_sha: str,
+    n_chars: int,
+    source: str,
+) -> list[dict[str, Any]]:
     dtype = np.uint16 if vocab <= np.iinfo(np.uint16).max + 1 else np.uint32
     rows = []
     for shard, start in enumerate(range(0, len(ids), shard_tokens)):
         rel = f"tokens/{split}_{shard:04d}.npy"
-        part = ids[start:start + shard_tokens].astype(dtype)
+        part = ids[start : start + shard_tokens].astype(dtype)
         with atomic_path(out / rel) as tmp, open(tmp, "wb") as f:
             np.save(f, part, allow_pickle=False)
-        rows.append({
-            "split": split, "shard": shard, "path": rel, "n_tokens": len(part),
-            "dtype": np.dtype(dtype).name, "sha256": hashlib.sha256((out / rel).read_bytes()).hexdigest(),
-            "corpus_sha256": corpus_sha, "n_chars": n_chars, "source": source,
-        })
+        rows.append(
+            {
+                "split": split,
+                "shard": shard,
+                "path": rel,
+                "n_tokens": len(part),
+                "dtype": np.dtype(dtype).name,
+                "sha256": hashlib.sha256((out / rel).read_bytes()).hexdigest(),
+                "corpus_sha256": corpus_sha,
+                "n_chars": n_chars,
+                "source": source,
+            }
+        )
     return rows
 
 
@@ -113,7 +134,9 @@ def run(cfg: DataJob, inputs: dict[str, str], out: Path) -> StageResult:
     corpus: Corpus = load_corpus(cfg.data)
     log.info("corpus %s: %s", corpus.description, {s: corpus.n_chars(s) for s in SPLITS})
     if cfg.data.tokenizer.kind == "bpe":
-        tokenizer = train_bpe(corpus.docs["train"], cfg.data.tokenizer.vocab_size, cfg.data.tokenizer.min_frequency)
+        tokenizer = train_bpe(
+            corpus.docs["train"], cfg.data.tokenizer.vocab_size, cfg.data.tokenizer.min_frequency
+        )
     else:
         if not cfg.tokenizer_from:
             raise ValueError("data.tokenizer.kind=model but the job names no model to take it from")
@@ -127,15 +150,27 @@ def run(cfg: DataJob, inputs: dict[str, str], out: Path) -> StageResult:
         if len(ids) < 2:
             raise ValueError(f"data: the {split} split has {len(ids)} tokens; need at least 2")
         sha = corpus.sha256(split)
-        rows += write_shards(out, split, ids, cfg.data.shard_tokens, vocab, sha, corpus.n_chars(split), corpus.source)
-        metrics += [Metric("n_tokens", len(ids), split=split, corpus=cfg.data.name),
-                    Metric("n_chars", corpus.n_chars(split), split=split, corpus=cfg.data.name)]
+        rows += write_shards(
+            out, split, ids, cfg.data.shard_tokens, vocab, sha, corpus.n_chars(split), corpus.source
+        )
+        metrics += [
+            Metric("n_tokens", len(ids), split=split, corpus=cfg.data.name),
+            Metric("n_chars", corpus.n_chars(split), split=split, corpus=cfg.data.name),
+        ]
     write_table(pd.DataFrame(rows), out / "manifest.parquet", DATA_MANIFEST)
     info = {
-        "name": cfg.data.name, "source": corpus.source, "description": corpus.description,
+        "name": cfg.data.name,
+        "source": corpus.source,
+        "description": corpus.description,
         "content_sha256": corpus.content_sha256,
-        "splits": {s: {"sha256": corpus.sha256(s), "n_chars": corpus.n_chars(s), "n_docs": len(corpus.docs[s])}
-                   for s in SPLITS},
+        "splits": {
+            s: {
+                "sha256": corpus.sha256(s),
+                "n_chars": corpus.n_chars(s),
+                "n_docs": len(corpus.docs[s]),
+            }
+            for s in SPLITS
+        },
         "vocab_size": vocab,
     }
     write_text(out / "corpus.json", json.dumps(info, indent=2) + "\n")

@@ -74,15 +74,24 @@ def unigram_logprobs(train_tokens: np.ndarray, vocab_size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_lm(model, wins: torch.Tensor, batch_size: int, unigram: torch.Tensor,
-                reference=None, fidelity_tokens: int = 0, dev: torch.device | str = "cpu") -> EvalResult:
+def evaluate_lm(
+    model,
+    wins: torch.Tensor,
+    batch_size: int,
+    unigram: torch.Tensor,
+    reference=None,
+    fidelity_tokens: int = 0,
+    dev: torch.device | str = "cpu",
+) -> EvalResult:
     """Perplexity, unigram baseline and fidelity of `model` on `wins` (see module doc)."""
     nll_sum, n_pred, uni_sum, fwd_time = 0.0, 0, 0.0, 0.0
     fid_left = fidelity_tokens
     err2 = ref2 = cos_sum = kl_sum = 0.0
     n_fid = 0
-    for start in tqdm(range(0, len(wins), batch_size), desc="evaluate", unit="batch", mininterval=2):
-        x = wins[start:start + batch_size].to(dev)  # (B, T)
+    for start in tqdm(
+        range(0, len(wins), batch_size), desc="evaluate", unit="batch", mininterval=2
+    ):
+        x = wins[start : start + batch_size].to(dev)  # (B, T)
         want_hidden = fid_left > 0
         t = time.perf_counter()
         out = model(input_ids=x, use_cache=False, output_hidden_states=want_hidden)
@@ -92,7 +101,9 @@ def evaluate_lm(model, wins: torch.Tensor, batch_size: int, unigram: torch.Tenso
         tok_nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).double()  # (B, T-1)
         if not torch.isfinite(tok_nll).all():
             bad = start + int((~torch.isfinite(tok_nll)).any(1).nonzero()[0, 0])
-            raise FloatingPointError(f"evaluate: non-finite loss in window {bad}; refusing to drop it")
+            raise FloatingPointError(
+                f"evaluate: non-finite loss in window {bad}; refusing to drop it"
+            )
         nll_sum += tok_nll.sum().item()
         n_pred += target.numel()
         uni_sum += -unigram[target.cpu()].sum().item()
@@ -114,7 +125,9 @@ def evaluate_lm(model, wins: torch.Tensor, batch_size: int, unigram: torch.Tenso
             n_fid += k
             fid_left -= k
     return EvalResult(
-        nll=nll_sum / n_pred, n_predicted=n_pred, unigram_nll=uni_sum / n_pred,
+        nll=nll_sum / n_pred,
+        n_predicted=n_pred,
+        unigram_nll=uni_sum / n_pred,
         tokens_per_s=wins.numel() / fwd_time if fwd_time > 0 else float("nan"),
         hidden_rel_err=math.sqrt(err2 / ref2) if ref2 > 0 else float("nan"),
         hidden_cosine=cos_sum / n_fid if n_fid else float("nan"),
@@ -125,19 +138,31 @@ def evaluate_lm(model, wins: torch.Tensor, batch_size: int, unigram: torch.Tenso
 def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
     e = cfg.evaluate
     dev = device()
-    model, _ = load_model(inputs["model"], cfg.load.dtype, cfg.load.revision, cfg.load.trust_remote_code, device=dev)
+    model, _ = load_model(
+        inputs["model"], cfg.load.dtype, cfg.load.revision, cfg.load.trust_remote_code, device=dev
+    )
     if inputs.get("reference", inputs["model"]) == inputs["model"]:
         reference = model  # the dense baseline is its own reference
     else:
-        reference, _ = load_model(inputs["reference"], cfg.load.dtype, cfg.load.revision,
-                                  cfg.load.trust_remote_code, device=dev)
+        reference, _ = load_model(
+            inputs["reference"],
+            cfg.load.dtype,
+            cfg.load.revision,
+            cfg.load.trust_remote_code,
+            device=dev,
+        )
     data = TokenData(inputs["data"])
     seq_len = e.seq_len or int(model.config.max_position_embeddings)
     wins = windows(data.tokens(e.split), seq_len, e.max_tokens)
     vocab = int(model.config.vocab_size)
     unigram = unigram_logprobs(data.tokens("train"), vocab)
     r = evaluate_lm(model, wins, e.batch_size, unigram, reference, e.fidelity_tokens, dev)
-    log.info("perplexity %.3f (unigram %.3f) over %d tokens", r.perplexity, math.exp(r.unigram_nll), r.n_predicted)
+    log.info(
+        "perplexity %.3f (unigram %.3f) over %d tokens",
+        r.perplexity,
+        math.exp(r.unigram_nll),
+        r.n_predicted,
+    )
 
     corpus, m = data.corpus, cfg.method
     kw = dict(corpus=corpus, split=e.split)

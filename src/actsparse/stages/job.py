@@ -75,7 +75,9 @@ def typed(cls: type[C], config: dict[str, Any], where: str) -> C:
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), config))  # type: ignore[return-value]
     except OmegaConfBaseException as e:
-        raise SystemExit(f"error: bad config in {where} at {getattr(e, 'full_key', '')!r}: {e}") from None
+        raise SystemExit(
+            f"error: bad config in {where} at {getattr(e, 'full_key', '')!r}: {e}"
+        ) from None
 
 
 def run_job(
@@ -143,18 +145,32 @@ def _metric_key(m: Metric) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-/ " else "_" for ch in key)
 
 
-def main(stage: str, cfg_cls: type[C], run: Callable[[C, dict[str, str], Path], StageResult],
-         resumable: bool = False, argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog=f"python -m actsparse.stages.{stage}", description=f"Run one {stage} job.")
+def main(
+    stage: str,
+    cfg_cls: type[C],
+    run: Callable[[C, dict[str, str], Path], StageResult],
+    resumable: bool = False,
+    argv: list[str] | None = None,
+) -> None:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m actsparse.stages.{stage}", description=f"Run one {stage} job."
+    )
     parser.add_argument("config", nargs="?", help="a job's config.yaml (e.g. from an earlier run)")
     parser.add_argument("--spec", help="the job spec as JSON (what Snakemake passes)")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("ACTSPARSE_THREADS", "0")),
-                        help="torch CPU threads (0: torch's default)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=int(os.environ.get("ACTSPARSE_THREADS", "0")),
+        help="torch CPU threads (0: torch's default)",
+    )
     args = parser.parse_args(argv)
     if bool(args.config) == bool(args.spec):
         parser.error("give either a config.yaml path or --spec JSON")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
     spec = load_spec(args.spec or args.config)
     if spec["stage"] != stage:
         parser.error(f"spec is for stage {spec['stage']!r}, not {stage!r}")

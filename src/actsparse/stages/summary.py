@@ -20,14 +20,19 @@ def gather(job_dirs: list[str | Path], out: str | Path) -> pd.DataFrame:
     frames = [read_table(Path(d) / "metrics.parquet", METRICS) for d in job_dirs]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRICS.names)
     order = {"data": 0, "train": 1, "calibrate": 2, "evaluate": 3}
-    table = table.sort_values(["stage", "variant", "method", "metric", "split"],
-                              key=lambda c: c.map(order) if c.name == "stage" else c, kind="stable")
+    table = table.sort_values(
+        ["stage", "variant", "method", "metric", "split"],
+        key=lambda c: c.map(order) if c.name == "stage" else c,
+        kind="stable",
+    )
     write_table(table.reset_index(drop=True), out, METRICS)
     return table
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m actsparse.stages.summary", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m actsparse.stages.summary", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--out", required=True, help="the study table to write (summary.parquet)")
     p.add_argument("job_dirs", nargs="*", help="finished job folders, each holding metrics.parquet")
     args = p.parse_args(argv)

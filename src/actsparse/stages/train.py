@@ -46,7 +46,9 @@ def held_out_loss(model, tokens: torch.Tensor, cfg: TrainCfg, seed: int) -> floa
     was_training = model.training
     model.eval()
     losses = [
-        model(input_ids=(x := batch_at(tokens, -1 - i, cfg.batch_size, cfg.seq_len, seed)), labels=x).loss.item()
+        model(
+            input_ids=(x := batch_at(tokens, -1 - i, cfg.batch_size, cfg.seq_len, seed)), labels=x
+        ).loss.item()
         for i in range(cfg.eval_batches)
     ]
     model.train(was_training)
@@ -57,15 +59,25 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainCfg) -> torch.optim.AdamW:
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
     )
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, step: int, rows: list[dict], elapsed: float) -> None:
+def _save_checkpoint(
+    path: Path, model, optimizer, scheduler, step: int, rows: list[dict], elapsed: float
+) -> None:
     state = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "step": step, "rows": rows, "elapsed": elapsed,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "rows": rows,
+        "elapsed": elapsed,
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -79,7 +91,9 @@ def run(cfg: TrainJob, inputs: dict[str, str], out: Path) -> StageResult:
     valid_tokens = torch.from_numpy(data.tokens("valid"))
     for name, toks in (("train", train_tokens), ("valid", valid_tokens)):
         if len(toks) < tc.seq_len + 1:
-            raise ValueError(f"train.seq_len={tc.seq_len} exceeds the {len(toks)} tokens of the {name} split")
+            raise ValueError(
+                f"train.seq_len={tc.seq_len} exceeds the {len(toks)} tokens of the {name} split"
+            )
 
     torch.manual_seed(cfg.seed)
     eos = tokenizer.eos_token_id
@@ -87,7 +101,10 @@ def run(cfg: TrainJob, inputs: dict[str, str], out: Path) -> StageResult:
     model.train()
     optimizer = make_optimizer(model, tc)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, num_warmup_steps=tc.warmup_steps, num_training_steps=tc.steps, min_lr_rate=tc.min_lr_ratio
+        optimizer,
+        num_warmup_steps=tc.warmup_steps,
+        num_training_steps=tc.steps,
+        min_lr_rate=tc.min_lr_ratio,
     )
     ckpt = out / "ckpt" / "state.pt"
     start, rows, elapsed = 0, [], 0.0
@@ -101,8 +118,14 @@ def run(cfg: TrainJob, inputs: dict[str, str], out: Path) -> StageResult:
 
     n_params = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter() - elapsed
-    bar = tqdm(range(start, tc.steps), initial=start, total=tc.steps, desc=f"train {cfg.model.family}",
-               unit="step", mininterval=2)
+    bar = tqdm(
+        range(start, tc.steps),
+        initial=start,
+        total=tc.steps,
+        desc=f"train {cfg.model.family}",
+        unit="step",
+        mininterval=2,
+    )
     for step in bar:
         x = batch_at(train_tokens, step, tc.batch_size, tc.seq_len, cfg.seed)
         loss = model(input_ids=x, labels=x).loss
@@ -115,13 +138,30 @@ def run(cfg: TrainJob, inputs: dict[str, str], out: Path) -> StageResult:
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
-        valid = held_out_loss(model, valid_tokens, tc, cfg.seed) if done % tc.eval_interval == 0 or done == tc.steps else None
-        rows.append({"step": done, "tokens": done * tc.batch_size * tc.seq_len, "lr": lr,
-                     "train_loss": loss.item(), "valid_loss": valid, "elapsed_s": time.perf_counter() - t0})
-        bar.set_postfix(loss=f"{loss.item():.3f}", **({"valid": f"{valid:.3f}"} if valid is not None else {}),
-                        refresh=False)
+        valid = (
+            held_out_loss(model, valid_tokens, tc, cfg.seed)
+            if done % tc.eval_interval == 0 or done == tc.steps
+            else None
+        )
+        rows.append(
+            {
+                "step": done,
+                "tokens": done * tc.batch_size * tc.seq_len,
+                "lr": lr,
+                "train_loss": loss.item(),
+                "valid_loss": valid,
+                "elapsed_s": time.perf_counter() - t0,
+            }
+        )
+        bar.set_postfix(
+            loss=f"{loss.item():.3f}",
+            **({"valid": f"{valid:.3f}"} if valid is not None else {}),
+            refresh=False,
+        )
         if done % tc.ckpt_interval == 0 and done < tc.steps:
-            _save_checkpoint(ckpt, model, optimizer, scheduler, done, rows, time.perf_counter() - t0)
+            _save_checkpoint(
+                ckpt, model, optimizer, scheduler, done, rows, time.perf_counter() - t0
+            )
     bar.close()
 
     model.eval()
@@ -129,7 +169,9 @@ def run(cfg: TrainJob, inputs: dict[str, str], out: Path) -> StageResult:
     tokenizer.save_pretrained(out / "model")
     curve = pd.DataFrame(rows, columns=LOSS_CURVE.names)
     write_table(curve, out / "loss_curve.parquet", LOSS_CURVE)
-    plot = plot_loss_curve(curve, out / "loss_curve.png", title=f"{cfg.model.family} ({n_params / 1e6:.2f}M params)")
+    plot = plot_loss_curve(
+        curve, out / "loss_curve.png", title=f"{cfg.model.family} ({n_params / 1e6:.2f}M params)"
+    )
     shutil.rmtree(out / "ckpt", ignore_errors=True)
 
     final_valid = float(curve.valid_loss.dropna().iloc[-1])

@@ -1,0 +1,86 @@
+"""Wall time and peak memory of a whole study, as `/usr/bin/time -v snakemake -c2` reports.
+
+Runs the study in a fresh working directory (nothing cached), prints a table and appends a
+row to benchmarks/results/study_time.parquet.
+
+    python benchmarks/study_time.py quickstart     # or smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("experiment", nargs="?", default="quickstart")
+    p.add_argument("--cores", type=int, default=2)
+    p.add_argument("--keep", help="run in this folder and keep it (default: a temporary one)")
+    args = p.parse_args()
+    if not Path("/usr/bin/time").exists():
+        raise SystemExit("needs GNU time: apt-get install time")
+    wd = (
+        Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix=f"study-{args.experiment}-"))
+    )
+    wd.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        "/usr/bin/time",
+        "-v",
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "-d",
+        str(wd),
+        f"-c{args.cores}",
+        "--config",
+        f"experiment={args.experiment}",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise SystemExit(f"study failed:\n{r.stderr[-4000:]}")
+    wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", r.stderr).group(1)
+    parts = [float(x) for x in wall.split(":")]
+    wall_s = sum(x * 60**i for i, x in enumerate(reversed(parts)))
+    rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1))
+    summary = pd.read_parquet(wd / "data" / args.experiment / "summary.parquet")
+    ev = summary[(summary.stage == "evaluate") & (summary.metric == "perplexity")]
+    row = {
+        "benchmark": "study_time",
+        "experiment": args.experiment,
+        "cores": args.cores,
+        "wall_s": wall_s,
+        "peak_rss_mib": rss_kb / 1024,
+        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+        "date": dt.date.today().isoformat(),
+    }
+    print(pd.DataFrame([row]).to_string(index=False))
+    print()
+    print(ev.pivot_table(index="model", columns="method", values="value").to_string())
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "study_time.parquet"
+    old = pd.read_parquet(out) if out.exists() else pd.DataFrame()
+    pd.concat([old, pd.DataFrame([row])], ignore_index=True).to_parquet(out, index=False)
+    print(f"\nwrote {out}")
+    if not args.keep:
+        shutil.rmtree(wd)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""`actsparse`: look at a study's config, plan and results, and open the MLflow UI.
+
+The study itself runs with Snakemake (`snakemake -c2 --config experiment=NAME`); each
+stage also runs alone with `python -m actsparse.stages.<stage> <job config.yaml>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from actsparse.config import ConfigError, compose_study, to_dict
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    return ([f"experiment={args.experiment}"] if args.experiment else []) + list(args.overrides)
+
+
+def cmd_config(args: argparse.Namespace) -> None:
+    import yaml
+
+    cfg = compose_study(_overrides(args))
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from actsparse.plan import StudyPlan
+
+    plan = StudyPlan(compose_study(_overrides(args)))
+    table = Table(title=f"study {plan.cfg.study.name}: jobs")
+    for col in ("stage", "variant", "hash", "output", "done"):
+        table.add_column(col)
+    for job in plan.jobs():
+        table.add_row(
+            job.stage,
+            job.variant,
+            job.hash,
+            job.out_dir,
+            "yes" if Path(job.out_dir).is_dir() else "",
+        )
+    Console().print(table)
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    """The study table's headline numbers: perplexity and fidelity per variant."""
+    import pandas as pd
+    from rich.console import Console
+    from rich.table import Table
+
+    from actsparse.plan import StudyPlan
+    from actsparse.tables import METRICS, read_table
+
+    plan = StudyPlan(compose_study(_overrides(args)))
+    summary = read_table(plan.summary_path, METRICS)
+    ev = summary[summary.stage == "evaluate"]
+    wide = ev.pivot_table(
+        index=["model", "method"], columns="metric", values="value", aggfunc="first"
+    )
+    cols = [
+        c
+        for c in ("perplexity", "hidden_rel_err", "kl_div", "tokens_per_s", "eval_tokens")
+        if c in wide
+    ]
+    table = Table(title=f"{plan.summary_path} (evaluate)")
+    for col in ("model", "method", *cols):
+        table.add_column(col, justify="right" if col in cols else "left")
+    for (model, method), row in wide[cols].iterrows():
+        table.add_row(model, method, *("" if pd.isna(row[c]) else f"{row[c]:.4g}" for c in cols))
+    Console().print(table)
+    if args.json:
+        print(json.dumps(summary.to_dict("records"), default=str))
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    from actsparse.tracking import tracking_uri
+
+    uri = tracking_uri(args.root)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--workers",
+        "1",
+    ]
+    if uri.startswith("sqlite:///"):
+        cmd += ["--default-artifact-root", (Path(args.root) / "mlartifacts").resolve().as_uri()]
+    print(
+        f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr
+    )
+    if args.dry_run:
+        print(subprocess.list2cmdline(cmd))
+    else:
+        os.execv(sys.executable, cmd)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="actsparse", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn, help_ in (
+        ("config", cmd_config, "print the composed, validated study config"),
+        ("plan", cmd_plan, "list the study's jobs, their config hashes and output folders"),
+        ("show", cmd_show, "print the evaluation results of a finished study"),
+    ):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--experiment", "-e", help="experiment preset (conf/experiment/NAME.yaml)")
+        p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.steps=100")
+        p.set_defaults(fn=fn)
+        if name == "show":
+            p.add_argument("--json", action="store_true", help="also print every row as JSON")
+    p = sub.add_parser("ui", help="open the MLflow UI on the study runs (binds 127.0.0.1)")
+    p.add_argument(
+        "--root", default="data", help="the output root holding mlflow.db (default: data)"
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--dry-run", action="store_true", help="print the command instead of running it")
+    p.set_defaults(fn=cmd_ui)
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+    except ConfigError as e:
+        raise SystemExit(f"actsparse: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
