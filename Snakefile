@@ -4,7 +4,8 @@
 #
 #   snakemake -c2                                  # the quickstart study (default)
 #   snakemake -c2 --config experiment=smoke        # another preset (conf/experiment/)
-#   snakemake -c2 --config train.steps=100         # any key of the composed config
+#   snakemake -c2 --config 'overrides=[train.steps=100]'   # any key (Hydra override syntax)
+#   snakemake -c2 --config 'train={steps: 100}'            # the same, as a nested mapping
 #
 # Output tree (<root> = <study.output_root>/<study.name>, e.g. data/quickstart):
 #   <root>/data/<corpus>-<hash>/          tokenizer/, tokens/*.npy, manifest.parquet, corpus.json

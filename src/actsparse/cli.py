@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from actsparse.config import ConfigError, compose_study, to_dict
+from actsparse.tables import TableError
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -73,7 +74,7 @@ def cmd_show(args: argparse.Namespace) -> None:
         table.add_column(col, justify="right" if col in cols else "left")
     for (model, method), row in wide[cols].iterrows():
         table.add_row(model, method, *("" if pd.isna(row[c]) else f"{row[c]:.4g}" for c in cols))
-    Console().print(table)
+    Console(width=max(120, Console().width)).print(table)
     if args.json:
         print(json.dumps(summary.to_dict("records"), default=str))
 
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         args.fn(args)
-    except ConfigError as e:
+    except (ConfigError, TableError) as e:
         raise SystemExit(f"actsparse: {e}") from None
 
 

@@ -362,10 +362,20 @@ class StudyConfig:
 def snakemake_config_to_overrides(smk_config: dict[str, Any]) -> list[str]:
     """Turn Snakemake's `--config` entries into Hydra overrides.
 
-    `experiment=NAME` selects a preset; `overrides=[...]` passes Hydra overrides verbatim;
-    any other `dotted.key=value` is an override of that key.
+    `experiment=NAME` selects a preset; `overrides=[a.b=1,c=x]` passes Hydra overrides
+    verbatim; any other entry overrides that key, nested mappings by their dotted leaves
+    (`--config 'train={steps: 100}'` is `train.steps=100`). Snakemake itself refuses
+    dotted keys such as `train.steps=100` on its command line.
     """
     overrides: list[str] = []
+
+    def leaves(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                leaves(f"{prefix}.{k}", v)
+        else:
+            overrides.append(f"{prefix}={_render(value)}")
+
     for key, value in smk_config.items():
         if key == "experiment":
             overrides.append(f"experiment={value}")
@@ -373,19 +383,18 @@ def snakemake_config_to_overrides(smk_config: dict[str, Any]) -> list[str]:
             values = [value] if isinstance(value, str) else list(value or [])
             overrides += [str(v) for v in values]
         else:
-            rendered = (
-                json.dumps(value)
-                if isinstance(value, (list, dict))
-                else (
-                    "null"
-                    if value is None
-                    else str(value).lower()
-                    if isinstance(value, bool)
-                    else str(value)
-                )
-            )
-            overrides.append(f"{key}={rendered}")
+            leaves(key, value)
     return overrides
+
+
+def _render(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
 
 
 def compose_study(
@@ -462,6 +471,8 @@ class _Sources:
     def where(self, key: str) -> str:
         for ov in reversed(self.overrides):
             name = ov.split("=", 1)[0].lstrip("+~")
+            if (self.conf_dir / name.split("@")[0]).is_dir():
+                continue  # selects a group option (data=wikitext2_local): look in that file
             if key == name or key.startswith(name + ".") or name.startswith(key + "."):
                 return f"command-line override '{ov}'"
         candidates: list[tuple[Path, str]] = []

@@ -101,20 +101,10 @@ def test_a_value_set_by_the_experiment_names_the_experiment_file(tmp_path):
 
 def test_snakemake_config_becomes_hydra_overrides():
     got = snakemake_config_to_overrides(
-        {
-            "experiment": "smoke",
-            "train.steps": 10,
-            "overrides": ["evaluate.batch_size=2"],
-            "x.flag": True,
-            "y.v": None,
-        }
+        {"experiment": "smoke", "train": {"steps": 10, "lr": 0.01}, "overrides": ["evaluate.batch_size=2"],
+         "x": {"flag": True, "v": None, "l": [1, 2]}}
     )
-    assert got == [
-        "experiment=smoke",
-        "train.steps=10",
-        "evaluate.batch_size=2",
-        "x.flag=true",
-        "y.v=null",
-    ]
-    cfg = compose_study(snakemake_config_to_overrides({"experiment": "smoke", "train.steps": 10}))
+    assert got == ["experiment=smoke", "train.steps=10", "train.lr=0.01", "evaluate.batch_size=2",
+                   "x.flag=true", "x.v=null", "x.l=[1, 2]"]
+    cfg = compose_study(snakemake_config_to_overrides({"experiment": "smoke", "train": {"steps": 10}}))
     assert cfg.train.steps == 10

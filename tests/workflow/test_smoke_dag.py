@@ -72,8 +72,8 @@ def workdir(tmp_path_factory, repo) -> Path:
 def test_bad_config_stops_before_any_job(workdir):
     for config, message in (
         ("experiment=nope", "unknown experiment 'nope'"),
-        ("train.lr=-1", "train.lr: must be in (0, 1)"),
-        ("train.nope=3", "unknown config key 'train.nope'"),
+        ("overrides=[train.lr=-1]", "train.lr: must be in (0, 1)"),
+        ("train={nope: 3}", "unknown config key 'train.nope'"),
     ):
         r = snakemake(workdir, "--config", config)
         assert r.returncode != 0
