@@ -1,0 +1,33 @@
+"""The real-model code path (a checkpoint's own tokenizer, no training, a local
+save_pretrained folder as the model) on a tiny local checkpoint."""
+
+import math
+
+from actsparse.config import compose_study
+from actsparse.plan import StudyPlan
+from actsparse.stages import calibrate, data, evaluate
+from actsparse.stages.job import run_job
+from actsparse.tables import METRICS, read_table
+
+
+def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_path):
+    checkpoint = smoke_outputs.train("llama_micro").out_dir + "/model"  # has its tokenizer
+    plan = StudyPlan(compose_study([
+        "experiment=smoke", f"study.output_root={tmp_path}", "~models.llama_micro", "~models.opt_micro",
+        "+models.local.source=pretrained", f"+models.local.path={checkpoint}", "data.tokenizer.kind=model",
+    ]))
+    assert plan.trained_models == [] and plan.data_variants == ["stdlib.local"]
+    data_dir = run_job(plan.data("stdlib.local").spec, data.DataJob, data.run)
+    cal = run_job(plan.calibrate("local").spec, calibrate.CalibrateJob, calibrate.run)
+    ev = run_job(plan.evaluate("local").spec, evaluate.EvaluateJob, evaluate.run)
+    # the checkpoint's tokenizer re-tokenizes the same corpus to the same ids as the study's BPE
+    import numpy as np
+
+    from actsparse.data import TokenData
+
+    same = TokenData(smoke_outputs.data("stdlib").out_dir)
+    np.testing.assert_array_equal(TokenData(data_dir).tokens("test"), same.tokens("test"))
+    assert (cal / "gram" / "layer_001.safetensors").is_file()
+    m = read_table(ev / "metrics.parquet", METRICS)
+    ppl = m[(m.metric == "perplexity") & (m.method == "dense")].value.item()
+    assert math.isfinite(ppl) and ppl > 1
