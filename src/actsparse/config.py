@@ -97,6 +97,13 @@ class DataCfg:
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
+        if not re.fullmatch(r"[A-Za-z0-9_]+", self.name):
+            out.append(
+                (
+                    "name",
+                    f"may use only letters, digits and _ (it names folders), got {self.name!r}",
+                )
+            )
         if self.source not in ("stdlib", "local", "hf"):
             out.append(("source", f"must be one of stdlib, local, hf; got {self.source!r}"))
         if self.source == "local":
@@ -346,13 +353,37 @@ class StudyConfig:
                             f"'model' needs pretrained models; models.{name} is trained here",
                         )
                     )
-                if self.train.seq_len > model.arch.max_position_embeddings:
-                    out.append(
-                        (
-                            "train.seq_len",
-                            f"{self.train.seq_len} exceeds models.{name}.arch.max_position_embeddings={model.arch.max_position_embeddings}",
+                limit = model.arch.max_position_embeddings
+                for key, seq_len in (
+                    ("train.seq_len", self.train.seq_len),
+                    ("calibrate.seq_len", self.calibrate.seq_len),
+                    ("evaluate.seq_len", self.evaluate.seq_len or limit),
+                ):
+                    if seq_len > limit:
+                        out.append(
+                            (
+                                key,
+                                f"{seq_len} exceeds models.{name}.arch.max_position_embeddings={limit}",
+                            )
                         )
+                    elif (
+                        key == "evaluate.seq_len"
+                        and (self.evaluate.max_tokens or seq_len) < seq_len
+                    ):
+                        out.append(
+                            (
+                                "evaluate.max_tokens",
+                                f"{self.evaluate.max_tokens} does not fill one window of {seq_len} tokens ({name})",
+                            )
+                        )
+            elif model.source == "pretrained" and self.evaluate.seq_len is None:
+                out.append(
+                    (
+                        "evaluate.seq_len",
+                        f"must be set for pretrained models (models.{name}): "
+                        "their context can be 32k tokens or more; e.g. 2048",
                     )
+                )
         return out
 
 
@@ -441,7 +472,7 @@ def validate(raw: DictConfig | dict, sources: _Sources | None = None) -> StudyCo
     except OmegaConfBaseException as e:
         key = str(getattr(e, "full_key", "") or "")
         msg = str(getattr(e, "msg", e)).splitlines()[0]
-        if "not in" in msg or "Key '" in msg and "not in" in msg:
+        if "not in" in msg:
             msg = f"unknown key ({msg})"
         raise ConfigError(f"config error at '{key}' ({sources.where(key)}): {msg}") from None
     problems = typed.problems()

@@ -252,8 +252,3 @@ class TokenData:
                 parts.append(arr.astype(np.int64))
             self._cache[split] = np.concatenate(parts)
         return self._cache[split]
-
-    def vocab_size(self) -> int:
-        from transformers import AutoTokenizer
-
-        return len(AutoTokenizer.from_pretrained(self.tokenizer_dir))

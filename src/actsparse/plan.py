@@ -109,7 +109,12 @@ class StudyPlan:
         if self.cfg.models[model].source != "train":
             raise KeyError(f"model {model!r} is pretrained; it has no train job")
         config = {
-            "model": to_dict(self.cfg.models[model]),
+            # what building the model needs: loading options (dtype, ...) are not its identity
+            "model": {
+                k: v
+                for k, v in to_dict(self.cfg.models[model]).items()
+                if k in ("source", "family", "arch")
+            },
             "train": to_dict(self.cfg.train),
             "seed": self.cfg.study.seed,
         }

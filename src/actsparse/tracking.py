@@ -69,6 +69,10 @@ class JobRun:
     ):
         self.study, self.stage, self.variant, self.hash = study, stage, variant, config_hash
         self.uri = tracking_uri(output_root)
+        if self.uri.startswith("http"):
+            # a server that is down must cost seconds, not MLflow's default minutes of retries
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.artifact_root = (Path(output_root) / "mlartifacts").resolve()
         self.run_id = ""
         self._failed = False
@@ -105,12 +109,7 @@ class JobRun:
         from mlflow.entities import Param
 
         client = self._client()
-        exp = client.get_experiment_by_name(self.study)
-        if exp is None:
-            location = self.artifact_root.as_uri() if self.uri.startswith("sqlite") else None
-            exp_id = client.create_experiment(self.study, artifact_location=location)
-        else:
-            exp_id = exp.experiment_id
+        exp_id = self._experiment_id(client)
         tags = {
             "stage": self.stage,
             "variant": self.variant,
@@ -125,6 +124,21 @@ class JobRun:
         items = [Param(k, v) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):
             client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def _experiment_id(self, client) -> str:
+        from mlflow.exceptions import MlflowException
+
+        exp = client.get_experiment_by_name(self.study)
+        if exp is not None:
+            return exp.experiment_id
+        location = self.artifact_root.as_uri() if self.uri.startswith("sqlite") else None
+        try:
+            return client.create_experiment(self.study, artifact_location=location)
+        except MlflowException:  # another job created it first (remote stores take no lock)
+            exp = client.get_experiment_by_name(self.study)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def finish(
         self, metrics: dict[str, float], artifacts: list[Path], status: str = "FINISHED"

@@ -71,6 +71,20 @@ def test_real_model_preset_uses_the_checkpoint_tokenizer_per_model():
             r"models\.x\.family: must be one of llama, opt",
         ),
         (["train.seq_len=100000"], r"train\.seq_len: 100000 exceeds"),
+        (
+            ["experiment=smoke", "calibrate.seq_len=65"],
+            r"calibrate\.seq_len: 65 exceeds models\.llama_micro",
+        ),
+        (["experiment=smoke", "evaluate.seq_len=128"], r"evaluate\.seq_len: 128 exceeds"),
+        (
+            ["experiment=smoke", "evaluate.max_tokens=10"],
+            r"evaluate\.max_tokens: 10 does not fill one window of 64",
+        ),
+        (["data.name=wiki-text"], r"data\.name: may use only letters, digits and _"),
+        (
+            ["experiment=llama2_7b", "evaluate.seq_len=null"],
+            r"evaluate\.seq_len: must be set for pretrained models",
+        ),
     ],
 )
 def test_bad_config_is_refused_naming_the_key(overrides, pattern):
@@ -101,10 +115,23 @@ def test_a_value_set_by_the_experiment_names_the_experiment_file(tmp_path):
 
 def test_snakemake_config_becomes_hydra_overrides():
     got = snakemake_config_to_overrides(
-        {"experiment": "smoke", "train": {"steps": 10, "lr": 0.01}, "overrides": ["evaluate.batch_size=2"],
-         "x": {"flag": True, "v": None, "l": [1, 2]}}
+        {
+            "experiment": "smoke",
+            "train": {"steps": 10, "lr": 0.01},
+            "overrides": ["evaluate.batch_size=2"],
+            "x": {"flag": True, "v": None, "l": [1, 2]},
+        }
     )
-    assert got == ["experiment=smoke", "train.steps=10", "train.lr=0.01", "evaluate.batch_size=2",
-                   "x.flag=true", "x.v=null", "x.l=[1, 2]"]
-    cfg = compose_study(snakemake_config_to_overrides({"experiment": "smoke", "train": {"steps": 10}}))
+    assert got == [
+        "experiment=smoke",
+        "train.steps=10",
+        "train.lr=0.01",
+        "evaluate.batch_size=2",
+        "x.flag=true",
+        "x.v=null",
+        "x.l=[1, 2]",
+    ]
+    cfg = compose_study(
+        snakemake_config_to_overrides({"experiment": "smoke", "train": {"steps": 10}})
+    )
     assert cfg.train.steps == 10

@@ -64,7 +64,16 @@ def test_statistics_match_the_float64_reference(smoke_outputs, model_name):
             np.testing.assert_allclose(s["std"], x.std(0), rtol=1e-9, atol=1e-12)
             np.testing.assert_allclose(s["mean_abs"], np.abs(x).mean(0), rtol=1e-9)
             np.testing.assert_allclose(s["frac_zero"], (x == 0).mean(0))
-            assert hist[hist.site == site]["count"].sum() == x.size
+            np.testing.assert_allclose(
+                s["frac_near_zero"], (np.abs(x) <= plan.cfg.calibrate.near_zero_eps).mean(0)
+            )
+            h = hist[hist.site == site].sort_values("bin")
+            a = np.abs(x).ravel()
+            inner = np.histogram(a, h.lo.values[1:])[0]  # edges e_0..e_B
+            # float32 activations cast to float64 land in the same bins as in the stage
+            np.testing.assert_array_equal(h["count"].values[1:-1], inner)
+            assert h["count"].values[0] == np.sum(a < h.hi.values[0])
+            assert h["count"].sum() == x.size
 
 
 def test_layer_by_layer_passes_give_identical_statistics(smoke_outputs, tmp_path):

@@ -91,6 +91,16 @@ def test_data_stage_shards_decode_back_to_the_corpus(tmp_path, shared_data):
     assert not (out.parent / (out.name + ".partial")).exists()
 
 
+def test_a_long_document_is_tokenized_whole(shared_data):
+    """Shards equal the tokenizer applied to the whole text, as perplexity protocols do."""
+    from actsparse.stages.data import encode_split, train_bpe
+
+    text = (shared_data / "wikitext-2" / "test.txt").read_text()
+    tok = train_bpe([text[:200_000]], vocab_size=1000, min_frequency=2)
+    whole = tok.backend_tokenizer.encode(text, add_special_tokens=False).ids
+    np.testing.assert_array_equal(encode_split(tok, [text], separate_docs=False), whole)
+
+
 def test_corrupted_shards_and_manifest_are_named(tmp_path):
     from conftest import smoke_plan
 

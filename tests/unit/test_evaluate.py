@@ -73,3 +73,18 @@ def test_non_finite_loss_fails_loudly_and_is_never_dropped(setup):
         broken.lm_head.weight[:, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="non-finite loss in window 0"):
         evaluate_lm(broken, wins, 4, uni)
+
+
+def test_stage_loads_a_separate_reference_model(smoke_outputs):
+    """The path methods will use: a variant evaluated against the dense model it came from."""
+    from actsparse.stages import evaluate
+    from actsparse.stages.job import run_job
+    from actsparse.tables import METRICS, read_table
+
+    plan = smoke_outputs
+    spec = dict(plan.evaluate("opt_micro").spec)
+    spec["inputs"] = {**spec["inputs"], "reference": plan.model_path("llama_micro")}
+    spec["output"] = spec["output"] + "-vs-llama"
+    out = run_job(spec, evaluate.EvaluateJob, evaluate.run)
+    m = read_table(out / "metrics.parquet", METRICS).set_index("metric")["value"]
+    assert m["hidden_rel_err"] > 0 and m["kl_div"] > 0 and m["hidden_cosine"] < 1

@@ -52,9 +52,17 @@ def test_a_model_change_touches_only_that_models_jobs():
     ]
 
 
+def test_loading_options_do_not_retrain():
+    a, b = _hashes(), _hashes("models.llama_micro.dtype=bfloat16")
+    assert sorted(k for k in a if a[k] != b[k]) == [
+        ("calibrate", "llama_micro"),
+        ("evaluate", "llama_micro.dense"),
+    ]
+
+
 def test_the_study_name_and_output_root_do_not_enter_slices():
     a = _hashes()
-    assert a == _hashes("study.output_root=/elsewhere")
+    assert a == _hashes("study.output_root=/elsewhere") == _hashes("study.name=other")
 
 
 def test_spec_carries_slice_inputs_and_output():

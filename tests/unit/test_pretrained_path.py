@@ -12,10 +12,19 @@ from actsparse.tables import METRICS, read_table
 
 def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_path):
     checkpoint = smoke_outputs.train("llama_micro").out_dir + "/model"  # has its tokenizer
-    plan = StudyPlan(compose_study([
-        "experiment=smoke", f"study.output_root={tmp_path}", "~models.llama_micro", "~models.opt_micro",
-        "+models.local.source=pretrained", f"+models.local.path={checkpoint}", "data.tokenizer.kind=model",
-    ]))
+    plan = StudyPlan(
+        compose_study(
+            [
+                "experiment=smoke",
+                f"study.output_root={tmp_path}",
+                "~models.llama_micro",
+                "~models.opt_micro",
+                "+models.local.source=pretrained",
+                f"+models.local.path={checkpoint}",
+                "data.tokenizer.kind=model",
+            ]
+        )
+    )
     assert plan.trained_models == [] and plan.data_variants == ["stdlib.local"]
     data_dir = run_job(plan.data("stdlib.local").spec, data.DataJob, data.run)
     cal = run_job(plan.calibrate("local").spec, calibrate.CalibrateJob, calibrate.run)

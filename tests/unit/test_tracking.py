@@ -45,10 +45,18 @@ def test_honours_mlflow_tracking_uri(tmp_path, monkeypatch):
     assert MlflowClient(uri).get_run(run_id).data.tags["stage"] == "train"
 
 
-def test_a_failing_store_warns_once_and_loses_nothing(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/no/such/dir/mlflow.db")
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:9", "sqlite:////proc/no/such/dir/mlflow.db"])
+def test_a_store_that_is_down_warns_once_and_loses_nothing(tmp_path, monkeypatch, uri):
+    import time
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
     r = JobRun("s", "train", "v", "h", tmp_path)
+    t = time.perf_counter()
     with pytest.warns(UserWarning, match="MLflow tracking failed") as caught:
         assert r.start({"a": 1}) == ""
         r.finish({"m": 1.0}, [])
+        r.fail()
     assert len(caught) == 1
+    assert time.perf_counter() - t < 60  # bounded retries: a dead server costs seconds

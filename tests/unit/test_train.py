@@ -68,3 +68,34 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_loss_curve(tmp_pat
     )
     b = read_table(f"{job.out_dir}/loss_curve.parquet", LOSS_CURVE).drop(columns="elapsed_s")
     pd.testing.assert_frame_equal(a, b)  # exactly the same curve, not merely close
+
+
+def test_sigterm_unwinds_marks_the_run_failed_and_leaves_no_output(tmp_path):
+    """What SLURM's scancel or a time limit does to a job."""
+    from conftest import smoke_plan
+    from mlflow.tracking import MlflowClient
+
+    from actsparse.stages import data
+    from actsparse.stages.job import run_job
+
+    plan = smoke_plan(tmp_path, "train.steps=5000", "train.ckpt_interval=20")
+    run_job(plan.data("stdlib").spec, data.DataJob, data.run)
+    job = plan.train("llama_micro")
+    ckpt = partial_dir(job.out_dir) / "ckpt" / "state.pt"
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    proc = subprocess.Popen(
+        _train_cmd(job.spec_json),
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "terminated by signal 15" in err
+    assert not os.path.exists(job.out_dir)
+    run_id = (partial_dir(job.out_dir) / "mlflow_run_id").read_text().strip()
+    assert MlflowClient(uri).get_run(run_id).info.status == "FAILED"

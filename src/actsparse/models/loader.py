@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,6 +12,29 @@ from actsparse.config import local_model_path_problem
 from actsparse.models.adapters import FamilyAdapter, adapter_for
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class LoadCfg:
+    """How a stage loads its model (part of each model-reading job's config slice)."""
+
+    dtype: str = "float32"
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so wall-clock timings measure it."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def load_model_as(path: str | Path, cfg: LoadCfg, device: str | torch.device = "cpu"):
+    return load_model(path, cfg.dtype, cfg.revision, cfg.trust_remote_code, device)
 
 
 def load_model(

@@ -34,19 +34,12 @@ from actsparse.activation_stats import SiteStats, log_bin_edges
 from actsparse.config import CalibrateCfg
 from actsparse.data import TokenData, batch_at
 from actsparse.io import save_tensors
-from actsparse.models import load_model
+from actsparse.models import LoadCfg, default_device, load_model_as
 from actsparse.models.adapters import FamilyAdapter, linear_shape
 from actsparse.stages.job import Metric, StageResult, main
 from actsparse.tables import CHANNEL_STATS, HISTOGRAMS, LINEARS, write_table
 
 log = logging.getLogger("actsparse.calibrate")
-
-
-@dataclass
-class LoadCfg:
-    dtype: str = "float32"
-    revision: str | None = None
-    trust_remote_code: bool = False
 
 
 @dataclass
@@ -58,10 +51,6 @@ class CalibrateJob:
 
 class _StopForward(Exception):
     """Raised after the last block of a pass's group: later blocks need not run."""
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def collect(
@@ -169,10 +158,8 @@ def write_layer(
 
 def run(cfg: CalibrateJob, inputs: dict[str, str], out: Path) -> StageResult:
     c = cfg.calibrate
-    dev = device()
-    model, adapter = load_model(
-        inputs["model"], cfg.load.dtype, cfg.load.revision, cfg.load.trust_remote_code, device=dev
-    )
+    dev = default_device()
+    model, adapter = load_model_as(inputs["model"], cfg.load, device=dev)
     data = TokenData(inputs["data"])
     tokens = torch.from_numpy(data.tokens(c.split))
     if len(tokens) < c.seq_len:
@@ -189,11 +176,9 @@ def run(cfg: CalibrateJob, inputs: dict[str, str], out: Path) -> StageResult:
     for group in groups:
         stats = collect(model, adapter, tokens, c, cfg.seed, group, dev)
         for layer in group:
-            linears = {
-                site: [name for name, _ in mods]
-                for site, mods in adapter.site_linears(model, layer).items()
-            }
-            for site, mods in adapter.site_linears(model, layer).items():
+            site_linears = adapter.site_linears(model, layer)
+            linears = {site: [name for name, _ in mods] for site, mods in site_linears.items()}
+            for site, mods in site_linears.items():
                 for name, module in mods:
                     n_in, n_out = linear_shape(module)
                     linear_rows.append(
@@ -225,6 +210,8 @@ def run(cfg: CalibrateJob, inputs: dict[str, str], out: Path) -> StageResult:
         Metric("tokens_per_s", n_tokens * len(groups) / elapsed if elapsed > 0 else float("nan")),
         Metric("peak_rss_mb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     ]
+    if dev.type == "cuda":
+        metrics.append(Metric("peak_gpu_mem_mb", torch.cuda.max_memory_allocated(dev) / 2**20))
     for site, values in summary.items():
         metrics.append(
             Metric(

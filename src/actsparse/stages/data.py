@@ -68,32 +68,29 @@ def load_model_tokenizer(source: dict[str, Any]):
     )
 
 
-def _chunks(doc: str, size: int = 1 << 16) -> list[str]:
-    """Cut a long document at line ends so the fast tokenizer can batch it."""
-    out, start = [], 0
-    while start < len(doc):
-        end = min(len(doc), start + size)
-        if end < len(doc):
-            nl = doc.rfind("\n", start, end)
-            end = nl + 1 if nl > start else end
-        out.append(doc[start:end])
-        start = end
-    return out
-
-
-def encode_split(tokenizer, docs: list[str], separate_docs: bool) -> np.ndarray:
+def encode_split(tokenizer, docs: list[str], separate_docs: bool, batch: int = 64) -> np.ndarray:
     """Token ids of a split: BOS (if the tokenizer has one and is a checkpoint's) once at the
-    start, EOS between documents when documents are separate files."""
+    start, EOS between documents when documents are separate files.
+
+    Each document is encoded whole, in one call: cutting it would change the tokens at the
+    cuts (SentencePiece tokenizers add a leading space marker per call), and the result
+    must equal `tokenizer(text)` as the perplexity literature computes it.
+    """
     backend = tokenizer.backend_tokenizer
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     if tokenizer.bos_token_id is not None and tokenizer.bos_token != EOS:
         ids.append(tokenizer.bos_token_id)
-    for i, doc in enumerate(tqdm(docs, desc="tokenize", unit="doc", leave=False, mininterval=2)):
-        for enc in backend.encode_batch(_chunks(doc), add_special_tokens=False):
+    bar = tqdm(total=len(docs), desc="tokenize", unit="doc", leave=False, mininterval=2)
+    for start in range(0, len(docs), batch):
+        for i, enc in enumerate(
+            backend.encode_batch(docs[start : start + batch], add_special_tokens=False)
+        ):
             ids.extend(enc.ids)
-        if separate_docs and eos is not None and i < len(docs) - 1:
-            ids.append(eos)
+            if separate_docs and eos is not None and start + i < len(docs) - 1:
+                ids.append(eos)
+        bar.update(min(batch, len(docs) - start))
+    bar.close()
     return np.asarray(ids, dtype=np.int64)
 
 

@@ -28,8 +28,7 @@ from tqdm import tqdm
 
 from actsparse.config import EvaluateCfg
 from actsparse.data import TokenData
-from actsparse.models import load_model
-from actsparse.stages.calibrate import LoadCfg, device
+from actsparse.models import LoadCfg, default_device, load_model_as, synchronize
 from actsparse.stages.job import Metric, StageResult, main
 
 log = logging.getLogger("actsparse.evaluate")
@@ -73,6 +72,9 @@ def unigram_logprobs(train_tokens: np.ndarray, vocab_size: int) -> torch.Tensor:
     return torch.from_numpy(np.log(counts / counts.sum()))
 
 
+CHUNK = 512  # tokens per float64 fidelity chunk: bounds memory at CHUNK x vocab
+
+
 @torch.no_grad()
 def evaluate_lm(
     model,
@@ -83,28 +85,37 @@ def evaluate_lm(
     fidelity_tokens: int = 0,
     dev: torch.device | str = "cpu",
 ) -> EvalResult:
-    """Perplexity, unigram baseline and fidelity of `model` on `wins` (see module doc)."""
-    nll_sum, n_pred, uni_sum, fwd_time = 0.0, 0, 0.0, 0.0
+    """Perplexity, unigram baseline and fidelity of `model` on `wins` (see module doc).
+
+    Throughput counts the forward passes only, with the GPU synchronised around each and
+    the first batch (warm-up) left out when there is more than one.
+    """
+    nll_sum, n_pred, uni_sum = 0.0, 0, 0.0
+    timed_tokens, timed_s = 0, 0.0
     fid_left = fidelity_tokens
     err2 = ref2 = cos_sum = kl_sum = 0.0
     n_fid = 0
-    for start in tqdm(
-        range(0, len(wins), batch_size), desc="evaluate", unit="batch", mininterval=2
-    ):
+    starts = range(0, len(wins), batch_size)
+    for start in tqdm(starts, desc="evaluate", unit="batch", mininterval=2):
         x = wins[start : start + batch_size].to(dev)  # (B, T)
         want_hidden = fid_left > 0
+        synchronize(dev)
         t = time.perf_counter()
         out = model(input_ids=x, use_cache=False, output_hidden_states=want_hidden)
-        fwd_time += time.perf_counter() - t
-        logp = F.log_softmax(out.logits[:, :-1].float(), dim=-1)  # (B, T-1, V)
+        synchronize(dev)
+        if start > 0 or len(starts) == 1:
+            timed_s += time.perf_counter() - t
+            timed_tokens += x.numel()
         target = x[:, 1:]
-        tok_nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1).double()  # (B, T-1)
-        if not torch.isfinite(tok_nll).all():
-            bad = start + int((~torch.isfinite(tok_nll)).any(1).nonzero()[0, 0])
-            raise FloatingPointError(
-                f"evaluate: non-finite loss in window {bad}; refusing to drop it"
-            )
-        nll_sum += tok_nll.sum().item()
+        for i in range(x.shape[0]):  # one window at a time: (T-1, V) in float32
+            tok_nll = F.cross_entropy(
+                out.logits[i, :-1].float(), target[i], reduction="none"
+            ).double()
+            if not torch.isfinite(tok_nll).all():
+                raise FloatingPointError(
+                    f"evaluate: non-finite loss in window {start + i}; refusing to drop it"
+                )
+            nll_sum += tok_nll.sum().item()
         n_pred += target.numel()
         uni_sum += -unigram[target.cpu()].sum().item()
         if want_hidden:
@@ -112,23 +123,27 @@ def evaluate_lm(
                 ref_out = out
             else:
                 ref_out = reference(input_ids=x, use_cache=False, output_hidden_states=True)
-            h = out.hidden_states[-1].double().reshape(-1, out.hidden_states[-1].shape[-1])
-            r = ref_out.hidden_states[-1].double().reshape(-1, h.shape[-1])
-            k = min(fid_left, h.shape[0])
-            h, r = h[:k], r[:k]
-            err2 += ((h - r) ** 2).sum().item()
-            ref2 += (r**2).sum().item()
-            cos_sum += F.cosine_similarity(h, r, dim=-1).sum().item()
-            lp = F.log_softmax(out.logits.double().reshape(-1, out.logits.shape[-1])[:k], -1)
-            lr = F.log_softmax(ref_out.logits.double().reshape(-1, out.logits.shape[-1])[:k], -1)
-            kl_sum += (lr.exp() * (lr - lp)).sum().item()
+            width, vocab = out.hidden_states[-1].shape[-1], out.logits.shape[-1]
+            k = min(fid_left, x.numel())
+            for c in range(0, k, CHUNK):
+                e = min(c + CHUNK, k)
+                h = out.hidden_states[-1].reshape(-1, width)[c:e].double()  # (chunk, d)
+                r = ref_out.hidden_states[-1].reshape(-1, width)[c:e].double()
+                err2 += ((h - r) ** 2).sum().item()
+                ref2 += (r**2).sum().item()
+                cos_sum += F.cosine_similarity(h, r, dim=-1).sum().item()
+                lp = F.log_softmax(out.logits.reshape(-1, vocab)[c:e].double(), -1)  # (chunk, V)
+                lr = F.log_softmax(ref_out.logits.reshape(-1, vocab)[c:e].double(), -1)
+                kl_sum += F.kl_div(
+                    lp, lr, log_target=True, reduction="sum"
+                ).item()  # KL(ref || model)
             n_fid += k
             fid_left -= k
     return EvalResult(
         nll=nll_sum / n_pred,
         n_predicted=n_pred,
         unigram_nll=uni_sum / n_pred,
-        tokens_per_s=wins.numel() / fwd_time if fwd_time > 0 else float("nan"),
+        tokens_per_s=timed_tokens / timed_s if timed_s > 0 else float("nan"),
         hidden_rel_err=math.sqrt(err2 / ref2) if ref2 > 0 else float("nan"),
         hidden_cosine=cos_sum / n_fid if n_fid else float("nan"),
         kl=kl_sum / n_fid if n_fid else float("nan"),
@@ -137,20 +152,12 @@ def evaluate_lm(
 
 def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
     e = cfg.evaluate
-    dev = device()
-    model, _ = load_model(
-        inputs["model"], cfg.load.dtype, cfg.load.revision, cfg.load.trust_remote_code, device=dev
-    )
+    dev = default_device()
+    model, _ = load_model_as(inputs["model"], cfg.load, device=dev)
     if inputs.get("reference", inputs["model"]) == inputs["model"]:
         reference = model  # the dense baseline is its own reference
     else:
-        reference, _ = load_model(
-            inputs["reference"],
-            cfg.load.dtype,
-            cfg.load.revision,
-            cfg.load.trust_remote_code,
-            device=dev,
-        )
+        reference, _ = load_model_as(inputs["reference"], cfg.load, device=dev)
     data = TokenData(inputs["data"])
     seq_len = e.seq_len or int(model.config.max_position_embeddings)
     wins = windows(data.tokens(e.split), seq_len, e.max_tokens)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -145,6 +146,10 @@ def _metric_key(m: Metric) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-/ " else "_" for ch in key)
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(f"terminated by signal {signum}")
+
+
 def main(
     stage: str,
     cfg_cls: type[C],
@@ -174,6 +179,9 @@ def main(
     spec = load_spec(args.spec or args.config)
     if spec["stage"] != stage:
         parser.error(f"spec is for stage {spec['stage']!r}, not {stage!r}")
+    # SLURM's scancel and time limits send SIGTERM: unwind (marking the MLflow run FAILED
+    # and leaving only the .partial folder) instead of dying mid-write
+    signal.signal(signal.SIGTERM, _terminate)
     if args.threads > 0:
         import torch
 
