@@ -21,6 +21,7 @@ def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_p
                 "~models.opt_micro",
                 "+models.local.source=pretrained",
                 f"+models.local.path={checkpoint}",
+                "evaluate.seq_len=64",
                 "data.tokenizer.kind=model",
             ]
         )
