@@ -29,17 +29,11 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def smoke_plan(tmp: Path, *overrides: str):
-    """The smoke study's plan with outputs under `tmp`."""
-    from actsparse.config import compose_study
-    from actsparse.plan import StudyPlan
-
-    return StudyPlan(compose_study(["experiment=smoke", f"study.output_root={tmp}", *overrides]))
-
-
 @pytest.fixture(scope="session")
 def smoke_outputs(tmp_path_factory):
     """Data, a trained micro Llama and micro OPT of the smoke study, run in-process once."""
+    from helpers import smoke_plan
+
     from actsparse.stages import data, train
     from actsparse.stages.job import run_job
 

@@ -79,6 +79,26 @@ def cmd_show(args: argparse.Namespace) -> None:
         print(json.dumps(summary.to_dict("records"), default=str))
 
 
+def cmd_relog(args: argparse.Namespace) -> None:
+    """Rebuild the tracking store's view of a study from its files (after the store was down)."""
+    from actsparse.plan import StudyPlan
+    from actsparse.stages.summary import gather
+    from actsparse.tracking import relog_job, tracking_uri
+
+    plan = StudyPlan(compose_study(_overrides(args)))
+    root = plan.cfg.study.output_root
+    done = [j for j in plan.jobs() if Path(j.out_dir).is_dir()]
+    print(
+        f"re-logging {len(done)} finished jobs of {plan.cfg.study.name} into {tracking_uri(root)}",
+        file=sys.stderr,
+    )
+    for job in done:
+        run_id, action = relog_job(job.out_dir, root)
+        print(f"{job.stage}/{job.variant}-{job.hash}: {action} {run_id}")
+    if Path(plan.summary_path).is_file() and len(done) == len(plan.jobs()):
+        gather([j.out_dir for j in plan.jobs()], plan.summary_path)  # run ids may have changed
+
+
 def cmd_ui(args: argparse.Namespace) -> None:
     from actsparse.tracking import tracking_uri
 
@@ -115,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         ("config", cmd_config, "print the composed, validated study config"),
         ("plan", cmd_plan, "list the study's jobs, their config hashes and output folders"),
         ("show", cmd_show, "print the evaluation results of a finished study"),
+        ("relog", cmd_relog, "record a study's finished jobs in MLflow from their files"),
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--experiment", "-e", help="experiment preset (conf/experiment/NAME.yaml)")

@@ -59,15 +59,21 @@ def save_tensors(
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; a missing, truncated or corrupted file is an error naming it."""
+def load_tensors(path: str | Path, check_finite: bool = True) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing, truncated or corrupted file, or (by default) a
+    tensor holding NaN or inf, is an error naming the file and the tensor."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tensor file not found: {path}")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"corrupted or truncated safetensors file {path}: {e}") from None
+    if check_finite:
+        for key, t in tensors.items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise FloatingPointError(f"non-finite values (NaN or inf) in {key!r} of {path}")
+    return tensors
 
 
 def read_safetensors_metadata(path: str | Path) -> dict[str, str]:

@@ -102,7 +102,8 @@ class StudyPlan:
                 "revision": m.revision,
                 "trust_remote_code": m.trust_remote_code,
             }
-        config = {"data": data, "tokenizer_from": tokenizer_from, "seed": self.cfg.study.seed}
+        # no seed: the corpus, its splits and the BPE tokenizer do not depend on one
+        config = {"data": data, "tokenizer_from": tokenizer_from}
         return self._job("data", variant, config, {})
 
     def train(self, model: str) -> Job:

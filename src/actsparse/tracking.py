@@ -50,6 +50,17 @@ def git_commit() -> str:
         return "unknown"
 
 
+def metric_key(metric: str, method: str, split: str) -> str:
+    """The MLflow metric name of a study-table row: `metric[.method][.split]`."""
+    parts = [metric] + [p for p in (method if method != "dense" else "", split) if p]
+    return "".join(ch if ch.isalnum() or ch in "._-/ " else "_" for ch in ".".join(parts))
+
+
+def job_params(spec: dict[str, Any]) -> dict[str, Any]:
+    """What a job logs as MLflow params: its config slice and its inputs."""
+    return {"config": spec["config"], "inputs": spec["inputs"]}
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in d.items():
@@ -101,11 +112,11 @@ class JobRun:
             return FileLock(str(db) + ".lock", timeout=600)
         return contextlib.nullcontext()
 
-    def start(self, params: dict[str, Any]) -> str:
-        self._safely("start a run", lambda: self._start(params))
+    def start(self, params: dict[str, Any], tags: dict[str, str] | None = None) -> str:
+        self._safely("start a run", lambda: self._start(params, tags or {}))
         return self.run_id
 
-    def _start(self, params: dict[str, Any]) -> None:
+    def _start(self, params: dict[str, Any], extra_tags: dict[str, str]) -> None:
         from mlflow.entities import Param
 
         client = self._client()
@@ -119,6 +130,7 @@ class JobRun:
         }
         if os.environ.get("SLURM_JOB_ID"):
             tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+        tags.update(extra_tags)
         run = client.create_run(exp_id, tags=tags, run_name=tags["mlflow.runName"])
         self.run_id = run.info.run_id
         items = [Param(k, v) for k, v in flatten(params).items()]
@@ -172,3 +184,51 @@ class JobRun:
         from mlflow.tracking import MlflowClient
 
         return MlflowClient(self.uri)
+
+
+def relog_job(job_dir: str | Path, output_root: str | Path) -> tuple[str, str]:
+    """Record a finished job folder in the tracking store from its files.
+
+    A job whose run is in the store and FINISHED is left alone; a run that exists but
+    never finished (the store failed mid-job) gets its metrics and artifacts and is
+    marked FINISHED; a job with no run gets a new one (tag `relogged: true`), and its
+    `mlflow_run_id` file and `metrics.parquet` are updated to point at it.
+    Returns (run id, what was done).
+    """
+    import yaml
+
+    from actsparse.io import write_text
+    from actsparse.tables import METRICS, read_table, write_table
+
+    job_dir = Path(job_dir)
+    spec = yaml.safe_load((job_dir / "config.yaml").read_text())
+    metrics = read_table(job_dir / "metrics.parquet", METRICS)
+    id_file = job_dir / "mlflow_run_id"
+    run_id = id_file.read_text().strip() if id_file.is_file() else ""
+    run = JobRun(spec["study"], spec["stage"], spec["variant"], spec["hash"], output_root)
+    status = None
+    if run_id:
+        try:
+            status = run._client().get_run(run_id).info.status
+        except Exception:  # noqa: BLE001 - not in this store: log anew
+            status = None
+    if status == "FINISHED":
+        return run_id, "already recorded"
+    if status is None:
+        if not run.start(job_params(spec), tags={"relogged": "true"}):
+            raise RuntimeError(f"could not create a run in {run.uri} for {job_dir}")
+        action = "new run"
+    else:
+        run.run_id, action = run_id, "completed run"
+    values = {metric_key(r.metric, r.method, r.split): r.value for r in metrics.itertuples()}
+    artifacts = [job_dir / "metrics.parquet", job_dir / "config.yaml"] + sorted(
+        job_dir.glob("*.png")
+    )
+    run.finish(values, artifacts)
+    if run._failed:
+        raise RuntimeError(f"could not log {job_dir} to {run.uri}")
+    if run.run_id != run_id:
+        metrics["mlflow_run_id"] = run.run_id
+        write_table(metrics, job_dir / "metrics.parquet", METRICS)
+        write_text(id_file, run.run_id + "\n")
+    return run.run_id, action

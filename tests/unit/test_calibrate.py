@@ -77,7 +77,7 @@ def test_statistics_match_the_float64_reference(smoke_outputs, model_name):
 
 
 def test_layer_by_layer_passes_give_identical_statistics(smoke_outputs, tmp_path):
-    from conftest import smoke_plan
+    from helpers import smoke_plan
 
     job_all = smoke_outputs.calibrate("llama_micro")
     out_all = Path(job_all.out_dir)

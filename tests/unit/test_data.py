@@ -74,7 +74,7 @@ def test_hf_source_through_the_datasets_text_builder(shared_data, tmp_path):
 
 
 def test_data_stage_shards_decode_back_to_the_corpus(tmp_path, shared_data):
-    from conftest import smoke_plan
+    from helpers import smoke_plan
 
     plan = smoke_plan(tmp_path)
     job = plan.data("stdlib")
@@ -102,7 +102,7 @@ def test_a_long_document_is_tokenized_whole(shared_data):
 
 
 def test_corrupted_shards_and_manifest_are_named(tmp_path):
-    from conftest import smoke_plan
+    from helpers import smoke_plan
 
     plan = smoke_plan(tmp_path, "data.shard_tokens=20000")
     out = run_job(plan.data("stdlib").spec, data.DataJob, data.run)

@@ -33,6 +33,10 @@ def test_a_train_change_touches_train_and_everything_downstream():
     assert _changed(_hashes(), _hashes("train.grad_clip=0.5")) == ["calibrate", "evaluate", "train"]
 
 
+def test_a_seed_change_touches_every_job_but_data():
+    assert _changed(_hashes(), _hashes("study.seed=1")) == ["calibrate", "evaluate", "train"]
+
+
 def test_a_data_change_touches_every_job():
     assert _changed(_hashes(), _hashes("data.tokenizer.vocab_size=300")) == [
         "calibrate",

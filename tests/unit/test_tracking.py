@@ -60,3 +60,56 @@ def test_a_store_that_is_down_warns_once_and_loses_nothing(tmp_path, monkeypatch
         r.fail()
     assert len(caught) == 1
     assert time.perf_counter() - t < 60  # bounded retries: a dead server costs seconds
+
+
+def test_a_store_failing_mid_job_is_completed_by_relog(tmp_path, monkeypatch):
+    """The store works when the job starts and fails before it ends; relog finishes the run."""
+    import shutil
+
+    import pandas as pd
+    import yaml
+
+    from actsparse.tables import METRICS, write_table
+    from actsparse.tracking import relog_job
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    job = tmp_path / "smoke" / "train" / "llama_micro-deadbeef"
+    job.mkdir(parents=True)
+    spec = {
+        "study": "s",
+        "stage": "train",
+        "variant": "llama_micro",
+        "hash": "deadbeef",
+        "config": {"train": {"lr": 0.1}},
+        "inputs": {},
+    }
+    (job / "config.yaml").write_text(yaml.safe_dump(spec))
+    r = JobRun("s", "train", "llama_micro", "deadbeef", tmp_path)
+    run_id = r.start({"config": spec["config"], "inputs": {}})
+    (job / "mlflow_run_id").write_text(run_id)
+    row = dict(
+        stage="train",
+        method="dense",
+        variant="llama_micro",
+        level=None,
+        model="llama_micro",
+        corpus="",
+        split="valid",
+        metric="final_valid_loss",
+        value=2.5,
+        config_hash="deadbeef",
+        mlflow_run_id=run_id,
+    )
+    write_table(pd.DataFrame([row]), job / "metrics.parquet", METRICS)
+    db = tmp_path / "mlflow.db"
+    shutil.copy(db, tmp_path / "saved.db")
+    db.write_bytes(b"this is not a database" * 100)  # the store breaks mid-job
+    with pytest.warns(UserWarning, match="MLflow tracking failed"):
+        r.finish({"final_valid_loss.valid": 2.5}, [])
+    shutil.copy(tmp_path / "saved.db", db)  # the store is back
+    client = MlflowClient(default_tracking_uri(tmp_path))
+    assert client.get_run(run_id).info.status == "RUNNING"
+    assert relog_job(job, tmp_path) == (run_id, "completed run")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics == {"final_valid_loss.valid": 2.5}
+    assert relog_job(job, tmp_path) == (run_id, "already recorded")

@@ -32,7 +32,7 @@ def _train_cmd(spec_json: str) -> list[str]:
 
 
 def test_killed_run_resumes_from_its_checkpoint_with_the_same_loss_curve(tmp_path):
-    from conftest import smoke_plan
+    from helpers import smoke_plan
 
     from actsparse.stages import data
     from actsparse.stages.job import run_job
@@ -72,7 +72,7 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_loss_curve(tmp_pat
 
 def test_sigterm_unwinds_marks_the_run_failed_and_leaves_no_output(tmp_path):
     """What SLURM's scancel or a time limit does to a job."""
-    from conftest import smoke_plan
+    from helpers import smoke_plan
     from mlflow.tracking import MlflowClient
 
     from actsparse.stages import data

@@ -6,16 +6,11 @@ workflow (Snakefile, conf/, workflow/) so tests can edit the config like a user.
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from smk import SMOKE_BUDGET_S, copy_workflow, planned, snakemake
 
 from actsparse.tables import (
     CHANNEL_STATS,
@@ -28,45 +23,11 @@ from actsparse.tables import (
 )
 
 pytestmark = pytest.mark.workflow
-SMOKE_BUDGET_S = 300
-
-
-def snakemake(wd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{wd / 'tracking' / 'mlflow.db'}"}
-    (wd / "tracking").mkdir(exist_ok=True)
-    return subprocess.run(
-        [sys.executable, "-m", "snakemake", "-c2", *args],
-        cwd=wd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def planned(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """rule -> job count from a dry run's 'Job stats' table ({} when nothing is to be done)."""
-    text = result.stdout + result.stderr
-    assert result.returncode == 0, text[-3000:]
-    if "Nothing to be done" in text:
-        return {}
-    block = text.split("Job stats:", 1)[1]
-    counts = {}
-    for line in block.splitlines()[3:]:
-        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
-        if not m or m.group(1) == "total":
-            break
-        counts[m.group(1)] = int(m.group(2))
-    return counts
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, repo) -> Path:
-    wd = tmp_path_factory.mktemp("workflow")
-    shutil.copy(repo / "Snakefile", wd / "Snakefile")
-    shutil.copytree(repo / "conf", wd / "conf")
-    shutil.copytree(repo / "workflow", wd / "workflow")
-    return wd
+    return copy_workflow(repo, tmp_path_factory.mktemp("workflow"))
 
 
 def test_bad_config_stops_before_any_job(workdir):
@@ -80,15 +41,6 @@ def test_bad_config_stops_before_any_job(workdir):
         assert message in r.stdout + r.stderr
         assert "Traceback" not in r.stderr
     assert not (workdir / "data").exists()
-
-
-@pytest.fixture(scope="module")
-def smoke_run(workdir):
-    t = time.perf_counter()
-    r = snakemake(workdir, "--config", "experiment=smoke")
-    wall = time.perf_counter() - t
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    return workdir, wall
 
 
 def test_smoke_runs_within_budget(smoke_run):

@@ -60,13 +60,29 @@ def load_model(
         path, revision=revision, trust_remote_code=trust_remote_code, local_files_only=local
     )
     adapter = adapter_for(config.model_type)
-    model = AutoModelForCausalLM.from_pretrained(
-        path,
-        revision=revision,
-        trust_remote_code=trust_remote_code,
-        local_files_only=local,
-        dtype=DTYPES[dtype],
-        use_safetensors=True if local else None,
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            local_files_only=local,
+            dtype=DTYPES[dtype],
+            use_safetensors=True if local else None,
+        )
+    except Exception as e:  # noqa: BLE001 - say which checkpoint, whatever the library raised
+        if not local:
+            raise
+        raise ValueError(
+            f"could not load the model weights in {path} (corrupted or truncated?): {e}"
+        ) from e
     model.to(device).eval()
+    check_finite_weights(model, path)
     return model, adapter
+
+
+@torch.no_grad()
+def check_finite_weights(model: torch.nn.Module, where: str) -> None:
+    """Fail loudly, naming the parameter (and so the layer), on NaN or inf weights."""
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise FloatingPointError(f"non-finite weights (NaN or inf) in {name} of {where}")

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from actsparse.activation_stats import SiteStats, log_bin_edges
 from actsparse.config import CalibrateCfg
 from actsparse.data import TokenData, batch_at
+from actsparse.faults import kill_point
 from actsparse.io import save_tensors
 from actsparse.models import LoadCfg, default_device, load_model_as
 from actsparse.models.adapters import FamilyAdapter, linear_shape
@@ -191,6 +192,7 @@ def run(cfg: CalibrateJob, inputs: dict[str, str], out: Path) -> StageResult:
                         }
                     )
             write_layer(out, layer, stats[layer], linears)
+            kill_point("calibrate.after_layer")
             for site, s in stats[layer].items():
                 summary.setdefault(site, []).append(
                     (

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from actsparse.config import DataCfg
 from actsparse.data import SPLITS, Corpus, load_corpus
+from actsparse.faults import kill_point
 from actsparse.io import atomic_path, write_text
 from actsparse.stages.job import Metric, StageResult, main
 from actsparse.tables import DATA_MANIFEST, write_table
@@ -150,6 +151,7 @@ def run(cfg: DataJob, inputs: dict[str, str], out: Path) -> StageResult:
         rows += write_shards(
             out, split, ids, cfg.data.shard_tokens, vocab, sha, corpus.n_chars(split), corpus.source
         )
+        kill_point("data.after_shards")
         metrics += [
             Metric("n_tokens", len(ids), split=split, corpus=cfg.data.name),
             Metric("n_chars", corpus.n_chars(split), split=split, corpus=cfg.data.name),

@@ -31,9 +31,10 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from actsparse.faults import kill_point
 from actsparse.io import commit_dir, partial_dir, write_text
 from actsparse.tables import METRICS, write_table
-from actsparse.tracking import JobRun
+from actsparse.tracking import JobRun, job_params, metric_key
 
 log = logging.getLogger("actsparse")
 C = TypeVar("C")
@@ -98,7 +99,7 @@ def run_job(
 
     output_root = out.parents[2]
     tracker = JobRun(spec["study"], spec["stage"], spec["variant"], spec["hash"], output_root)
-    run_id = tracker.start({"config": spec["config"], "inputs": spec["inputs"]})
+    run_id = tracker.start(job_params(spec))
     write_text(staging / "mlflow_run_id", run_id + "\n")
 
     t0 = time.perf_counter()
@@ -128,9 +129,10 @@ def run_job(
     ]
     write_table(pd.DataFrame(rows, columns=METRICS.names), staging / "metrics.parquet", METRICS)
     tracker.finish(
-        {_metric_key(m): m.value for m in result.metrics},
+        {metric_key(m.metric, m.method, m.split): m.value for m in result.metrics},
         [staging / "metrics.parquet", staging / "config.yaml", *result.artifacts],
     )
+    kill_point("job.before_commit")
     commit_dir(staging, out)
     log.info("%s/%s done in %.1fs -> %s", spec["stage"], spec["variant"], wall, out)
     return out
@@ -138,12 +140,6 @@ def run_job(
 
 def _method(spec: dict[str, Any]) -> str:
     return str(spec["config"].get("method", "dense"))
-
-
-def _metric_key(m: Metric) -> str:
-    parts = [m.metric] + [p for p in (m.method if m.method != "dense" else "", m.split) if p]
-    key = ".".join(parts)
-    return "".join(ch if ch.isalnum() or ch in "._-/ " else "_" for ch in key)
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -26,6 +26,7 @@ from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_war
 
 from actsparse.config import ModelCfg, TrainCfg
 from actsparse.data import TokenData, batch_at
+from actsparse.faults import kill_point
 from actsparse.io import atomic_path
 from actsparse.models.tiny import build_tiny
 from actsparse.stages.job import Metric, StageResult, main
@@ -162,6 +163,7 @@ def run(cfg: TrainJob, inputs: dict[str, str], out: Path) -> StageResult:
             _save_checkpoint(
                 ckpt, model, optimizer, scheduler, done, rows, time.perf_counter() - t0
             )
+            kill_point("train.after_checkpoint")
     bar.close()
 
     model.eval()

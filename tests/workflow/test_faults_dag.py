@@ -1,0 +1,169 @@
+"""Faults survived through the real DAG: jobs killed with SIGKILL mid-write, the tracking
+store down for a whole study, reruns that finish identically, re-logging afterwards, and
+determinism (same seed: same tables; another seed: other tables)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+from smk import copy_workflow, snakemake
+
+from actsparse.io import load_tensors
+from actsparse.tables import METRICS, read_table
+
+pytestmark = pytest.mark.workflow
+
+TIMING_METRICS = {"wall_time_s", "tokens_per_s", "peak_rss_mb", "peak_gpu_mem_mb"}
+TIMING_COLUMNS = {"elapsed_s"}
+DEAD_STORE = "http://127.0.0.1:9"  # nothing listens there: every MLflow call fails
+KILL_POINTS = [
+    "data.after_shards",
+    "train.after_checkpoint",
+    "calibrate.after_layer",
+    "job.before_commit",
+]
+
+
+def study_files(root: Path) -> dict[str, Path]:
+    """Every result file of a study, keyed by its path inside the study."""
+    skip_dirs = {"logs", "benchmarks"}
+    skip_names = {"mlflow_run_id", "metrics.parquet", "summary.parquet", "loss_curve.png"}
+    return {
+        str(p.relative_to(root)): p
+        for p in root.rglob("*")
+        if p.is_file()
+        and not skip_dirs & set(p.relative_to(root).parts)
+        and p.name not in skip_names
+    }
+
+
+def comparable_summary(root: Path) -> pd.DataFrame:
+    t = read_table(root / "summary.parquet", METRICS)
+    t = t[~t.metric.isin(TIMING_METRICS)].drop(columns="mlflow_run_id")
+    return t.sort_values(["stage", "variant", "method", "metric", "split"]).reset_index(drop=True)
+
+
+def assert_same_results(a: Path, b: Path) -> None:
+    pd.testing.assert_frame_equal(comparable_summary(a), comparable_summary(b))
+    fa, fb = study_files(a), study_files(b)
+    assert fa.keys() == fb.keys()
+    for key, pa in fa.items():
+        pb = fb[key]
+        if pa.suffix == ".parquet":
+            da, db = pd.read_parquet(pa), pd.read_parquet(pb)
+            drop = [c for c in TIMING_COLUMNS if c in da]
+            pd.testing.assert_frame_equal(da.drop(columns=drop), db.drop(columns=drop), obj=key)
+        elif pa.suffix == ".safetensors":
+            ta, tb = load_tensors(pa), load_tensors(pb)
+            assert ta.keys() == tb.keys() and all(np.array_equal(ta[k], tb[k]) for k in ta), key
+        else:
+            assert pa.read_bytes() == pb.read_bytes(), key
+
+
+def job_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("*/*-*") if p.is_dir())
+
+
+def assert_nothing_incomplete_looks_complete(root: Path) -> None:
+    for job in job_folders(root):
+        if job.name.endswith(".partial"):
+            continue
+        for name in ("config.yaml", "metrics.parquet", "mlflow_run_id"):
+            assert (job / name).is_file(), f"{job} looks complete but lacks {name}"
+        read_table(job / "metrics.parquet", METRICS)
+
+
+@pytest.fixture(scope="module")
+def faulted(tmp_path_factory, repo) -> Path:
+    """The smoke study with the tracking store down throughout and a job SIGKILLed at each
+    kill point in turn; then one clean rerun."""
+    wd = copy_workflow(repo, tmp_path_factory.mktemp("faulted"))
+    root = wd / "data" / "smoke"
+    for point in KILL_POINTS:
+        r = snakemake(
+            wd,
+            "--config",
+            "experiment=smoke",
+            tracking=DEAD_STORE,
+            env={"ACTSPARSE_KILL_AT": point},
+        )
+        assert r.returncode != 0, f"nothing was killed at {point}"
+        assert_nothing_incomplete_looks_complete(root)
+        partial = [p for p in root.glob("*/*.partial")]
+        assert partial, f"the job killed at {point} left no .partial folder"
+    r = snakemake(wd, "--config", "experiment=smoke", tracking=DEAD_STORE)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    return wd
+
+
+def test_killed_jobs_rerun_to_identical_results(smoke_run, faulted):
+    clean, _ = smoke_run
+    root = faulted / "data" / "smoke"
+    assert not list(root.glob("*/*.partial"))
+    assert_same_results(clean / "data" / "smoke", root)
+    resumed = [
+        p
+        for p in (root / "logs" / "train").glob("*.log")
+        if "resuming from checkpoint" in p.read_text()
+    ]
+    assert resumed, "the killed training run did not resume from its checkpoint"
+
+
+def test_a_dead_tracking_store_costs_one_warning_per_job(faulted):
+    root = faulted / "data" / "smoke"
+    for job in job_folders(root):
+        assert (job / "mlflow_run_id").read_text().strip() == ""
+        log = root / "logs" / job.parent.name / f"{job.name}.log"
+        assert log.read_text().count("MLflow tracking failed") == 1, log
+
+
+def relog(wd: Path, uri: str) -> subprocess.CompletedProcess:
+    """`actsparse relog -e smoke`, the documented command, against the store at `uri`."""
+    return subprocess.run(
+        [sys.executable, "-m", "actsparse.cli", "relog", "-e", "smoke"],
+        cwd=wd,
+        env={**os.environ, "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_relog_rebuilds_the_tracking_store_from_the_files(faulted):
+    uri = f"sqlite:///{faulted / 'relogged.db'}"
+    r = relog(faulted, uri)
+    assert r.returncode == 0, r.stderr[-3000:]
+    root = faulted / "data" / "smoke"
+    client = MlflowClient(uri)
+    summary = read_table(root / "summary.parquet", METRICS)
+    for job in job_folders(root):
+        run_id = (job / "mlflow_run_id").read_text().strip()
+        run = client.get_run(run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["relogged"] == "true"
+        assert run.data.tags["stage"] == job.parent.name
+        metrics = read_table(job / "metrics.parquet", METRICS)
+        assert set(metrics.mlflow_run_id) == {run_id}
+        assert len(run.data.metrics) == len(metrics)
+        assert set(summary[summary.config_hash == job.name.rsplit("-", 1)[1]].mlflow_run_id) == {
+            run_id
+        }
+    assert relog(faulted, uri).stdout.count("already recorded") == len(job_folders(root))
+
+
+def test_another_seed_gives_other_tables(smoke_run, tmp_path, repo):
+    clean, _ = smoke_run
+    wd = copy_workflow(repo, tmp_path / "seed1")
+    r = snakemake(wd, "--config", "experiment=smoke", "overrides=[study.seed=1]")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    a = comparable_summary(clean / "data" / "smoke")
+    b = comparable_summary(wd / "data" / "smoke")
+    losses = a.metric.isin(["final_train_loss", "perplexity"]) & (a.method == "dense")
+    assert not a.drop(columns="config_hash").equals(b.drop(columns="config_hash"))
+    assert (a[losses].value.values != b[losses].value.values).all()
