@@ -30,6 +30,11 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/summary.smk"
 
 
+localrules:
+    all,
+    summary,
+
+
 rule all:
     default_target: True
     input:

@@ -327,6 +327,39 @@ class EvaluateCfg:
 
 
 @dataclass
+class RuleResources:
+    """What one rule's jobs ask a cluster for (never part of a job's config hash)."""
+
+    mem_mb: int = 4000
+    runtime: int = 60  # minutes
+    gpus: int = 0
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        for key in ("mem_mb", "runtime"):
+            if getattr(self, key) < 1:
+                out.append((key, f"must be >= 1, got {getattr(self, key)}"))
+        if self.gpus < 0:
+            out.append(("gpus", f"must be >= 0, got {self.gpus}"))
+        return out
+
+
+@dataclass
+class ResourcesCfg:
+    data: RuleResources = field(default_factory=RuleResources)
+    train: RuleResources = field(default_factory=RuleResources)
+    calibrate: RuleResources = field(default_factory=RuleResources)
+    evaluate: RuleResources = field(default_factory=RuleResources)
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [
+            (f"{rule}.{k}", m)
+            for rule in ("data", "train", "calibrate", "evaluate")
+            for k, m in getattr(self, rule).problems()
+        ]
+
+
+@dataclass
 class StudyConfig:
     study: StudyCfg = field(default_factory=StudyCfg)
     data: DataCfg = field(default_factory=DataCfg)
@@ -334,10 +367,11 @@ class StudyConfig:
     train: TrainCfg = field(default_factory=TrainCfg)
     calibrate: CalibrateCfg = field(default_factory=CalibrateCfg)
     evaluate: EvaluateCfg = field(default_factory=EvaluateCfg)
+    resources: ResourcesCfg = field(default_factory=ResourcesCfg)
 
     def problems(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
-        for group in ("study", "data", "train", "calibrate", "evaluate"):
+        for group in ("study", "data", "train", "calibrate", "evaluate", "resources"):
             out += [(f"{group}.{k}", m) for k, m in getattr(self, group).problems()]
         if not self.models:
             out.append(("models", "the study needs at least one model"))

@@ -13,8 +13,8 @@ rule calibrate:
         benchmark_of("calibrate")
     threads: 2
     resources:
-        mem_mb=32000,
-        runtime=240,
-        gpu=needs_gpu,
+        mem_mb=resource("calibrate", "mem_mb"),
+        runtime=resource("calibrate", "runtime"),
+        gpu=resource("calibrate", "gpus"),
     shell:
         stage_cmd("calibrate")

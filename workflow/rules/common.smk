@@ -47,7 +47,6 @@ def log_of(stage):
 def benchmark_of(stage):
     return f"{ROOT}/benchmarks/{stage}/{{variant}}-{{hash}}.tsv"
 
-def needs_gpu(wildcards):
-    """Real (pretrained) checkpoints ask the cluster for a GPU; tiny models run on CPU."""
-    model = wildcards.variant.split(".")[0]
-    return int(model in STUDY.models and STUDY.models[model].source == "pretrained")
+def resource(stage, key):
+    """A rule's cluster request from the study config (`resources.<stage>.<key>`)."""
+    return getattr(getattr(STUDY.resources, stage), key)

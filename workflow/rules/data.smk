@@ -11,8 +11,8 @@ rule data:
         benchmark_of("data")
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
-
+        mem_mb=resource("data", "mem_mb"),
+        runtime=resource("data", "runtime"),
+        gpu=resource("data", "gpus"),
     shell:
         stage_cmd("data")

@@ -13,8 +13,8 @@ rule evaluate:
         benchmark_of("evaluate")
     threads: 2
     resources:
-        mem_mb=32000,
-        runtime=120,
-        gpu=needs_gpu,
+        mem_mb=resource("evaluate", "mem_mb"),
+        runtime=resource("evaluate", "runtime"),
+        gpu=resource("evaluate", "gpus"),
     shell:
         stage_cmd("evaluate")

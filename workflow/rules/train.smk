@@ -13,8 +13,8 @@ rule train:
         benchmark_of("train")
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=240,
-
+        mem_mb=resource("train", "mem_mb"),
+        runtime=resource("train", "runtime"),
+        gpu=resource("train", "gpus"),
     shell:
         stage_cmd("train")
