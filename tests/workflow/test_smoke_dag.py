@@ -6,6 +6,10 @@ workflow (Snakefile, conf/, workflow/) so tests can edit the config like a user.
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -82,23 +86,92 @@ def test_every_output_validates_against_its_schema(smoke_run):
     assert (root / "benchmarks" / "train").is_dir() and (root / "logs" / "train").is_dir()
 
 
-def test_every_job_is_an_mlflow_run(smoke_run):
+def _runs_through_rest(server: str) -> tuple[str, list[dict]]:
+    """The smoke experiment's id and runs, read through the MLflow REST API."""
+
+    def post(path, body):
+        req = urllib.request.Request(
+            f"{server}{path}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+
+    exp = json.load(
+        urllib.request.urlopen(
+            f"{server}/api/2.0/mlflow/experiments/get-by-name?experiment_name=smoke", timeout=30
+        )
+    )["experiment"]
+    runs = post(
+        "/api/2.0/mlflow/runs/search",
+        {"experiment_ids": [exp["experiment_id"]], "max_results": 1000},
+    )
+    return exp["experiment_id"], runs.get("runs", [])
+
+
+def test_every_job_is_an_mlflow_run_on_the_server(smoke_run, mlflow_server):
     wd, _ = smoke_run
-    client = MlflowClient(f"sqlite:///{wd / 'tracking' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("smoke")
-    runs = client.search_runs([exp.experiment_id])
-    by_id = {r.info.run_id: r for r in runs}
+    _, runs = _runs_through_rest(mlflow_server)
+    by_id = {
+        r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"].get("tags", [])}
+        | {"_status": r["info"]["status"]}
+        for r in runs
+    }
     root = wd / "data" / "smoke"
     for job in (p for p in root.glob("*/*-*") if p.is_dir()):
-        run = by_id[(job / "mlflow_run_id").read_text().strip()]
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["stage"] == job.parent.name
+        tags = by_id[(job / "mlflow_run_id").read_text().strip()]
+        assert tags["_status"] == "FINISHED"
+        assert tags["stage"] == job.parent.name
         variant, config_hash = job.name.rsplit("-", 1)
-        assert run.data.tags["variant"] == variant and run.data.tags["config_hash"] == config_hash
-        assert run.data.tags["git_commit"]
-    assert sorted(r.data.tags["stage"] for r in runs) == sorted(
+        assert tags["variant"] == variant and tags["config_hash"] == config_hash
+        assert tags["git_commit"]
+    assert sorted(t["stage"] for t in by_id.values()) == sorted(
         ["data", "train", "train", "calibrate", "calibrate", "evaluate", "evaluate"]
     )
+    client = MlflowClient(mlflow_server)
+    train = next(i for i, t in by_id.items() if t["stage"] == "train")
+    assert {a.path for a in client.list_artifacts(train)} >= {
+        "metrics.parquet",
+        "config.yaml",
+        "loss_curve.png",
+    }
+
+
+def test_the_runs_page_shows_every_run(smoke_run, mlflow_server, chromium, tmp_path):
+    """Headless Chromium renders the experiment's runs page: every run's name is on it."""
+    exp_id, runs = _runs_through_rest(mlflow_server)
+    url = f"{mlflow_server}/#/experiments/{exp_id}/runs"
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,900",
+        "--virtual-time-budget=20000",
+    ]
+    shot = tmp_path / "runs.png"
+    subprocess.run(
+        [chromium, *flags, f"--user-data-dir={tmp_path / 'p1'}", f"--screenshot={shot}", url],
+        capture_output=True,
+        timeout=180,
+    )
+    dom = subprocess.run(
+        [chromium, *flags, f"--user-data-dir={tmp_path / 'p2'}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    ).stdout
+    names = [r["info"]["run_name"] for r in runs]
+    assert len(names) == 7
+    missing = [n for n in names if n not in dom]
+    assert not missing, f"runs not rendered on {url}: {missing}"
+    assert shot.is_file() and shot.stat().st_size > 20_000
+    shutil.copy(shot, smoke_run[0] / "mlflow_runs_page.png")
 
 
 def _edit(path: Path, old: str, new: str) -> str:
