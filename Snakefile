@@ -30,6 +30,10 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/summary.smk"
 
 
+onsuccess:
+    print(where_results_are())
+
+
 localrules:
     all,
     summary,

@@ -11,7 +11,7 @@ EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def test_the_presets_the_issue_names_exist():
-    assert {"smoke", "quickstart", "llama2_7b"} <= set(EXPERIMENTS)
+    assert {"smoke", "quickstart", "llama2_7b", "mistral_7b", "opt_6_7b"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

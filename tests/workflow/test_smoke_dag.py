@@ -211,6 +211,11 @@ def test_reruns_follow_config_changes(smoke_run):
     assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {}
 
 
-def test_real_model_preset_plans_without_downloading(workdir):
-    counts = planned(snakemake(workdir, "-n", "--config", "experiment=llama2_7b"))
+@pytest.mark.parametrize("experiment", ["llama2_7b", "mistral_7b", "opt_6_7b"])
+def test_real_model_presets_plan_without_downloading(workdir, experiment):
+    import time
+
+    t = time.perf_counter()
+    counts = planned(snakemake(workdir, "-n", "--config", f"experiment={experiment}"))
+    assert time.perf_counter() - t < 10
     assert counts == {"data": 1, "calibrate": 1, "evaluate": 1, "summary": 1, "all": 1}

@@ -47,6 +47,20 @@ def log_of(stage):
 def benchmark_of(stage):
     return f"{ROOT}/benchmarks/{stage}/{{variant}}-{{hash}}.tsv"
 
+def where_results_are():
+    """What a finished study prints: where its table and its MLflow runs are."""
+    from actsparse.tracking import tracking_uri
+
+    experiment = config.get("experiment", "quickstart")
+    uri = tracking_uri(STUDY.study.output_root)
+    return "\n".join([
+        f"actsparse: study '{STUDY.study.name}' is complete.",
+        f"  study table  {PLAN.summary_path}   (actsparse show -e {experiment})",
+        f"  job outputs  {ROOT}/<stage>/<variant>-<hash>/",
+        f"  MLflow runs  {uri}, experiment '{STUDY.study.name}'   (actsparse ui)",
+    ])
+
+
 def resource(stage, key):
     """A rule's cluster request from the study config (`resources.<stage>.<key>`)."""
     return getattr(getattr(STUDY.resources, stage), key)
