@@ -13,6 +13,7 @@
 #   <root>/calibrate/<model>-<hash>/      channel_stats/, histograms/, gram/ (per layer), linears.parquet
 #   <root>/evaluate/<model>.<method>-<hash>/
 #   <root>/summary.parquet                every job's metrics.parquet, long format
+#   <root>/report/index.html              plots and the leaderboard
 #   <root>/logs/, <root>/benchmarks/      one log and one Snakemake benchmark per job
 # Every job folder also holds config.yaml (its resolved config slice: the canonical
 # record), metrics.parquet and mlflow_run_id. <hash> is the hash of that slice.
@@ -28,6 +29,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/calibrate.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/summary.smk"
+include: "workflow/rules/report.smk"
 
 
 onsuccess:
@@ -37,9 +39,11 @@ onsuccess:
 localrules:
     all,
     summary,
+    report,
 
 
 rule all:
     default_target: True
     input:
         PLAN.summary_path,
+        f"{ROOT}/report",

@@ -12,6 +12,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from smk import SMOKE_BUDGET_S, copy_workflow, planned, snakemake
@@ -110,6 +111,20 @@ def _runs_through_rest(server: str) -> tuple[str, list[dict]]:
     return exp["experiment_id"], runs.get("runs", [])
 
 
+def test_the_report_shows_the_leaderboard_and_plots(smoke_run):
+    wd, _ = smoke_run
+    report = wd / "data" / "smoke" / "report"
+    page = (report / "index.html").read_text()
+    for name in ("loss_curves.png", "perplexity.png", "natural_sparsity.png"):
+        assert f'src="{name}"' in page and (report / name).stat().st_size > 10_000
+    board = pd.read_csv(report / "leaderboard.csv")
+    assert set(zip(board.model, board.method, strict=True)) == {
+        (m, k) for m in ("llama_micro", "opt_micro") for k in ("dense", "unigram")
+    }
+    assert (board[board.method == "dense"]["ppl_vs_dense_%"] == 0).all()
+    assert "llama_micro" in page and "<table" in page
+
+
 def test_every_job_is_an_mlflow_run_on_the_server(smoke_run, mlflow_server):
     wd, _ = smoke_run
     _, runs = _runs_through_rest(mlflow_server)
@@ -191,6 +206,7 @@ def test_reruns_follow_config_changes(smoke_run):
         assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {
             "evaluate": 2,
             "summary": 1,
+            "report": 1,
             "all": 1,
         }
     finally:
@@ -204,6 +220,7 @@ def test_reruns_follow_config_changes(smoke_run):
             "calibrate": 2,
             "evaluate": 2,
             "summary": 1,
+            "report": 1,
             "all": 1,
         }
     finally:
@@ -218,4 +235,4 @@ def test_real_model_presets_plan_without_downloading(workdir, experiment):
     t = time.perf_counter()
     counts = planned(snakemake(workdir, "-n", "--config", f"experiment={experiment}"))
     assert time.perf_counter() - t < 10
-    assert counts == {"data": 1, "calibrate": 1, "evaluate": 1, "summary": 1, "all": 1}
+    assert counts == {"data": 1, "calibrate": 1, "evaluate": 1, "summary": 1, "report": 1, "all": 1}

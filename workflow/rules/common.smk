@@ -55,6 +55,7 @@ def where_results_are():
     uri = tracking_uri(STUDY.study.output_root)
     return "\n".join([
         f"actsparse: study '{STUDY.study.name}' is complete.",
+        f"  report       {ROOT}/report/index.html",
         f"  study table  {PLAN.summary_path}   (actsparse show -e {experiment})",
         f"  job outputs  {ROOT}/<stage>/<variant>-<hash>/",
         f"  MLflow runs  {uri}, experiment '{STUDY.study.name}'   (actsparse ui)",
