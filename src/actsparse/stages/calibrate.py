@@ -215,22 +215,11 @@ def run(cfg: CalibrateJob, inputs: dict[str, str], out: Path) -> StageResult:
     if dev.type == "cuda":
         metrics.append(Metric("peak_gpu_mem_mb", torch.cuda.max_memory_allocated(dev) / 2**20))
     for site, values in summary.items():
-        metrics.append(
-            Metric(
-                f"frac_zero.{site}",
-                float(np.mean([v[0] for v in values])),
-                split=c.split,
-                corpus=corpus,
-            )
-        )
-        metrics.append(
-            Metric(
-                f"frac_near_zero.{site}",
-                float(np.mean([v[1] for v in values])),
-                split=c.split,
-                corpus=corpus,
-            )
-        )
+        frac_zero, frac_near_zero = np.mean(values, axis=0)  # averaged over layers
+        metrics += [
+            Metric(f"frac_zero.{site}", float(frac_zero), split=c.split, corpus=corpus),
+            Metric(f"frac_near_zero.{site}", float(frac_near_zero), split=c.split, corpus=corpus),
+        ]
     return StageResult(metrics, [out / "linears.parquet"])
 
 
