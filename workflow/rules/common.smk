@@ -17,9 +17,11 @@ PLAN = StudyPlan(STUDY)
 ROOT = PLAN.root
 PY = shlex.quote(sys.executable)  # the interpreter running Snakemake has actsparse installed
 
+
 wildcard_constraints:
     variant=r"[A-Za-z0-9_.]+",
     hash=r"[0-9a-f]{8}",
+
 
 def job_of(stage, wildcards):
     """The planned job for a rule's wildcards; refuses an output that the config does not plan."""
@@ -31,21 +33,27 @@ def job_of(stage, wildcards):
         )
     return job
 
+
 def spec_of(stage):
     return lambda wildcards: job_of(stage, wildcards).spec_json
 
+
 def inputs_of(stage):
     return lambda wildcards: PLAN.upstream_dirs(job_of(stage, wildcards))
+
 
 def stage_cmd(stage):
     """The shell command of a stage job: the spec reaches the shell quoted (`:q`)."""
     return f"{PY} -m actsparse.stages.{stage} --spec {{params.spec:q}} --threads {{threads}} > {{log:q}} 2>&1"
 
+
 def log_of(stage):
     return f"{ROOT}/logs/{stage}/{{variant}}-{{hash}}.log"
 
+
 def benchmark_of(stage):
     return f"{ROOT}/benchmarks/{stage}/{{variant}}-{{hash}}.tsv"
+
 
 def where_results_are():
     """What a finished study prints: where its table and its MLflow runs are."""
