@@ -15,6 +15,13 @@ import pytest
 from smk import copy_workflow, snakemake
 
 
+def pytest_collection_modifyitems(config, items):
+    """Run the SLURM test last: once its cluster is stopped, the SLURM executor plugin
+    (imported by every `snakemake` call) probes sacct/squeue at startup and waits ~10 s
+    for a controller that is gone."""
+    items.sort(key=lambda item: item.path.name == "test_slurm.py")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -33,7 +33,11 @@ KILL_POINTS = [
 
 def study_files(root: Path) -> dict[str, Path]:
     """Every result file of a study, keyed by its path inside the study."""
-    skip_dirs = {"logs", "benchmarks"}
+    skip_dirs = {
+        "logs",
+        "benchmarks",
+        "report",
+    }  # the report is a view of the summary (with timings)
     skip_names = {"mlflow_run_id", "metrics.parquet", "summary.parquet", "loss_curve.png"}
     return {
         str(p.relative_to(root)): p

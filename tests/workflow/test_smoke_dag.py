@@ -230,9 +230,6 @@ def test_reruns_follow_config_changes(smoke_run):
 
 @pytest.mark.parametrize("experiment", ["llama2_7b", "mistral_7b", "opt_6_7b"])
 def test_real_model_presets_plan_without_downloading(workdir, experiment):
-    import time
-
-    t = time.perf_counter()
+    """(How long planning takes is measured by benchmarks/plan_time.py, not here.)"""
     counts = planned(snakemake(workdir, "-n", "--config", f"experiment={experiment}"))
-    assert time.perf_counter() - t < 10
     assert counts == {"data": 1, "calibrate": 1, "evaluate": 1, "summary": 1, "report": 1, "all": 1}

@@ -52,6 +52,7 @@ def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
         if c in wide
     ]
     board = wide[cols].reset_index()
+    board.columns.name = None
     dense = board[board.method == "dense"].set_index("model")["perplexity"]
     board.insert(3, "ppl_vs_dense_%", 100 * (board.perplexity / board.model.map(dense) - 1))
     return board.sort_values("perplexity").reset_index(drop=True)
