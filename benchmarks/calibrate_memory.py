@@ -10,10 +10,8 @@ RSS from the kernel (wait4). Prints a table and writes Parquet.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -21,14 +19,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from provenance import RESULTS, provenance
 
 from actsparse.config import compose_study
 from actsparse.plan import StudyPlan
 from actsparse.stages import data as data_stage
 from actsparse.stages.job import run_job
 from actsparse.tables import METRICS, read_table
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def peak_rss_of(cmd: list[str]) -> tuple[float, float]:
@@ -111,10 +108,9 @@ def main() -> None:
                     "peak_rss_mib": rss,
                     "job_peak_rss_mib": float(metrics["peak_rss_mb"]),
                     "wall_s": wall,
-                    "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
                     "device": "cpu",
                     "dtype": "float32",
-                    "date": dt.date.today().isoformat(),
+                    **provenance(),
                 }
             )
     table = pd.DataFrame(rows)

@@ -9,9 +9,6 @@ executor plugin installed and SLURM's commands present but its controller down, 
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -20,9 +17,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from provenance import RESULTS, provenance
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 
 
 def main() -> None:
@@ -61,8 +58,7 @@ def main() -> None:
                     "wall_s": wall,
                     "target_s": 10.0,
                     "ok": wall < 10.0,
-                    "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
-                    "date": dt.date.today().isoformat(),
+                    **provenance(),
                 }
             )
     table = pd.DataFrame(rows)

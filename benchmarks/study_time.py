@@ -9,9 +9,7 @@ row to benchmarks/results/study_time.parquet.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -20,9 +18,9 @@ import tempfile
 from pathlib import Path
 
 import pandas as pd
+from provenance import RESULTS, provenance
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 
 
 def main() -> None:
@@ -67,8 +65,7 @@ def main() -> None:
         "cores": args.cores,
         "wall_s": wall_s,
         "peak_rss_mib": rss_kb / 1024,
-        "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
-        "date": dt.date.today().isoformat(),
+        **provenance(),
     }
     print(pd.DataFrame([row]).to_string(index=False))
     print()
