@@ -11,7 +11,8 @@
 #   <root>/data/<corpus>-<hash>/          tokenizer/, tokens/*.npy, manifest.parquet, corpus.json
 #   <root>/train/<model>-<hash>/          model/ (save_pretrained), loss_curve.parquet/.png
 #   <root>/calibrate/<model>-<hash>/      channel_stats/, histograms/, gram/ (per layer), linears.parquet
-#   <root>/evaluate/<model>.<method>-<hash>/
+#   <root>/sparsify/<model>.<entry>.s<pct>-<hash>/  allocation.parquet, sparsity.json
+#   <root>/evaluate/<model>.dense-<hash>/, <model>.<entry>.s<pct>-<hash>/  (+ achieved_sparsity.parquet)
 #   <root>/summary.parquet                every job's metrics.parquet, long format
 #   <root>/report/index.html              plots and the leaderboard
 #   <root>/logs/, <root>/benchmarks/      one log and one Snakemake benchmark per job
@@ -27,6 +28,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/calibrate.smk"
+include: "workflow/rules/sparsify.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/summary.smk"
 include: "workflow/rules/report.smk"

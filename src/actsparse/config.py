@@ -327,16 +327,71 @@ class EvaluateCfg:
 
 
 @dataclass
+class SparsifyCfg:
+    """The sparsity sweep: every entry of `methods` (a method config from
+    `conf/sparsify/<method>.yaml`, keyed by an entry name) at every level."""
+
+    levels: list[float] = field(default_factory=lambda: [0.5])
+    methods: dict[str, Any] = field(default_factory=dict)
+
+    def entries(self) -> dict[str, Any]:
+        """entry name -> the method's typed config (validated by `problems` first)."""
+        from actsparse.methods.sparsity import SPARSITY
+
+        return {
+            name: SPARSITY.get(raw["method"]).parse(raw, f"sparsify.methods.{name}")
+            for name, raw in self.methods.items()
+        }
+
+    def levels_of(self, entry: Any) -> list[float]:
+        return list(entry.levels if entry.levels is not None else self.levels)
+
+    def problems(self) -> list[tuple[str, str]]:
+        from actsparse.methods.sparsity import SPARSITY
+
+        out = []
+        for level in self.levels:
+            if not 0.0 <= level < 1.0:
+                out.append(("levels", f"sparsity levels must be in [0, 1), got {level}"))
+        if len(set(self.levels)) != len(self.levels):
+            out.append(("levels", f"levels repeat: {self.levels}"))
+        for name, raw in self.methods.items():
+            key = f"methods.{name}"
+            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+                out.append((key, "entry names may use only letters, digits and _"))
+            if not isinstance(raw, dict) or "method" not in raw:
+                out.append((f"{key}.method", "is required (which registered method to run)"))
+                continue
+            if raw["method"] not in SPARSITY:
+                out.append(
+                    (
+                        f"{key}.method",
+                        f"unknown sparsity method {raw['method']!r}; registered: "
+                        f"{', '.join(SPARSITY.names())}",
+                    )
+                )
+                continue
+            try:
+                cfg = SPARSITY.get(raw["method"]).parse(raw, f"sparsify.{key}")
+            except ValueError as e:
+                out.append((key, str(e)))
+                continue
+            out += [(f"{key}.{k}", m) for k, m in cfg.problems()]
+        return out
+
+
+@dataclass
 class RuleResources:
     """What one rule's jobs ask a cluster for (never part of a job's config hash)."""
 
     mem_mb: int = 4000
     runtime: int = 60  # minutes
     gpus: int = 0
+    threads: int = 1  # CPU threads (torch intra-op; SLURM cpus_per_task)
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
-        for key in ("mem_mb", "runtime"):
+        for key in ("mem_mb", "runtime", "threads"):
             if getattr(self, key) < 1:
                 out.append((key, f"must be >= 1, got {getattr(self, key)}"))
         if self.gpus < 0:
@@ -349,12 +404,13 @@ class ResourcesCfg:
     data: RuleResources = field(default_factory=RuleResources)
     train: RuleResources = field(default_factory=RuleResources)
     calibrate: RuleResources = field(default_factory=RuleResources)
+    sparsify: RuleResources = field(default_factory=RuleResources)
     evaluate: RuleResources = field(default_factory=RuleResources)
 
     def problems(self) -> list[tuple[str, str]]:
         return [
             (f"{rule}.{k}", m)
-            for rule in ("data", "train", "calibrate", "evaluate")
+            for rule in ("data", "train", "calibrate", "sparsify", "evaluate")
             for k, m in getattr(self, rule).problems()
         ]
 
@@ -366,13 +422,16 @@ class StudyConfig:
     models: dict[str, ModelCfg] = field(default_factory=dict)
     train: TrainCfg = field(default_factory=TrainCfg)
     calibrate: CalibrateCfg = field(default_factory=CalibrateCfg)
+    sparsify: SparsifyCfg = field(default_factory=SparsifyCfg)
     evaluate: EvaluateCfg = field(default_factory=EvaluateCfg)
     resources: ResourcesCfg = field(default_factory=ResourcesCfg)
 
     def problems(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
-        for group in ("study", "data", "train", "calibrate", "evaluate", "resources"):
+        for group in ("study", "data", "train", "calibrate", "sparsify", "evaluate", "resources"):
             out += [(f"{group}.{k}", m) for k, m in getattr(self, group).problems()]
+        if not any(k.startswith("sparsify.") for k, _ in out):
+            out += self._sparsify_model_problems()
         if not self.models:
             out.append(("models", "the study needs at least one model"))
         for name, model in self.models.items():
@@ -418,6 +477,30 @@ class StudyConfig:
                         "their context can be 32k tokens or more; e.g. 2048",
                     )
                 )
+        return out
+
+
+    def _sparsify_model_problems(self) -> list[tuple[str, str]]:
+        """Entries must name models of the study; a trained model's family must have the
+        entry's sites (pretrained families are checked when their job loads them)."""
+        from actsparse.models.adapters import adapter_for
+
+        out = []
+        for name, entry in self.sparsify.entries().items():
+            key = f"sparsify.methods.{name}.models"
+            for model in entry.models or []:
+                if model not in self.models:
+                    out.append((key, f"unknown model {model!r}; models: {', '.join(self.models)}"))
+            for model in entry.models or list(self.models):
+                m = self.models.get(model)
+                if m is None or m.source != "train":
+                    continue
+                adapter = adapter_for(m.family or "")
+                for site in entry.sites_used():
+                    try:
+                        adapter.check_site(site, f"sparsity method {name!r} on model {model!r}")
+                    except ValueError as e:
+                        out.append((key, f"{e}; restrict the entry with `models:`"))
         return out
 
 

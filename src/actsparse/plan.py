@@ -12,11 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from actsparse.config import StudyConfig, to_dict
 
-STAGES = ("data", "train", "calibrate", "evaluate")
+STAGES = ("data", "train", "calibrate", "sparsify", "evaluate")
 
 
 def config_hash(obj: Any, n: int = 8) -> str:
@@ -159,23 +160,85 @@ class StudyPlan:
         }
         return self._job("evaluate", f"{model}.dense", config, inputs, model)
 
+    # ----------------------------------------------------------------- sparsity sweep
+    @staticmethod
+    def level_tag(level: float) -> str:
+        """0.25 -> 's25', 0.875 -> 's87.5' (in variant names)."""
+        return f"s{round(level * 100, 4):g}"
+
+    @property
+    def sparse_variants(self) -> list[tuple[str, str, float]]:
+        """(model, entry, level) of every sparsified variant, in config order."""
+        sp = self.cfg.sparsify
+        out = []
+        for name, entry in sp.entries().items():
+            for model in entry.models or self.models:
+                out += [(model, name, level) for level in sp.levels_of(entry)]
+        return out
+
+    def sparse_variant(self, model: str, entry: str, level: float) -> str:
+        return f"{model}.{entry}.{self.level_tag(level)}"
+
+    def sparsify(self, model: str, entry: str, level: float) -> Job:
+        raw = self.cfg.sparsify.methods[entry]
+        method_cfg = to_dict(self.cfg.sparsify.entries()[entry])
+        method_cfg.pop("levels"), method_cfg.pop("models")  # not this job's identity
+        config = {
+            "entry": entry,
+            "method": {**method_cfg, "method": raw["method"]},
+            "level": level,
+            "load": self._model_load(model),
+            "seed": self.cfg.study.seed,
+        }
+        inputs = {
+            "model": self.model_path(model),
+            "calibration": self.calibrate(model).out_dir,
+            "data": self.data(self.data_variant(model)).out_dir,
+        }
+        return self._job("sparsify", self.sparse_variant(model, entry, level), config, inputs, model)
+
+    def evaluate_sparse(self, model: str, entry: str, level: float) -> Job:
+        """A sparsified variant, with the dense model (same weights) as fidelity reference."""
+        sparsify = self.sparsify(model, entry, level)
+        config = {
+            "evaluate": to_dict(self.cfg.evaluate),
+            "load": self._model_load(model),
+            "method": entry,
+            "level": level,
+            "seed": self.cfg.study.seed,
+        }
+        path = self.model_path(model)
+        inputs = {
+            "model": path,
+            "reference": path,
+            "data": self.data(self.data_variant(model)).out_dir,
+            "sparsity": sparsify.out_dir,
+        }
+        return self._job("evaluate", sparsify.variant, config, inputs, model)
+
+    # ----------------------------------------------------------------- all jobs
     def job(self, stage: str, variant: str) -> Job:
-        if stage == "data":
-            return self.data(variant)
-        if stage == "evaluate":
-            return self.evaluate(variant.rsplit(".", 1)[0])
-        return getattr(self, stage)(variant)
+        try:
+            return self._index[(stage, variant)]
+        except KeyError:
+            raise KeyError(f"the study plans no {stage} job {variant!r}") from None
+
+    @cached_property
+    def _index(self) -> dict[tuple[str, str], Job]:
+        return {(j.stage, j.variant): j for j in self.jobs()}
 
     def jobs(self) -> list[Job]:
         out = [self.data(v) for v in self.data_variants]
         out += [self.train(m) for m in self.trained_models]
         out += [self.calibrate(m) for m in self.models]
+        out += [self.sparsify(*v) for v in self.sparse_variants]
         out += [self.evaluate(m) for m in self.models]
+        out += [self.evaluate_sparse(*v) for v in self.sparse_variants]
         return out
 
     def upstream_dirs(self, job: Job) -> list[str]:
         """Output folders of the jobs `job` reads (local model folders and hub ids excluded)."""
-        own = {j.out_dir for j in self.jobs()}
+        own = {j.out_dir for j in self._index.values()}
         dirs = []
         for path in job.spec["inputs"].values():
             d = path[: -len("/model")] if path.endswith("/model") else path

@@ -92,6 +92,34 @@ LINEARS = pa.schema(
     ]
 )
 
+# A sparsify job's placed rules: one row per wrapped module (mechanism.SparsityPlan)
+ALLOCATION = pa.schema(
+    [
+        ("layer", pa.int32()),
+        ("site", pa.string()),
+        ("module", pa.string()),  # the wrapped module (a linear, or the FFN nonlinearity)
+        ("width", pa.int64()),  # the width of the activation the rule sees
+        ("rule", pa.string()),  # threshold | topk | stat_topk | head_topk
+        ("level", pa.float64()),  # target fraction of zeros
+        ("threshold", pa.float64()),  # threshold rules only
+        ("params", pa.string()),  # the rule's other parameters, JSON
+    ]
+)
+
+# Zeros an evaluation counted per wrapped module on its tokens
+ACHIEVED_SPARSITY = pa.schema(
+    [
+        ("layer", pa.int32()),
+        ("site", pa.string()),
+        ("module", pa.string()),
+        ("rule", pa.string()),
+        ("target", pa.float64()),
+        ("zeros", pa.int64()),  # heads: zero heads; otherwise zero entries
+        ("total", pa.int64()),
+        ("achieved", pa.float64()),  # zeros / total
+    ]
+)
+
 SCHEMAS = {
     "metrics": METRICS,
     "data_manifest": DATA_MANIFEST,
@@ -99,6 +127,8 @@ SCHEMAS = {
     "channel_stats": CHANNEL_STATS,
     "histograms": HISTOGRAMS,
     "linears": LINEARS,
+    "allocation": ALLOCATION,
+    "achieved_sparsity": ACHIEVED_SPARSITY,
 }
 
 

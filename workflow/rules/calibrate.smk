@@ -11,7 +11,7 @@ rule calibrate:
         log_of("calibrate"),
     benchmark:
         benchmark_of("calibrate")
-    threads: 2
+    threads: resource("calibrate", "threads")
     resources:
         mem_mb=resource("calibrate", "mem_mb"),
         runtime=resource("calibrate", "runtime"),

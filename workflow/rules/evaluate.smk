@@ -11,7 +11,7 @@ rule evaluate:
         log_of("evaluate"),
     benchmark:
         benchmark_of("evaluate")
-    threads: 2
+    threads: resource("evaluate", "threads")
     resources:
         mem_mb=resource("evaluate", "mem_mb"),
         runtime=resource("evaluate", "runtime"),

@@ -11,7 +11,7 @@ rule train:
         log_of("train"),
     benchmark:
         benchmark_of("train")
-    threads: 2
+    threads: resource("train", "threads")
     resources:
         mem_mb=resource("train", "mem_mb"),
         runtime=resource("train", "runtime"),

@@ -1,11 +1,16 @@
 """Family adapters: map a Hugging Face architecture to its blocks and activation *sites*.
 
-A site is an activation that one or more linear layers read:
-- `attn_in`: the (normed) block input read by q/k/v;
+A site is an activation that sparsity rules act on and calibration measures:
+- `attn_in`: the block's attention input read by q/k/v;
 - `o_proj_in`: the attention output read by o_proj (the heads, concatenated);
-- `ffn_in`: the (normed) input read by the FFN's first projection(s);
-- `ffn_intermediate`: the FFN's hidden activation read by its down projection.
-The model's own forward code is never copied: stages hook the named linear modules.
+- `ffn_in`: the FFN's input read by its first projection(s);
+- `ffn_intermediate`: the FFN's hidden activation read by its down projection;
+- `gate`: the gate branch `act(gate_proj x)` of a gated (GLU) FFN; non-gated FFNs
+  (OPT, GPT-2, BERT) have no gate: there `act(fc1 x)` *is* `ffn_intermediate`;
+- `heads`: the attention heads, i.e. `o_proj_in` seen as `n_heads` slices.
+The first four are *linear-input* sites: the input of named linear modules. `gate` is the
+output of the FFN's nonlinearity module. The model's own forward code is never copied:
+stages hook or wrap these named modules of an unmodified `transformers` model.
 """
 
 from __future__ import annotations
@@ -14,27 +19,67 @@ from dataclasses import dataclass
 
 from torch import nn
 
-SITES = ("attn_in", "o_proj_in", "ffn_in", "ffn_intermediate")
+LINEAR_SITES = ("attn_in", "o_proj_in", "ffn_in", "ffn_intermediate")
+SITES = (*LINEAR_SITES, "gate", "heads")
 
 
 @dataclass(frozen=True)
 class FamilyAdapter:
     name: str
     model_types: tuple[str, ...]
-    layers_path: str  # attribute path from the *ForCausalLM module to the block list
-    linears: dict[str, tuple[str, ...]]  # site -> linear modules (relative to a block) reading it
+    layers_path: str  # attribute path from the base model (model.base_model) to the blocks
+    linears: dict[str, tuple[str, ...]]  # linear-input site -> linears reading it (per block)
     activation: str  # the FFN nonlinearity, for reports
+    act_path: str  # the FFN nonlinearity module, relative to a block
+    gate_linear: str | None = None  # gated FFNs: the projection whose output goes through act
+    up_linear: str | None = None  # gated FFNs: the projection multiplied by act(gate)
+
+    @property
+    def gated(self) -> bool:
+        return self.gate_linear is not None
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return tuple(s for s in SITES if s != "gate" or self.gated)
+
+    def prefix(self, model: nn.Module) -> str:
+        """Module-name prefix of the base model inside `model` ('' for a bare base model)."""
+        base = getattr(model, "base_model", model)
+        return "" if base is model else f"{model.base_model_prefix}."
+
+    def block_path(self, model: nn.Module, layer: int) -> str:
+        return f"{self.prefix(model)}{self.layers_path}.{layer}"
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
-        return model.get_submodule(self.layers_path)  # type: ignore[return-value]
+        return model.get_submodule(f"{self.prefix(model)}{self.layers_path}")  # type: ignore[return-value]
 
     def site_linears(self, model: nn.Module, layer: int) -> dict[str, list[tuple[str, nn.Module]]]:
-        """site -> [(full module name, module)] for one block."""
-        prefix = f"{self.layers_path}.{layer}"
+        """linear-input site -> [(full module name, module)] for one block."""
+        prefix = self.block_path(model, layer)
         return {
             site: [(f"{prefix}.{rel}", model.get_submodule(f"{prefix}.{rel}")) for rel in rels]
             for site, rels in self.linears.items()
         }
+
+    def act_module(self, model: nn.Module, layer: int) -> tuple[str, nn.Module]:
+        name = f"{self.block_path(model, layer)}.{self.act_path}"
+        return name, model.get_submodule(name)
+
+    def check_site(self, site: str, who: str = "") -> None:
+        """Raise a clear error if this family lacks `site`."""
+        if site in self.sites:
+            return
+        who = f"{who}: " if who else ""
+        if site == "gate":
+            raise ValueError(
+                f"{who}model family {self.name!r} has no site 'gate': its FFN is not gated "
+                f"({self.activation}); there act(fc1 x) is the site 'ffn_intermediate'"
+            )
+        raise ValueError(f"{who}unknown site {site!r}; sites of {self.name!r}: {', '.join(self.sites)}")
+
+
+def n_heads(model: nn.Module) -> int:
+    return int(model.config.num_attention_heads)
 
 
 _LLAMA_LINEARS = {
@@ -45,11 +90,20 @@ _LLAMA_LINEARS = {
 }
 
 ADAPTERS = [
-    FamilyAdapter("llama", ("llama", "mistral", "qwen2"), "model.layers", _LLAMA_LINEARS, "swiglu"),
+    FamilyAdapter(
+        "llama",
+        ("llama", "mistral", "qwen2"),
+        "layers",
+        _LLAMA_LINEARS,
+        "swiglu",
+        act_path="mlp.act_fn",
+        gate_linear="mlp.gate_proj",
+        up_linear="mlp.up_proj",
+    ),
     FamilyAdapter(
         "opt",
         ("opt",),
-        "model.decoder.layers",
+        "decoder.layers",
         {
             "attn_in": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
             "o_proj_in": ("self_attn.out_proj",),
@@ -57,11 +111,12 @@ ADAPTERS = [
             "ffn_intermediate": ("fc2",),
         },
         "relu",
+        act_path="activation_fn",
     ),
     FamilyAdapter(
         "gpt2",
         ("gpt2",),
-        "transformer.h",
+        "h",
         {  # Conv1D layers: weights are (in, out); q/k/v are one fused c_attn
             "attn_in": ("attn.c_attn",),
             "o_proj_in": ("attn.c_proj",),
@@ -69,6 +124,20 @@ ADAPTERS = [
             "ffn_intermediate": ("mlp.c_proj",),
         },
         "gelu",
+        act_path="mlp.act",
+    ),
+    FamilyAdapter(
+        "bert",
+        ("bert", "roberta"),
+        "encoder.layer",
+        {  # post-LN encoder: attn_in is the block input itself
+            "attn_in": ("attention.self.query", "attention.self.key", "attention.self.value"),
+            "o_proj_in": ("attention.output.dense",),
+            "ffn_in": ("intermediate.dense",),
+            "ffn_intermediate": ("output.dense",),
+        },
+        "gelu",
+        act_path="intermediate.intermediate_act_fn",
     ),
 ]
 

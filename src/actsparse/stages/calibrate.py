@@ -1,10 +1,10 @@
 """Calibrate stage: streaming activation statistics per layer and site.
 
-For every block and site (attention input, o_proj input, FFN input, FFN intermediate) it
-accumulates, batch by batch in float64: per-channel mean, std, mean |x|, fractions of exact
+For every block and site (attention input, o_proj input, FFN input, FFN intermediate,
+and the gate branch of gated FFNs) it accumulates, batch by batch in float64: per-channel mean, std, mean |x|, fractions of exact
 and near zeros; a log-spaced histogram of |x| fine enough for percentile thresholds; and
-`X^T X` of the input of every linear layer (one Gram matrix per site, shared by the
-linears that read it). Memory does not grow with the number of tokens; with
+`X^T X` of the input of every linear layer (one Gram matrix per linear-input site,
+shared by the linears that read it). Memory does not grow with the number of tokens; with
 `layers_per_pass: k` only k blocks' statistics are held at once (one forward pass per
 group of k blocks, stopped after the group's last block).
 
@@ -80,6 +80,16 @@ def collect(
                     lambda mod, args, s=s, where=where: s.update(args[0], where)
                 )
             )
+        if adapter.gated:  # the gate branch act(gate_proj x): histogram and moments, no Gram
+            name, act = adapter.act_module(model, layer)
+            gate = model.get_submodule(f"{adapter.block_path(model, layer)}.{adapter.gate_linear}")
+            s = stats[layer]["gate"] = SiteStats(
+                linear_shape(gate)[1], edges, cfg.near_zero_eps, gram=False, device=dev
+            )
+            where = f"layer {layer} site gate ({name})"
+            handles.append(
+                act.register_forward_hook(lambda mod, args, out, s=s, where=where: s.update(out, where))
+            )
 
     def stop(mod, args, out):
         raise _StopForward
@@ -152,9 +162,8 @@ def write_layer(
         "linears": json.dumps(linears),
         "note": "X^T X of each site's input, float64",
     }
-    save_tensors(
-        out / "gram" / f"{tag}.safetensors", {site: s.gram for site, s in sites.items()}, meta
-    )
+    grams = {site: s.gram for site, s in sites.items() if s.gram is not None}
+    save_tensors(out / "gram" / f"{tag}.safetensors", grams, meta)
 
 
 def run(cfg: CalibrateJob, inputs: dict[str, str], out: Path) -> StageResult:

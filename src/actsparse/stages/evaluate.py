@@ -10,7 +10,12 @@ Protocol (METHODS.md, "Evaluation protocol"):
 - fidelity against a reference model on the first `fidelity_tokens` of those windows:
   relative Frobenius error and mean cosine of the final hidden states, and the mean
   KL(reference || model) of next-token distributions;
-- tokens/s of the forward passes.
+- tokens/s of the forward passes;
+- for a sparsified variant (input `sparsity`: a sparsify job's plan, applied to the same
+  model): the zeros each wrapped module fed on, counted on these evaluation tokens
+  (`achieved_sparsity.parquet`), their error against the target per site (worst layer),
+  and FLOPs and weight bytes read per token by the linear layers. The dense model with the
+  plan switched off is the fidelity reference, on the same tokens.
 """
 
 from __future__ import annotations
@@ -22,14 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from actsparse.config import EvaluateCfg
 from actsparse.data import TokenData
+from actsparse.methods.sparsity.mechanism import SparsityPlan, Sparsified, apply, cost_per_token
 from actsparse.models import LoadCfg, default_device, load_model_as, synchronize
 from actsparse.stages.job import Metric, StageResult, main
+from actsparse.tables import ACHIEVED_SPARSITY, write_table
 
 log = logging.getLogger("actsparse.evaluate")
 
@@ -39,6 +47,7 @@ class EvaluateJob:
     evaluate: EvaluateCfg = field(default_factory=EvaluateCfg)
     load: LoadCfg = field(default_factory=LoadCfg)
     method: str = "dense"
+    level: float | None = None
     seed: int = 0
 
 
@@ -150,11 +159,42 @@ def evaluate_lm(
     )
 
 
+class DenseView:
+    """The sparsified model with its plan switched off: the fidelity reference."""
+
+    def __init__(self, model, handle: Sparsified):
+        self.model, self.handle = model, handle
+
+    def __call__(self, **kwargs):
+        with self.handle.disabled():
+            return self.model(**kwargs)
+
+
+def sparsity_metrics(achieved: pd.DataFrame, **kw) -> list[Metric]:
+    """Achieved sparsity per site and its worst error against the target (per module)."""
+    out = []
+    for site, g in achieved.groupby("site", sort=True):
+        err = (g.achieved - g.target).abs()
+        worst = g.loc[err.idxmax()]
+        out += [
+            Metric(f"sparsity.{site}", g.zeros.sum() / g.total.sum(), **kw),
+            Metric(f"target.{site}", float((g.target * g.total).sum() / g.total.sum()), **kw),
+            Metric(f"sparsity_err_max.{site}", float(err.max()), **kw),
+            Metric(f"sparsity_err_layer.{site}", int(worst.layer), **kw),
+        ]
+    return out
+
+
 def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
     e = cfg.evaluate
     dev = default_device()
-    model, _ = load_model_as(inputs["model"], cfg.load, device=dev)
-    if inputs.get("reference", inputs["model"]) == inputs["model"]:
+    model, adapter = load_model_as(inputs["model"], cfg.load, device=dev)
+    handle = None
+    if "sparsity" in inputs:
+        plan = SparsityPlan.load(inputs["sparsity"])
+        handle = apply(model, adapter, plan)
+        reference = DenseView(model, handle)
+    elif inputs.get("reference", inputs["model"]) == inputs["model"]:
         reference = model  # the dense baseline is its own reference
     else:
         reference, _ = load_model_as(inputs["reference"], cfg.load, device=dev)
@@ -171,22 +211,39 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
         r.n_predicted,
     )
 
-    corpus, m = data.corpus, cfg.method
+    corpus, m, level = data.corpus, cfg.method, cfg.level
     kw = dict(corpus=corpus, split=e.split)
+    mk = dict(method=m, level=level)
     metrics = [
-        Metric("perplexity", r.perplexity, method=m, **kw),
-        Metric("nll", r.nll, method=m, **kw),
+        Metric("perplexity", r.perplexity, **mk, **kw),
+        Metric("nll", r.nll, **mk, **kw),
         Metric("perplexity", math.exp(r.unigram_nll), method="unigram", **kw),
         Metric("nll", r.unigram_nll, method="unigram", **kw),
-        Metric("eval_tokens", r.n_predicted, method=m, **kw),
-        Metric("seq_len", seq_len, method=m, **kw),
-        Metric("tokens_per_s", r.tokens_per_s, method=m, **kw),
-        Metric("hidden_rel_err", r.hidden_rel_err, method=m, **kw),
-        Metric("hidden_cosine", r.hidden_cosine, method=m, **kw),
-        Metric("kl_div", r.kl, method=m, **kw),
-        Metric("n_params", sum(p.numel() for p in model.parameters()), method=m),
+        Metric("eval_tokens", r.n_predicted, **mk, **kw),
+        Metric("seq_len", seq_len, **mk, **kw),
+        Metric("tokens_per_s", r.tokens_per_s, **mk, **kw),
+        Metric("hidden_rel_err", r.hidden_rel_err, **mk, **kw),
+        Metric("hidden_cosine", r.hidden_cosine, **mk, **kw),
+        Metric("kl_div", r.kl, **mk, **kw),
+        Metric("n_params", sum(p.numel() for p in model.parameters()), **mk),
     ]
-    return StageResult(metrics)
+    artifacts = []
+    achieved = None
+    if handle is not None:
+        achieved = handle.achieved()
+        write_table(achieved, out / "achieved_sparsity.parquet", ACHIEVED_SPARSITY)
+        artifacts.append(out / "achieved_sparsity.parquet")
+        metrics += sparsity_metrics(achieved, **mk, **kw)
+    cost = cost_per_token(
+        model,
+        adapter,
+        achieved,
+        handle.plan.output_skips if handle is not None else None,
+        bytes_per_param=next(model.parameters()).element_size(),
+    )
+    metrics += [Metric(k, v, **mk) for k, v in cost.items()]
+    metrics.append(Metric("flops_ratio", cost["flops_per_token"] / cost["dense_flops_per_token"], **mk))
+    return StageResult(metrics, artifacts)
 
 
 if __name__ == "__main__":

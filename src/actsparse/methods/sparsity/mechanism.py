@@ -1,0 +1,350 @@
+"""The one sparsity mechanism: a *rule* placed at a *site* of a block, applied by wrapping
+modules of an unmodified `transformers` model.
+
+- A `Rule` turns an activation into a sparse tensor (threshold, top-K, statistical top-k,
+  head top-k); it is a plain value, saved in a sparsify job's `allocation.parquet`.
+- A `SparsityPlan` is every placed rule of one method at one level, plus which weight rows
+  the method lets a kernel skip (`output_skips`).
+- `apply(model, adapter, plan)` swaps each target module for a wrapper that applies the
+  rule to the module's input (linear-input sites, heads) or output (the gate) and counts
+  the zeros it feeds on. The model's own forward code runs unchanged around the wrappers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+from actsparse.io import write_text
+from actsparse.methods.sparsity import ops
+from actsparse.models.adapters import LINEAR_SITES, FamilyAdapter, linear_shape, n_heads
+from actsparse.tables import ACHIEVED_SPARSITY, ALLOCATION, read_table, write_table
+
+RULES = ("threshold", "topk", "stat_topk", "head_topk")
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str  # one of RULES
+    level: float  # the target fraction of zeros where the rule applies
+    threshold: float | None = None  # threshold: keep |x| > threshold
+    soft: bool = True  # stat_topk: ReLU(x - theta) rather than the hard cut
+    rescale: bool = False  # topk: restore each row's L2 norm
+    n_heads: int | None = None  # head_topk
+    pre_activation: bool = False  # at the gate: act(rule(g)) instead of rule(act(g))
+
+    def __post_init__(self) -> None:
+        if self.kind not in RULES:
+            raise ValueError(f"unknown rule {self.kind!r}; rules: {', '.join(RULES)}")
+        if not 0.0 <= self.level < 1.0:
+            raise ValueError(f"sparsity level must be in [0, 1), got {self.level}")
+        if self.kind == "threshold" and (self.threshold is None or not self.threshold >= 0):
+            raise ValueError(f"a threshold rule needs a threshold >= 0, got {self.threshold}")
+        if self.kind == "head_topk" and not self.n_heads:
+            raise ValueError("a head_topk rule needs n_heads")
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "threshold":
+            return ops.threshold(x, float(self.threshold))  # type: ignore[arg-type]
+        if self.kind == "topk":
+            return ops.topk(x, self.level, self.rescale)
+        if self.kind == "stat_topk":
+            return ops.stat_topk(x, self.level, self.soft)
+        return ops.head_topk(x, int(self.n_heads), self.level)  # type: ignore[arg-type]
+
+    def on_gate(self, g: torch.Tensor, act: nn.Module) -> torch.Tensor:
+        """The gate branch: the rule on `act(g)`, or `act(rule(g))` for pre-activation rules."""
+        return act(self(g)) if self.pre_activation else self(act(g))
+
+    def params(self) -> str:
+        d = {k: v for k, v in asdict(self).items() if k not in ("kind", "level", "threshold")}
+        return json.dumps(d, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Placed:
+    layer: int
+    site: str
+    module: str  # full module name in the model
+    width: int  # the width of the activation the rule sees (checked when applied)
+    rule: Rule
+
+
+@dataclass
+class SparsityPlan:
+    method: str  # the registered method
+    entry: str  # the config entry (e.g. teal_greedy)
+    level: float
+    placed: list[Placed]
+    # module -> module whose zeros let this module skip output rows (computed in advance
+    # by a predictor, e.g. CATS: up_proj rows of neurons the gate dropped)
+    output_skips: dict[str, str] = field(default_factory=dict)
+
+    def save(self, out: Path) -> None:
+        rows = [
+            {
+                "layer": p.layer,
+                "site": p.site,
+                "module": p.module,
+                "width": p.width,
+                "rule": p.rule.kind,
+                "level": p.rule.level,
+                "threshold": p.rule.threshold,
+                "params": p.rule.params(),
+            }
+            for p in self.placed
+        ]
+        write_table(pd.DataFrame(rows, columns=ALLOCATION.names), out / "allocation.parquet", ALLOCATION)
+        meta = {
+            "method": self.method,
+            "entry": self.entry,
+            "level": self.level,
+            "output_skips": self.output_skips,
+        }
+        write_text(out / "sparsity.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> SparsityPlan:
+        folder = Path(folder)
+        meta_path = folder / "sparsity.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"not a sparsify output: {folder} has no sparsity.json")
+        meta = json.loads(meta_path.read_text())
+        frame = read_table(folder / "allocation.parquet", ALLOCATION)
+        placed = [
+            Placed(
+                int(r.layer),
+                r.site,
+                r.module,
+                int(r.width),
+                Rule(
+                    r.rule,
+                    float(r.level),
+                    None if pd.isna(r.threshold) else float(r.threshold),
+                    **json.loads(r.params),
+                ),
+            )
+            for r in frame.itertuples()
+        ]
+        return cls(meta["method"], meta["entry"], float(meta["level"]), placed, meta["output_skips"])
+
+
+class _Counted(nn.Module):
+    """Counts the zeros of the activations a wrapper produces (on the evaluation tokens)."""
+
+    def __init__(self, inner: nn.Module, placed: Placed):
+        super().__init__()
+        self.inner, self.placed = inner, placed
+        self.active = True
+        self.zeros, self.total = 0, 0
+
+    def count(self, y: torch.Tensor) -> None:
+        if self.placed.rule.kind == "head_topk":
+            h = int(self.placed.rule.n_heads)  # type: ignore[arg-type]
+            heads = y.reshape(*y.shape[:-1], h, y.shape[-1] // h)
+            self.zeros += int((heads == 0).all(dim=-1).sum())
+            self.total += heads[..., 0].numel()
+        else:
+            self.zeros += int((y == 0).sum())
+            self.total += y.numel()
+
+    def extra_repr(self) -> str:
+        p = self.placed
+        return f"site={p.site}, rule={p.rule.kind}, level={p.rule.level:g}"
+
+
+class SparseInput(_Counted):
+    """A linear (nn.Linear or Conv1D) whose input goes through the rule first."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.inner.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.inner.bias
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.active:
+            x = self.placed.rule(x)
+            self.count(x)
+        return self.inner(x, *args, **kwargs)
+
+
+class SparseGate(_Counted):
+    """The FFN nonlinearity of a gated FFN whose output (the gate branch) is sparsified."""
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        if not self.active:
+            return self.inner(g)
+        y = self.placed.rule.on_gate(g, self.inner)
+        self.count(y)
+        return y
+
+
+class Sparsified:
+    """Handle on a model with a plan applied: toggle it, count what it did, remove it."""
+
+    def __init__(self, model: nn.Module, plan: SparsityPlan, wrappers: dict[str, _Counted]):
+        self.model, self.plan, self.wrappers = model, plan, wrappers
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """The dense model (for fidelity references): every wrapper passes through."""
+        for w in self.wrappers.values():
+            w.active = False
+        try:
+            yield
+        finally:
+            for w in self.wrappers.values():
+                w.active = True
+
+    def reset_counts(self) -> None:
+        for w in self.wrappers.values():
+            w.zeros = w.total = 0
+
+    def achieved(self) -> pd.DataFrame:
+        """Zeros counted per wrapped module (schema `tables.ACHIEVED_SPARSITY`)."""
+        rows = [
+            {
+                "layer": w.placed.layer,
+                "site": w.placed.site,
+                "module": name,
+                "rule": w.placed.rule.kind,
+                "target": w.placed.rule.level,
+                "zeros": w.zeros,
+                "total": w.total,
+                "achieved": w.zeros / w.total if w.total else float("nan"),
+            }
+            for name, w in self.wrappers.items()
+        ]
+        return pd.DataFrame(rows, columns=ACHIEVED_SPARSITY.names)
+
+    def remove(self) -> None:
+        for name, w in self.wrappers.items():
+            _set_module(self.model, name, w.inner)
+        self.wrappers = {}
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def activation_width(model: nn.Module, adapter: FamilyAdapter, layer: int, site: str) -> tuple[str, int]:
+    """(module to wrap, width of the activation the rule sees) for a layer's site; the
+    module for linear-input sites is the site's first linear."""
+    adapter.check_site(site)
+    if site == "gate":
+        name, _ = adapter.act_module(model, layer)
+        gate = model.get_submodule(f"{adapter.block_path(model, layer)}.{adapter.gate_linear}")
+        return name, linear_shape(gate)[1]
+    linear_site = "o_proj_in" if site == "heads" else site
+    name, module = adapter.site_linears(model, layer)[linear_site][0]
+    return name, linear_shape(module)[0]
+
+
+def apply(model: nn.Module, adapter: FamilyAdapter, plan: SparsityPlan) -> Sparsified:
+    """Wrap the plan's modules; refuse a plan made for another model (naming where)."""
+    n_layers = len(adapter.layers(model))
+    modules = dict(model.named_modules())
+    wrappers: dict[str, _Counted] = {}
+    for p in plan.placed:
+        where = f"sparsity method {plan.entry!r} ({plan.method}), layer {p.layer}, site {p.site!r}"
+        try:
+            adapter.check_site(p.site, where)
+        except ValueError as e:
+            raise ValueError(str(e)) from None
+        if p.layer >= n_layers or p.module not in modules:
+            raise ValueError(
+                f"{where}: the model has no module {p.module!r} ({n_layers} layers); "
+                "was this plan calibrated on another model?"
+            )
+        module = modules[p.module]
+        if p.site == "gate":
+            width = activation_width(model, adapter, p.layer, "gate")[1]
+        else:
+            width = linear_shape(module)[0]
+        if width != p.width:
+            raise ValueError(
+                f"{where}: {p.module} sees activations of width {width}, the plan was "
+                f"calibrated for width {p.width} (shape mismatch: another model?)"
+            )
+        if p.module in wrappers:
+            raise ValueError(f"{where}: {p.module} has two rules")
+        cls = SparseGate if p.site == "gate" else SparseInput
+        wrappers[p.module] = cls(module, p)
+    for name, w in wrappers.items():
+        _set_module(model, name, w)
+    return Sparsified(model, plan, wrappers)
+
+
+def linear_inventory(model: nn.Module, adapter: FamilyAdapter) -> pd.DataFrame:
+    """Every block linear: layer, site, module, in and out features (the cost model's rows)."""
+    rows = []
+    for layer in range(len(adapter.layers(model))):
+        for site in LINEAR_SITES:
+            for name, module in adapter.site_linears(model, layer)[site]:
+                inner = module.inner if isinstance(module, _Counted) else module
+                n_in, n_out = linear_shape(inner)
+                rows.append(dict(layer=layer, site=site, module=name, n_in=n_in, n_out=n_out))
+    return pd.DataFrame(rows)
+
+
+def cost_per_token(
+    model: nn.Module,
+    adapter: FamilyAdapter,
+    achieved: pd.DataFrame | None = None,
+    output_skips: dict[str, str] | None = None,
+    bytes_per_param: int = 4,
+) -> dict[str, float]:
+    """FLOPs and weight bytes read per token by the linear layers (blocks and LM head).
+
+    A linear with input sparsity `s_in` (the zero fraction fed to it) and output-row
+    sparsity `s_out` (rows a method knows in advance it can skip) costs
+    `2 n_in n_out (1 - s_in)(1 - s_out)` FLOPs and reads that fraction of its weights.
+    Attention scores (QK^T, AV) depend on the context length and are not counted.
+    """
+    inv = linear_inventory(model, adapter)
+    zero = dict(zip(achieved.module, achieved.achieved, strict=True)) if achieved is not None else {}
+    skips = output_skips or {}
+    s_in = inv.module.map(lambda m: zero.get(m, 0.0))
+    s_out = inv.module.map(lambda m: zero.get(skips[m], 0.0) if m in skips else 0.0)
+    dense_params = (inv.n_in * inv.n_out).astype(float)
+    active = dense_params * (1 - s_in) * (1 - s_out)
+    head = model.get_output_embeddings()
+    head_params = float(head.weight.numel()) if head is not None else 0.0
+    return {
+        "flops_per_token": 2 * (active.sum() + head_params),
+        "weight_bytes_per_token": bytes_per_param * (active.sum() + head_params),
+        "dense_flops_per_token": 2 * (dense_params.sum() + head_params),
+        # the fraction of block-linear weight reads skipped (TEAL's "model-wide sparsity")
+        "effective_sparsity": 1 - active.sum() / dense_params.sum(),
+    }
+
+
+def placed_for_sites(
+    model: nn.Module, adapter: FamilyAdapter, sites: list[str], rule_for
+) -> list[Placed]:
+    """One rule per module reading each site of every layer: `rule_for(layer, site, module)`
+    returns the Rule (linear-input sites wrap every reading linear, so per-linear
+    allocations such as TEAL's greedy one are possible)."""
+    placed = []
+    for layer in range(len(adapter.layers(model))):
+        for site in sites:
+            adapter.check_site(site)
+            if site in LINEAR_SITES:
+                for name, module in adapter.site_linears(model, layer)[site]:
+                    width = linear_shape(module)[0]
+                    placed.append(Placed(layer, site, name, width, rule_for(layer, site, name)))
+            else:
+                name, width = activation_width(model, adapter, layer, site)
+                placed.append(Placed(layer, site, name, width, rule_for(layer, site, name)))
+    return placed

@@ -1,0 +1,99 @@
+"""Sparsity operators: pure tensor functions, shared by inference and training.
+
+Each maps an activation `x` (..., d) to a tensor of the same shape in which the dropped
+entries are exactly zero. `level` is the target fraction of zeros along the last dim.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from scipy.special import ndtri
+
+
+def threshold(x: torch.Tensor, t: float) -> torch.Tensor:
+    """Magnitude threshold (Dhar et al., TEAL, CATS): `x * 1[|x| > t]`."""
+    return torch.where(x.abs() > t, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def keep_count(d: int, level: float) -> int:
+    """Entries kept out of `d` at sparsity `level`: Q-Sparse's `k = int((1 - S) d)`."""
+    return int((1.0 - level) * d)
+
+
+def topk_mask(x: torch.Tensor, level: float) -> torch.Tensor:
+    """Boolean mask of the `k = int((1 - level) d)` largest |x| along the last dim."""
+    d = x.shape[-1]
+    k = keep_count(d, level)
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    if k > 0:
+        idx = torch.topk(x.abs(), k, dim=-1, sorted=False).indices
+        mask.scatter_(-1, idx, True)
+    return mask
+
+
+def topk(x: torch.Tensor, level: float, rescale: bool = False) -> torch.Tensor:
+    """Q-Sparse top-K by magnitude; `rescale` restores each row's L2 norm (from-scratch recipe)."""
+    out = torch.where(topk_mask(x, level), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    if rescale:
+        norm = out.norm(dim=-1, keepdim=True)
+        out = out * (x.norm(dim=-1, keepdim=True) / norm.clamp_min(torch.finfo(x.dtype).tiny))
+    return out
+
+
+def straight_through(x: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+    """Forward `sparse`, backward as if dense: `x + (sparse - x).detach()` (the STE)."""
+    return x + (sparse - x).detach()
+
+
+def topk_ste(x: torch.Tensor, level: float, rescale: bool = False) -> torch.Tensor:
+    """Top-K for training (Q-Sparse): sparse forward, the dense gradient backward."""
+    return straight_through(x, topk(x, level, rescale))
+
+
+def stat_threshold(x: torch.Tensor, level: float) -> torch.Tensor:
+    """Spark's statistical threshold per row: `mean + std * PhiInv(level)` (population std).
+
+    For Gaussian rows a fraction `1 - level` of entries exceeds it; no sort is needed.
+    """
+    z = float(ndtri(level))  # PhiInv(1 - k/d) with k/d = 1 - level
+    xf = x.float()
+    mean = xf.mean(dim=-1, keepdim=True)
+    std = xf.std(dim=-1, keepdim=True, correction=0)
+    return (mean + std * z).to(x.dtype)
+
+
+def stat_topk(x: torch.Tensor, level: float, soft: bool = True) -> torch.Tensor:
+    """Spark's statistical top-k: keep the entries above the row's statistical threshold.
+
+    `soft`: `ReLU(x - theta)` (Spark's operator, differentiable almost everywhere);
+    otherwise the hard `x * 1[x > theta]`. It selects the largest *values* (not
+    magnitudes), as in Spark, where it acts on the gate pre-activation. Level 0 keeps `x`
+    unchanged (the threshold is -inf there).
+    """
+    if level == 0.0:
+        return x
+    theta = stat_threshold(x, level)
+    if soft:
+        return torch.relu(x - theta)
+    return torch.where(x > theta, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def head_topk(x: torch.Tensor, n_heads: int, level: float) -> torch.Tensor:
+    """Deja Vu's head oracle: keep the `int((1 - level) H)` heads with the largest output
+    norm per token; `x` is the concatenated head outputs (..., H * head_dim)."""
+    d = x.shape[-1]
+    if d % n_heads:
+        raise ValueError(f"width {d} is not divisible by {n_heads} heads")
+    heads = x.reshape(*x.shape[:-1], n_heads, d // n_heads)
+    mask = topk_mask(heads.norm(dim=-1), level)  # (..., H)
+    return (heads * mask.unsqueeze(-1).to(x.dtype)).reshape(x.shape)
+
+
+def gaussian_kept_error(d: int, level: float, rows: int = 256, seed: int = 0) -> float:
+    """|kept fraction - (1 - level)| of `stat_topk` on standard Gaussian rows of width `d`."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, d, generator=g, dtype=torch.float64)
+    kept = (stat_topk(x, level, soft=True) > 0).double().mean().item()
+    return abs(kept - (1.0 - level)) if not math.isnan(kept) else math.inf

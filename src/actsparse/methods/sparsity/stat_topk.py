@@ -1,0 +1,41 @@
+"""Spark Transformer's statistical top-k: a linear-time threshold from the row's mean and
+std, `theta = mean + std * PhiInv(1 - k/d)`, applied as the soft threshold
+`ReLU(x - theta)`. At the gate site it acts on the gate *pre-activation* (Spark's
+placement: `act(TopK(K1^T x))`), so the up and down projections touch only the kept
+neurons; at other sites on the activation itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from actsparse.methods.sparsity import SPARSITY
+from actsparse.methods.sparsity.base import BuildContext, SparsityMethod, SparsityMethodCfg, check_sites
+from actsparse.methods.sparsity.cats import up_skips
+from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
+from actsparse.methods.sparsity.threshold import MAGNITUDE_SITES
+
+
+@dataclass
+class StatTopKCfg(SparsityMethodCfg):
+    site: str = "gate"
+    soft: bool = True  # ReLU(x - theta); false: the hard x * 1[x > theta]
+
+    def sites_used(self) -> list[str]:
+        return [self.site]
+
+    def problems(self) -> list[tuple[str, str]]:
+        return super().problems() + check_sites([self.site], MAGNITUDE_SITES)
+
+
+@SPARSITY.register("stat_topk")
+class StatTopK(SparsityMethod):
+    Config = StatTopKCfg
+    needs_calibration = False
+
+    def build(self, cfg: StatTopKCfg, level: float, ctx: BuildContext) -> SparsityPlan:
+        rule = Rule("stat_topk", level, soft=cfg.soft, pre_activation=cfg.site == "gate")
+        placed = placed_for_sites(ctx.model, ctx.adapter, [cfg.site], lambda *_: rule)
+        plan = SparsityPlan(cfg.method, "", level, placed)
+        if cfg.site == "gate":
+            plan.output_skips = up_skips(ctx.model, ctx.adapter, plan)
+        return plan

@@ -1,0 +1,176 @@
+"""TEAL: magnitude thresholds on the input of every projection, `x * 1[|x| > t]` with
+`t = F^-1(0.5 + s/2)` of the calibrated (symmetric, zero-mean) distribution, i.e.
+`P(|x| < t) = s`, read from histograms of |x| (see `calibration` in the config: TEAL's
+paper reads the dense model's; `sequential` recalibrates with upstream rules applied).
+
+Allocation:
+- `uniform`: every projection at the target level;
+- `greedy`: TEAL's block-wise greedy search. Per block, all projections start dense;
+  each step raises the sparsity of the one projection whose increase adds the least error
+  to the block's output (measured on calibration tokens, earlier blocks dense), by
+  `step * P_max / P_p` for a projection with `P_p` parameters (`P_max` the block's largest:
+  every step adds the same number of skipped weights), until the block's effective
+  sparsity `sum(P_p s_p) / sum(P_p)` reaches the target. Parameter counts are the real
+  ones (GQA's smaller k/v included). The search uses the dense calibration histograms;
+  the chosen levels are then calibrated like uniform ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from actsparse.data import batch_at
+from actsparse.methods.sparsity import SPARSITY
+from actsparse.methods.sparsity.base import (
+    BuildContext,
+    SparsityMethod,
+    ThresholdMethodCfg,
+    calibrate_thresholds,
+    check_sites,
+    context_len,
+)
+from actsparse.methods.sparsity.mechanism import (
+    Placed,
+    Rule,
+    SparsityPlan,
+    apply,
+    placed_for_sites,
+)
+from actsparse.models.adapters import LINEAR_SITES, linear_shape
+
+log = logging.getLogger("actsparse.teal")
+
+
+@dataclass
+class TealCfg(ThresholdMethodCfg):
+    sites: list[str] = field(default_factory=lambda: list(LINEAR_SITES))
+    allocation: str = "uniform"  # uniform | greedy
+    greedy_step: float = 0.05  # sparsity added to the block's largest projection per step
+    greedy_tokens: int = 2048  # calibration tokens the greedy search measures errors on
+    greedy_seq_len: int = 128
+    max_level: float = 0.99  # no projection is made sparser than this
+
+    def sites_used(self) -> list[str]:
+        return list(self.sites)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems() + check_sites(self.sites, LINEAR_SITES)
+        if self.allocation not in ("uniform", "greedy"):
+            out.append(("allocation", f"must be 'uniform' or 'greedy', got {self.allocation!r}"))
+        if not 0.0 < self.greedy_step <= 0.5:
+            out.append(("greedy_step", f"must be in (0, 0.5], got {self.greedy_step}"))
+        if self.greedy_tokens < 2 or self.greedy_seq_len < 2:
+            out.append(("greedy_tokens", "greedy_tokens and greedy_seq_len must be >= 2"))
+        if not 0.0 < self.max_level < 1.0:
+            out.append(("max_level", f"must be in (0, 1), got {self.max_level}"))
+        return out
+
+
+class _Stop(Exception):
+    pass
+
+
+@SPARSITY.register("teal")
+class Teal(SparsityMethod):
+    Config = TealCfg
+
+    def build(self, cfg: TealCfg, level: float, ctx: BuildContext) -> SparsityPlan:
+        stats = ctx.stats
+        assert stats is not None
+        if cfg.allocation == "uniform" or level == 0.0:
+            levels: dict[str, float] = {}
+        else:
+            levels = greedy_levels(cfg, level, ctx)
+        placed = placed_for_sites(
+            ctx.model,
+            ctx.adapter,
+            cfg.sites,
+            lambda layer, site, module: Rule("threshold", levels.get(module, level), 0.0),
+        )
+        return SparsityPlan(cfg.method, "", level, calibrate_thresholds(placed, cfg, ctx))
+
+
+def _rule(stats, layer: int, site: str, level: float) -> Rule:
+    return Rule("threshold", level, stats.threshold(layer, site, level))
+
+
+@torch.no_grad()
+def greedy_levels(cfg: TealCfg, target: float, ctx: BuildContext) -> dict[str, float]:
+    """module -> sparsity level from TEAL's block-wise greedy search (module doc)."""
+    model, adapter, stats = ctx.model, ctx.adapter, ctx.stats
+    if ctx.tokens is None:
+        raise ValueError("teal greedy allocation needs calibration tokens")
+    seq_len = context_len(model, cfg.greedy_seq_len)
+    n_batches = max(1, cfg.greedy_tokens // seq_len)
+    x = torch.cat([batch_at(ctx.tokens, b, 1, seq_len, ctx.seed) for b in range(n_batches)]).to(
+        ctx.device
+    )
+    blocks = adapter.layers(model)
+
+    def block_output(layer: int) -> torch.Tensor:
+        seen: dict[str, torch.Tensor] = {}
+
+        def grab(mod, args, out):
+            seen["y"] = (out[0] if isinstance(out, tuple) else out).float()
+            raise _Stop
+
+        h = blocks[layer].register_forward_hook(grab)
+        try:
+            with contextlib.suppress(_Stop):
+                model(input_ids=x, use_cache=False)
+        finally:
+            h.remove()
+        return seen["y"]
+
+    out: dict[str, float] = {}
+    for layer in tqdm(range(len(blocks)), desc=f"teal greedy s={target:g}", unit="block"):
+        dense = block_output(layer)
+        dense_sq = float((dense**2).sum())
+        mods = [
+            (site, name, float(linear_shape(m)[0] * linear_shape(m)[1]))
+            for site in cfg.sites
+            for name, m in adapter.site_linears(model, layer)[site]
+        ]
+        total = sum(p for *_, p in mods)
+        p_max = max(p for *_, p in mods)
+        lv = {name: 0.0 for _, name, _ in mods}
+        eff = 0.0
+
+        def error(trial: dict[str, float]) -> float:
+            placed = [
+                Placed(layer, site, name, linear_shape(m)[0], _rule(stats, layer, site, trial[name]))
+                for site in cfg.sites
+                for name, m in adapter.site_linears(model, layer)[site]
+            ]
+            handle = apply(model, adapter, SparsityPlan("teal", "greedy", target, placed))
+            try:
+                y = block_output(layer)
+            finally:
+                handle.remove()
+            return float(((y - dense) ** 2).sum()) / dense_sq
+
+        while eff < target - 1e-9:
+            inc = min(cfg.greedy_step * p_max / total, target - eff)  # effective sparsity
+            best: tuple[float, str, float] | None = None
+            for _, name, params in mods:
+                new = lv[name] + inc * total / params
+                if new > cfg.max_level:
+                    continue
+                err = error({**lv, name: new})
+                if best is None or err < best[0]:
+                    best = (err, name, new)
+            if best is None:
+                raise ValueError(
+                    f"teal greedy: layer {layer} cannot reach effective sparsity {target} "
+                    f"with every projection at most {cfg.max_level}"
+                )
+            lv[best[1]] = best[2]
+            eff += inc
+        log.info("layer %d: %s", layer, {k.rsplit(".", 1)[1]: round(v, 3) for k, v in lv.items()})
+        out.update(lv)
+    return out

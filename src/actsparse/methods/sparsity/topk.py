@@ -1,0 +1,35 @@
+"""Q-Sparse: top-K by magnitude on the input of every linear projection,
+`k = int((1 - S) d)`. Post-hoc here; training uses the same operator through
+`ops.topk_ste` (sparse forward, dense gradient)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from actsparse.methods.sparsity import SPARSITY
+from actsparse.methods.sparsity.base import BuildContext, SparsityMethod, SparsityMethodCfg, check_sites
+from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
+from actsparse.models.adapters import LINEAR_SITES
+
+
+@dataclass
+class TopKCfg(SparsityMethodCfg):
+    sites: list[str] = field(default_factory=lambda: list(LINEAR_SITES))
+    rescale: bool = False  # restore each row's L2 norm (Q-Sparse's from-scratch recipe)
+
+    def sites_used(self) -> list[str]:
+        return list(self.sites)
+
+    def problems(self) -> list[tuple[str, str]]:
+        return super().problems() + check_sites(self.sites, LINEAR_SITES)
+
+
+@SPARSITY.register("topk")
+class TopK(SparsityMethod):
+    Config = TopKCfg
+    needs_calibration = False
+
+    def build(self, cfg: TopKCfg, level: float, ctx: BuildContext) -> SparsityPlan:
+        rule = Rule("topk", level, rescale=cfg.rescale)
+        placed = placed_for_sites(ctx.model, ctx.adapter, cfg.sites, lambda *_: rule)
+        return SparsityPlan(cfg.method, "", level, placed)
