@@ -11,3 +11,84 @@ def smoke_plan(tmp: Path, *overrides: str):
     from actsparse.plan import StudyPlan
 
     return StudyPlan(compose_study(["experiment=smoke", f"study.output_root={tmp}", *overrides]))
+
+
+TINY_D, TINY_F, TINY_V = 16, 40, 64
+FAMILIES = ["llama", "mistral", "qwen2", "opt", "gpt2", "bert"]
+
+
+def tiny_model(family: str, seed: int = 0):
+    """A tiny random model of a Hugging Face family (2 blocks, 4 heads, GQA where it exists)."""
+    import torch
+    from transformers import (
+        BertConfig,
+        BertModel,
+        GPT2Config,
+        GPT2LMHeadModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        OPTConfig,
+        OPTForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
+
+    torch.manual_seed(seed)
+    D, F, V = TINY_D, TINY_F, TINY_V
+    common = dict(
+        vocab_size=V,
+        hidden_size=D,
+        intermediate_size=F,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
+    if family == "llama":
+        return LlamaForCausalLM(LlamaConfig(**common)).eval()
+    if family == "mistral":
+        return MistralForCausalLM(MistralConfig(**common)).eval()
+    if family == "qwen2":
+        return Qwen2ForCausalLM(Qwen2Config(**common)).eval()
+    if family == "opt":
+        cfg = OPTConfig(
+            vocab_size=V,
+            hidden_size=D,
+            ffn_dim=F,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=32,
+            word_embed_proj_dim=D,
+        )
+        return OPTForCausalLM(cfg).eval()
+    if family == "gpt2":
+        cfg = GPT2Config(
+            vocab_size=V,
+            n_embd=D,
+            n_inner=F,
+            n_layer=2,
+            n_head=4,
+            n_positions=32,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        return GPT2LMHeadModel(cfg).eval()
+    if family == "bert":
+        cfg = BertConfig(
+            vocab_size=V,
+            hidden_size=D,
+            intermediate_size=F,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=32,
+        )
+        return BertModel(cfg, add_pooling_layer=False).eval()
+    raise KeyError(family)
+
+
+def final_output(model, x):
+    """Logits of a causal LM, the last hidden state of an encoder."""
+    out = model(input_ids=x)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state

@@ -56,24 +56,31 @@ def cmd_show(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     from actsparse.plan import StudyPlan
+    from actsparse.stages.report import evaluate_wide
     from actsparse.tables import METRICS, read_table
 
     plan = StudyPlan(compose_study(_overrides(args)))
     summary = read_table(plan.summary_path, METRICS)
-    ev = summary[summary.stage == "evaluate"]
-    wide = ev.pivot_table(
-        index=["model", "method"], columns="metric", values="value", aggfunc="first"
-    )
+    wide = evaluate_wide(summary)
     cols = [
         c
-        for c in ("perplexity", "hidden_rel_err", "kl_div", "tokens_per_s", "eval_tokens")
+        for c in (
+            "perplexity",
+            "hidden_rel_err",
+            "kl_div",
+            "effective_sparsity",
+            "flops_ratio",
+            "tokens_per_s",
+            "eval_tokens",
+        )
         if c in wide
     ]
     table = Table(title=f"{plan.summary_path} (evaluate)")
-    for col in ("model", "method", *cols):
+    for col in ("model", "method", "level", *cols):
         table.add_column(col, justify="right" if col in cols else "left")
-    for (model, method), row in wide[cols].iterrows():
-        table.add_row(model, method, *("" if pd.isna(row[c]) else f"{row[c]:.4g}" for c in cols))
+    for _, row in wide.iterrows():
+        cells = ("" if pd.isna(row[c]) else f"{row[c]:.4g}" for c in cols)
+        table.add_row(row.model, row.method, row.level, *cells)
     Console(width=max(120, Console().width)).print(table)
     if args.json:
         print(json.dumps(summary.to_dict("records"), default=str))

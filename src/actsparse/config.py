@@ -430,8 +430,6 @@ class StudyConfig:
         out: list[tuple[str, str]] = []
         for group in ("study", "data", "train", "calibrate", "sparsify", "evaluate", "resources"):
             out += [(f"{group}.{k}", m) for k, m in getattr(self, group).problems()]
-        if not any(k.startswith("sparsify.") for k, _ in out):
-            out += self._sparsify_model_problems()
         if not self.models:
             out.append(("models", "the study needs at least one model"))
         for name, model in self.models.items():
@@ -477,8 +475,9 @@ class StudyConfig:
                         "their context can be 32k tokens or more; e.g. 2048",
                     )
                 )
+        if not out:  # needs valid entries and models
+            out += self._sparsify_model_problems()
         return out
-
 
     def _sparsify_model_problems(self) -> list[tuple[str, str]]:
         """Entries must name models of the study; a trained model's family must have the

@@ -195,7 +195,9 @@ class StudyPlan:
             "calibration": self.calibrate(model).out_dir,
             "data": self.data(self.data_variant(model)).out_dir,
         }
-        return self._job("sparsify", self.sparse_variant(model, entry, level), config, inputs, model)
+        return self._job(
+            "sparsify", self.sparse_variant(model, entry, level), config, inputs, model
+        )
 
     def evaluate_sparse(self, model: str, entry: str, level: float) -> Job:
         """A sparsified variant, with the dense model (same weights) as fidelity reference."""

@@ -85,6 +85,37 @@ def test_real_model_preset_uses_the_checkpoint_tokenizer_per_model():
             ["experiment=llama2_7b", "evaluate.seq_len=null"],
             r"evaluate\.seq_len: must be set for pretrained models",
         ),
+        (
+            ["sparsify.levels=[0.5,1.0]"],
+            r"sparsify\.levels: sparsity levels must be in \[0, 1\), got 1\.0",
+        ),
+        (["sparsify.levels=[-0.1]"], r"sparsify\.levels: .*got -0\.1"),
+        (
+            ["sparsify.methods.teal.levels=[0.3,1.2]"],
+            r"sparsify\.methods\.teal\.levels: sparsity levels must be in \[0, 1\), got 1\.2",
+        ),
+        (
+            ["sparsify.methods.cats.models=null"],
+            r"sparsify\.methods\.cats\.models: sparsity method 'cats' on model 'opt_tiny': "
+            r"model family 'opt' has no site 'gate'",
+        ),
+        (
+            ["sparsify.methods.topk.sites=[attn_in,gatez]"],
+            r"sparsify\.methods\.topk\.sites: unknown site",
+        ),
+        (
+            ["sparsify.methods.teal.allocation=best"],
+            r"sparsify\.methods\.teal\.allocation: must be",
+        ),
+        (
+            ["+sparsify.methods.x.method=magic"],
+            r"sparsify\.methods\.x\.method: unknown sparsity method 'magic'",
+        ),
+        (["sparsify.methods.teal.nope=1"], r"sparsify\.methods\.teal\.nope"),
+        (
+            ["sparsify.methods.cats.models=[gpt5]"],
+            r"sparsify\.methods\.cats\.models: unknown model 'gpt5'",
+        ),
     ],
 )
 def test_bad_config_is_refused_naming_the_key(overrides, pattern):

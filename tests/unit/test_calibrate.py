@@ -30,6 +30,12 @@ def _reference(plan, model_name):
                     a[0].reshape(-1, a[0].shape[-1]).double()
                 )
             )
+        if adapter.gated:  # the gate branch: the output of the FFN nonlinearity
+            adapter.act_module(model, layer)[1].register_forward_hook(
+                lambda m, a, out, key=(layer, "gate"): acts.setdefault(key, []).append(
+                    out.reshape(-1, out.shape[-1]).double()
+                )
+            )
     n_batches = -(-c.n_tokens // (c.batch_size * c.seq_len))
     with torch.no_grad():
         for b in range(n_batches):
@@ -53,12 +59,17 @@ def test_statistics_match_the_float64_reference(smoke_outputs, model_name):
         )
         stats = read_table(out / "channel_stats" / f"layer_{layer:03d}.parquet", CHANNEL_STATS)
         hist = read_table(out / "histograms" / f"layer_{layer:03d}.parquet", HISTOGRAMS)
-        for site in ("attn_in", "o_proj_in", "ffn_in", "ffn_intermediate"):
+        sites = ["attn_in", "o_proj_in", "ffn_in", "ffn_intermediate"]
+        assert set(stats.site) == set(sites) | ({"gate"} if "llama" in model_name else set())
+        for site in sorted(stats.site.unique()):
             x = ref[(layer, site)]  # (tokens, n)
             assert int(meta["n_tokens"]) == x.shape[0] == plan.cfg.calibrate.n_tokens
-            g = grams[site].numpy()
-            assert grams[site].dtype == torch.float64
-            assert np.abs(g - x.T @ x).max() <= 1e-10 * np.abs(x.T @ x).max()
+            if site == "gate":
+                assert site not in grams  # no linear reads the gate alone: no Gram matrix
+            else:
+                g = grams[site].numpy()
+                assert grams[site].dtype == torch.float64
+                assert np.abs(g - x.T @ x).max() <= 1e-10 * np.abs(x.T @ x).max()
             s = stats[stats.site == site].sort_values("channel")
             np.testing.assert_allclose(s["mean"], x.mean(0), rtol=1e-9, atol=1e-12)
             np.testing.assert_allclose(s["std"], x.std(0), rtol=1e-9, atol=1e-12)

@@ -2,71 +2,13 @@
 
 import pytest
 import torch
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    MistralConfig,
-    MistralForCausalLM,
-    OPTConfig,
-    OPTForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from helpers import FAMILIES, TINY_D, TINY_F, TINY_V, tiny_model
 
-from actsparse.models import SITES, adapter_for, load_model
-from actsparse.models.adapters import linear_shape
+from actsparse.models import adapter_for, load_model
+from actsparse.models.adapters import LINEAR_SITES, linear_shape
 
-D, F, V = 16, 40, 64
-
-
-def _tiny(family: str):
-    torch.manual_seed(0)
-    common = dict(
-        vocab_size=V,
-        hidden_size=D,
-        intermediate_size=F,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
-    if family == "llama":
-        return LlamaForCausalLM(LlamaConfig(**common))
-    if family == "mistral":
-        return MistralForCausalLM(MistralConfig(**common))
-    if family == "qwen2":
-        return Qwen2ForCausalLM(Qwen2Config(**common))
-    if family == "opt":
-        return OPTForCausalLM(
-            OPTConfig(
-                vocab_size=V,
-                hidden_size=D,
-                ffn_dim=F,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=32,
-                word_embed_proj_dim=D,
-            )
-        )
-    if family == "gpt2":
-        return GPT2LMHeadModel(
-            GPT2Config(
-                vocab_size=V,
-                n_embd=D,
-                n_inner=F,
-                n_layer=2,
-                n_head=4,
-                n_positions=32,
-                bos_token_id=0,
-                eos_token_id=0,
-            )
-        )
-    raise KeyError(family)
-
-
-FAMILIES = ["llama", "mistral", "qwen2", "opt", "gpt2"]
+D, F, V = TINY_D, TINY_F, TINY_V
+_tiny = tiny_model
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -77,10 +19,11 @@ def test_adapter_sites_have_the_expected_widths(family):
     widths = {"attn_in": D, "o_proj_in": D, "ffn_in": D, "ffn_intermediate": F}
     for layer in range(2):
         sites = adapter.site_linears(model, layer)
-        assert set(sites) == set(SITES)
+        assert set(sites) == set(LINEAR_SITES)
         for site, linears in sites.items():
             for name, module in linears:
-                assert name.startswith(adapter.layers_path)
+                assert name.startswith(adapter.block_path(model, layer))
+                assert model.get_submodule(name) is module
                 assert linear_shape(module)[0] == widths[site], (site, name)
 
 
@@ -90,13 +33,14 @@ def test_ffn_intermediate_site_is_the_activation_of_the_ffn_input(family):
     model = _tiny(family).eval()
     adapter = adapter_for(model.config.model_type)
     sites = adapter.site_linears(model, 1)
+    x = torch.randint(0, V, (2, 8))
     seen = {}
     for site in ("ffn_in", "ffn_intermediate"):
         sites[site][0][1].register_forward_pre_hook(
             lambda m, a, site=site: seen.setdefault(site, a[0])
         )
     with torch.no_grad():
-        model(input_ids=torch.randint(0, V, (2, 8)))
+        model(input_ids=x)
         x, act = seen["ffn_in"], seen["ffn_intermediate"]
         first = [m for _, m in sites["ffn_in"]]
         if family in ("llama", "mistral", "qwen2"):
@@ -104,16 +48,20 @@ def test_ffn_intermediate_site_is_the_activation_of_the_ffn_input(family):
             expected = torch.nn.functional.silu(gate(x)) * up(x)
         elif family == "opt":
             expected = torch.relu(first[0](x))
-        else:
+        elif family == "gpt2":
             expected = model.transformer.h[1].mlp.act(first[0](x))
+        else:
+            expected = model.encoder.layer[1].intermediate.intermediate_act_fn(first[0](x))
     torch.testing.assert_close(act, expected, rtol=1e-5, atol=1e-6)
     if family == "opt":
         assert (act == 0).float().mean() > 0.2  # ReLU: natural zeros
 
 
 def test_unsupported_family_is_named():
-    with pytest.raises(ValueError, match="unsupported model type 'bert'.*supported: gpt2, llama"):
-        adapter_for("bert")
+    with pytest.raises(
+        ValueError, match="unsupported model type 't5'.*supported: bert, gpt2, llama"
+    ):
+        adapter_for("t5")
 
 
 @pytest.mark.parametrize("family", ["llama", "opt", "gpt2"])

@@ -17,7 +17,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 from smk import SMOKE_BUDGET_S, copy_workflow, planned, snakemake
 
+from actsparse.methods.sparsity import SPARSITY
 from actsparse.tables import (
+    ACHIEVED_SPARSITY,
+    ALLOCATION,
     CHANNEL_STATS,
     DATA_MANIFEST,
     HISTOGRAMS,
@@ -28,6 +31,7 @@ from actsparse.tables import (
 )
 
 pytestmark = pytest.mark.workflow
+N_SPARSE = 8  # sparsified variants in the smoke experiment (conf/experiment/smoke.yaml)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +62,9 @@ def test_every_output_validates_against_its_schema(smoke_run):
     root = wd / "data" / "smoke"
     summary = read_table(root / "summary.parquet", METRICS)
     jobs = sorted(p for p in root.glob("*/*-*") if p.is_dir())
-    assert [p.parent.name for p in jobs].count("evaluate") == 2
-    assert len(jobs) == 7 and not list(root.glob("*/*.partial"))
+    stages = [p.parent.name for p in jobs]
+    assert (stages.count("sparsify"), stages.count("evaluate")) == (N_SPARSE, 2 + N_SPARSE)
+    assert len(jobs) == 7 + 2 * N_SPARSE and not list(root.glob("*/*.partial"))
     for job in jobs:
         assert (job / "config.yaml").is_file()
         run_id = (job / "mlflow_run_id").read_text().strip()
@@ -77,13 +82,27 @@ def test_every_output_validates_against_its_schema(smoke_run):
         read_table(cal / "channel_stats", CHANNEL_STATS)
         read_table(cal / "histograms", HISTOGRAMS)
         read_table(cal / "linears.parquet", LINEARS)
+    for sp in root.glob("sparsify/*-*"):
+        allocation = read_table(sp / "allocation.parquet", ALLOCATION)
+        assert len(allocation) and (allocation.level == 0.5).mean() > 0.3, sp
+        assert json.loads((sp / "sparsity.json").read_text())["level"] == 0.5
     ev = summary[summary.stage == "evaluate"]
     ppl = ev[ev.metric == "perplexity"].set_index(["variant", "method"])["value"]
-    assert set(ppl.index) == {
-        (v, m) for v in ("llama_micro.dense", "opt_micro.dense") for m in ("dense", "unigram")
+    dense = {(v, m) for v in ("llama_micro.dense", "opt_micro.dense") for m in ("dense", "unigram")}
+    assert dense <= set(ppl.index) and (ppl > 1).all()
+    # the smoke study exercises every registered sparsity method
+    methods = {
+        json.loads((p / "sparsity.json").read_text())["method"] for p in root.glob("sparsify/*-*")
     }
-    assert (ppl > 1).all()
-    assert set(summary.stage) == {"data", "train", "calibrate", "evaluate"}
+    assert methods == set(SPARSITY.names())
+    for e in root.glob("evaluate/*.s50-*"):
+        achieved = read_table(e / "achieved_sparsity.parquet", ACHIEVED_SPARSITY)
+        assert (achieved.total > 0).all() and (achieved.achieved > 0.3).all(), e
+    sparse = ev[ev.variant.str.endswith(".s50") & (ev.method != "unigram")]
+    assert (sparse.level == 0.5).all()
+    eff = sparse[sparse.metric == "effective_sparsity"].set_index("variant").value
+    assert ((eff > 0.05) & (eff < 0.8)).all() and len(eff) == N_SPARSE
+    assert set(summary.stage) == {"data", "train", "calibrate", "sparsify", "evaluate"}
     assert (root / "benchmarks" / "train").is_dir() and (root / "logs" / "train").is_dir()
 
 
@@ -115,12 +134,21 @@ def test_the_report_shows_the_leaderboard_and_plots(smoke_run):
     wd, _ = smoke_run
     report = wd / "data" / "smoke" / "report"
     page = (report / "index.html").read_text()
-    for name in ("loss_curves.png", "perplexity.png", "natural_sparsity.png"):
+    for name in (
+        "loss_curves.png",
+        "perplexity.png",
+        "natural_sparsity.png",
+        "sparsity_vs_perplexity.png",
+    ):
         assert f'src="{name}"' in page and (report / name).stat().st_size > 10_000
     board = pd.read_csv(report / "leaderboard.csv")
-    assert set(zip(board.model, board.method, strict=True)) == {
-        (m, k) for m in ("llama_micro", "opt_micro") for k in ("dense", "unigram")
-    }
+    assert {(m, k) for m in ("llama_micro", "opt_micro") for k in ("dense", "unigram")} <= set(
+        zip(board.model, board.method, strict=True)
+    )
+    sweep = pd.read_csv(report / "sparsity_sweep.csv")
+    assert len(sweep) == N_SPARSE and sweep["ppl_increase_%"].notna().all()
+    frontier = pd.read_csv(report / "sparsity_frontier.csv")
+    assert len(frontier) == N_SPARSE and "max_level_ppl+1%" in frontier
     assert (board[board.method == "dense"]["ppl_vs_dense_%"] == 0).all()
     assert "llama_micro" in page and "<table" in page
 
@@ -141,9 +169,15 @@ def test_every_job_is_an_mlflow_run_on_the_server(smoke_run, mlflow_server):
         variant, config_hash = job.name.rsplit("-", 1)
         assert tags["variant"] == variant and tags["config_hash"] == config_hash
         assert tags["git_commit"]
-    assert sorted(t["stage"] for t in by_id.values()) == sorted(
-        ["data", "train", "train", "calibrate", "calibrate", "evaluate", "evaluate"]
+    stages = sorted(t["stage"] for t in by_id.values())
+    assert stages == sorted(
+        ["data", "train", "train", "calibrate", "calibrate", "evaluate", "evaluate", "report"]
+        + ["sparsify", "evaluate"] * N_SPARSE
     )
+    report = next(i for i, t in by_id.items() if t["stage"] == "report")
+    assert "sparsity_vs_perplexity.png" in {
+        a.path for a in MlflowClient(mlflow_server).list_artifacts(report)
+    }
     client = MlflowClient(mlflow_server)
     train = next(i for i, t in by_id.items() if t["stage"] == "train")
     assert {a.path for a in client.list_artifacts(train)} >= {
@@ -166,7 +200,7 @@ def test_the_runs_page_shows_every_run(smoke_run, mlflow_server, chromium, tmp_p
         "--disable-background-networking",
         "--disable-component-update",
         "--disable-sync",
-        "--window-size=1400,900",
+        "--window-size=1400,4000",  # tall: every run row renders
         "--virtual-time-budget=20000",
     ]
     shot = tmp_path / "runs.png"
@@ -182,7 +216,7 @@ def test_the_runs_page_shows_every_run(smoke_run, mlflow_server, chromium, tmp_p
         timeout=180,
     ).stdout
     names = [r["info"]["run_name"] for r in runs]
-    assert len(names) == 7
+    assert len(names) == 8 + 2 * N_SPARSE
     missing = [n for n in names if n not in dom]
     assert not missing, f"runs not rendered on {url}: {missing}"
     assert shot.is_file() and shot.stat().st_size > 20_000
@@ -204,7 +238,7 @@ def test_reruns_follow_config_changes(smoke_run):
     original = _edit(evaluate, "batch_size: 8", "batch_size: 5")
     try:
         assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {
-            "evaluate": 2,
+            "evaluate": 2 + N_SPARSE,
             "summary": 1,
             "report": 1,
             "all": 1,
@@ -218,13 +252,27 @@ def test_reruns_follow_config_changes(smoke_run):
         assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {
             "train": 2,
             "calibrate": 2,
-            "evaluate": 2,
+            "sparsify": N_SPARSE,
+            "evaluate": 2 + N_SPARSE,
             "summary": 1,
             "report": 1,
             "all": 1,
         }
     finally:
         train.write_text(original)
+
+    teal = wd / "conf" / "sparsify" / "teal.yaml"  # the teal and teal_greedy entries
+    original = _edit(teal, "max_level: 0.99", "max_level: 0.98")
+    try:
+        assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {
+            "sparsify": 2,
+            "evaluate": 2,
+            "summary": 1,
+            "report": 1,
+            "all": 1,
+        }
+    finally:
+        teal.write_text(original)
     assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {}
 
 

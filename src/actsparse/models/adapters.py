@@ -75,7 +75,9 @@ class FamilyAdapter:
                 f"{who}model family {self.name!r} has no site 'gate': its FFN is not gated "
                 f"({self.activation}); there act(fc1 x) is the site 'ffn_intermediate'"
             )
-        raise ValueError(f"{who}unknown site {site!r}; sites of {self.name!r}: {', '.join(self.sites)}")
+        raise ValueError(
+            f"{who}unknown site {site!r}; sites of {self.name!r}: {', '.join(self.sites)}"
+        )
 
 
 def n_heads(model: nn.Module) -> int:

@@ -88,7 +88,9 @@ def collect(
             )
             where = f"layer {layer} site gate ({name})"
             handles.append(
-                act.register_forward_hook(lambda mod, args, out, s=s, where=where: s.update(out, where))
+                act.register_forward_hook(
+                    lambda mod, args, out, s=s, where=where: s.update(out, where)
+                )
             )
 
     def stop(mod, args, out):

@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from actsparse.config import EvaluateCfg
 from actsparse.data import TokenData
-from actsparse.methods.sparsity.mechanism import SparsityPlan, Sparsified, apply, cost_per_token
+from actsparse.methods.sparsity.mechanism import Sparsified, SparsityPlan, apply, cost_per_token
 from actsparse.models import LoadCfg, default_device, load_model_as, synchronize
 from actsparse.stages.job import Metric, StageResult, main
 from actsparse.tables import ACHIEVED_SPARSITY, write_table
@@ -242,7 +242,9 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
         bytes_per_param=next(model.parameters()).element_size(),
     )
     metrics += [Metric(k, v, **mk) for k, v in cost.items()]
-    metrics.append(Metric("flops_ratio", cost["flops_per_token"] / cost["dense_flops_per_token"], **mk))
+    metrics.append(
+        Metric("flops_ratio", cost["flops_per_token"] / cost["dense_flops_per_token"], **mk)
+    )
     return StageResult(metrics, artifacts)
 
 

@@ -109,7 +109,8 @@ def run_job(
         tracker.fail()
         raise
     wall = time.perf_counter() - t0
-    result.metrics.append(Metric("wall_time_s", wall, method=_method(spec)))
+    level = spec["config"].get("level")
+    result.metrics.append(Metric("wall_time_s", wall, method=_method(spec), level=level))
 
     rows = [
         {
@@ -139,7 +140,11 @@ def run_job(
 
 
 def _method(spec: dict[str, Any]) -> str:
-    return str(spec["config"].get("method", "dense"))
+    """The job's method: an evaluate job's `method`, a sparsify job's entry, else dense."""
+    config = spec["config"]
+    if "entry" in config:
+        return str(config["entry"])
+    return str(config.get("method", "dense"))
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -3,8 +3,11 @@
 Built from the files only (the study table and the job folders), so it can be rebuilt at
 any time: `python -m actsparse.stages.report --root data/quickstart`. Plots are PNG files
 beside the page. Sections appear as their stages land: now the training curves, the
-perplexity of every model and method next to the unigram baseline, and the natural
-activation sparsity per layer found by calibration.
+perplexity of every dense model next to the unigram baseline, the natural activation
+sparsity per layer found by calibration, and the sparsity sweep: perplexity against
+sparsity (one line per method), the largest level each method reaches within +1% and +5%
+perplexity, and how far achieved sparsity landed from its target. The plots and tables are
+also logged as one MLflow run (stage `report`).
 """
 
 from __future__ import annotations
@@ -33,12 +36,24 @@ def _save(fig, path: Path) -> str:
     return path.name
 
 
-def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per evaluated (model, method): perplexity and fidelity, best first."""
-    ev = summary[summary.stage == "evaluate"]
+def _html(frame: pd.DataFrame) -> str:
+    return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
+
+
+def evaluate_wide(summary: pd.DataFrame) -> pd.DataFrame:
+    """Evaluate rows as one row per (model, method, level); level '' for dense and unigram."""
+    ev = summary[summary.stage == "evaluate"].copy()
+    ev["level"] = ev["level"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
     wide = ev.pivot_table(
-        index=["model", "method"], columns="metric", values="value", aggfunc="first"
-    )
+        index=["model", "method", "level"], columns="metric", values="value", aggfunc="first"
+    ).reset_index()
+    wide.columns.name = None
+    return wide
+
+
+def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per evaluated (model, method, level): perplexity and fidelity, best first."""
+    wide = evaluate_wide(summary)
     cols = [
         c
         for c in (
@@ -46,15 +61,16 @@ def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
             "hidden_rel_err",
             "hidden_cosine",
             "kl_div",
+            "effective_sparsity",
+            "flops_ratio",
             "tokens_per_s",
             "eval_tokens",
         )
         if c in wide
     ]
-    board = wide[cols].reset_index()
-    board.columns.name = None
+    board = wide[["model", "method", "level", *cols]].copy()
     dense = board[board.method == "dense"].set_index("model")["perplexity"]
-    board.insert(3, "ppl_vs_dense_%", 100 * (board.perplexity / board.model.map(dense) - 1))
+    board.insert(4, "ppl_vs_dense_%", 100 * (board.perplexity / board.model.map(dense) - 1))
     return board.sort_values("perplexity").reset_index(drop=True)
 
 
@@ -81,7 +97,10 @@ def plot_perplexity(board: pd.DataFrame, out: Path) -> str | None:
     if board.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(board)))
-    labels = [f"{m} / {k}" for m, k in zip(board.model, board.method, strict=True)]
+    labels = [
+        f"{m} / {k}" + (f" {lv}" if lv else "")
+        for m, k, lv in zip(board.model, board.method, board.level, strict=True)
+    ]
     colors = ["tab:gray" if k == "unigram" else "tab:blue" for k in board.method]
     ax.barh(labels, board.perplexity, color=colors)
     for y, v in enumerate(board.perplexity):
@@ -90,6 +109,83 @@ def plot_perplexity(board: pd.DataFrame, out: Path) -> str | None:
     ax.invert_yaxis()
     ax.set(xlabel="held-out perplexity (log scale; grey: unigram baseline)", title="Perplexity")
     return _save(fig, out / "perplexity.png")
+
+
+def sparsity_sweep(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per sparsified variant: level, perplexity increase over the dense model on the
+    same tokens, measured effective sparsity, FLOPs ratio, fidelity, and the worst error of
+    achieved against target sparsity (over sites and layers, in points)."""
+    ev = summary[(summary.stage == "evaluate") & (summary.method != "unigram")]
+    wide = ev.pivot_table(
+        index=["model", "method", "variant"], columns="metric", values="value", aggfunc="first"
+    ).reset_index()
+    wide.columns.name = None
+    levels = ev.dropna(subset=["level"]).groupby("variant")["level"].first()
+    dense = wide[wide.method == "dense"].set_index("model").perplexity
+    sw = wide[wide.method != "dense"].copy()
+    if sw.empty:
+        return pd.DataFrame()
+    sw.insert(2, "level", sw.variant.map(levels))
+    sw["ppl_increase_%"] = 100 * (sw.perplexity / sw.model.map(dense) - 1)
+    err_cols = [c for c in sw if c.startswith("sparsity_err_max.")]
+    sw["worst_err_pts"] = 100 * sw[err_cols].max(axis=1)
+    sw["worst_site"] = sw[err_cols].idxmax(axis=1).str.removeprefix("sparsity_err_max.")
+    sw["worst_layer"] = [
+        r[f"sparsity_err_layer.{site}"]
+        for (_, r), site in zip(sw.iterrows(), sw.worst_site, strict=True)
+    ]
+    cols = [
+        "model", "method", "level", "perplexity", "ppl_increase_%", "effective_sparsity",
+        "flops_ratio", "kl_div", "hidden_cosine", "worst_err_pts", "worst_site", "worst_layer",
+    ]  # fmt: skip
+    return (
+        sw[[c for c in cols if c in sw]]
+        .sort_values(["model", "method", "level"])
+        .reset_index(drop=True)
+    )
+
+
+def sparsity_frontier(sweep: pd.DataFrame) -> pd.DataFrame:
+    """Per model and method: the largest evaluated level (and its effective sparsity) whose
+    perplexity increase stays within 1% and within 5%."""
+    rows = []
+    for (model, method), g in sweep.groupby(["model", "method"], sort=True):
+        row = {"model": model, "method": method}
+        for budget in (1, 5):
+            ok = g[g["ppl_increase_%"] <= budget]
+            best = ok.loc[ok["level"].idxmax()] if not ok.empty else None
+            row[f"max_level_ppl+{budget}%"] = best["level"] if best is not None else 0.0
+            row[f"eff_sparsity_ppl+{budget}%"] = (
+                best.effective_sparsity if best is not None else 0.0
+            )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def plot_sparsity_sweep(sweep: pd.DataFrame, out: Path) -> str | None:
+    if sweep.empty:
+        return None
+    models = sorted(sweep.model.unique())
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 3.6 * len(models)), squeeze=False)
+    for row, model in zip(axes, models, strict=True):
+        g = sweep[sweep.model == model]
+        for method, m in g.groupby("method", sort=True):
+            m = m.sort_values("level")
+            y = m["ppl_increase_%"].clip(lower=1e-3)
+            row[0].plot(m["level"], y, "o-", label=method)
+            row[1].plot(m.effective_sparsity, y, "o-", label=method)
+        for ax, xlabel in zip(
+            row,
+            ("target level (at each method's sites)", "effective sparsity (weight reads skipped)"),
+            strict=True,
+        ):
+            ax.set_yscale("log")
+            ax.axhline(1, color="gray", lw=0.6, ls="--")
+            ax.axhline(5, color="gray", lw=0.6, ls=":")
+            ax.set(xlabel=xlabel, ylabel="perplexity increase over dense (%)", title=model)
+        row[0].legend(fontsize=8)
+    fig.suptitle("Sparsity vs perplexity (held-out split; dashed: +1%, dotted: +5%)")
+    return _save(fig, out / "sparsity_vs_perplexity.png")
 
 
 def plot_natural_sparsity(calibrate_dirs: list[Path], out: Path) -> str | None:
@@ -129,18 +225,32 @@ def build(root: Path, out: Path) -> Path:
         for p in (root / "calibrate").glob("*-*")
         if p.is_dir() and not p.name.endswith(".partial")
     )
+    sweep = sparsity_sweep(summary)
     figures = [
         ("Training", plot_loss_curves(train_dirs, staging)),
-        ("Perplexity", plot_perplexity(board, staging)),
+        ("Perplexity", plot_perplexity(board[board.method.isin(["dense", "unigram"])], staging)),
         ("Natural activation sparsity", plot_natural_sparsity(cal_dirs, staging)),
+        ("Sparsity vs perplexity", plot_sparsity_sweep(sweep, staging)),
     ]
     board.to_csv(staging / "leaderboard.csv", index=False)
-    table = board.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
+    table = _html(board)
+    tables = ""
+    if not sweep.empty:
+        frontier = sparsity_frontier(sweep)
+        sweep.to_csv(staging / "sparsity_sweep.csv", index=False)
+        frontier.to_csv(staging / "sparsity_frontier.csv", index=False)
+        tables = (
+            "<h2>Sparsity: the largest level within a perplexity budget</h2>\n"
+            + _html(frontier)
+            + "\n<h2>Sparsity sweep (worst_err_pts: achieved minus target, worst site and "
+            "layer, on the evaluation tokens)</h2>\n" + _html(sweep)
+        )
     sections = "\n".join(
         f'<h2>{html.escape(title)}</h2>\n<img src="{name}" alt="{html.escape(title)}">'
         for title, name in figures
         if name
     )
+    sections += "\n" + tables
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>actsparse study {html.escape(root.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{max-width:100%}}
@@ -156,7 +266,20 @@ table{{border-collapse:collapse}}td,th{{padding:3px 10px;border-bottom:1px solid
 """
     write_text(staging / "index.html", page)
     commit_dir(staging, out)
+    _track(root, out, summary, [name for _, name in figures if name])
     return out / "index.html"
+
+
+def _track(root: Path, out: Path, summary: pd.DataFrame, plots: list[str]) -> None:
+    """The report's plots and tables as one MLflow run (stage 'report') of the study."""
+    from actsparse.plan import config_hash
+    from actsparse.tracking import JobRun
+
+    h = config_hash(sorted(summary.config_hash.unique()))
+    run = JobRun(root.name, "report", "report", h, root.parent)
+    run.start({"jobs": summary.config_hash.nunique()})
+    files = [out / p for p in plots] + [p for p in out.glob("*.csv")] + [out / "index.html"]
+    run.finish({}, files)
 
 
 def main(argv: list[str] | None = None) -> None:

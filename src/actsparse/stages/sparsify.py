@@ -37,26 +37,19 @@ class SparsifyJob:
 
 
 def build_plan(cfg: SparsifyJob, inputs: dict[str, str], model, adapter, dev: torch.device):
-    name = cfg.method.get("method")
-    who = f"sparsity method {cfg.entry!r} ({name})"
-    if not 0.0 <= cfg.level < 1.0:
-        raise ValueError(f"{who}: level must be in [0, 1), got {cfg.level}")
-    method = SPARSITY.get(str(name))()
+    method = SPARSITY.get(str(cfg.method.get("method")))()
     mcfg = method.parse(cfg.method, f"sparsify.methods.{cfg.entry}")
     problems = mcfg.problems()
     if problems:
-        raise ValueError(f"{who}: " + "; ".join(f"{k}: {m}" for k, m in problems))
-    for site in mcfg.sites_used():
-        adapter.check_site(site, who)
-    stats = None
-    if method.needs_calibration:
-        stats = CalibrationStats(inputs["calibration"])
-        stats.check_model(model, adapter, who, mcfg.sites_used())
-    tokens = torch.from_numpy(TokenData(inputs["data"]).tokens("train")) if "data" in inputs else None
+        raise ValueError(
+            f"sparsity method {cfg.entry!r}: " + "; ".join(f"{k}: {m}" for k, m in problems)
+        )
+    stats = CalibrationStats(inputs["calibration"]) if method.needs_calibration else None
+    tokens = (
+        torch.from_numpy(TokenData(inputs["data"]).tokens("train")) if "data" in inputs else None
+    )
     ctx = BuildContext(model, adapter, stats, tokens, dev, cfg.seed)
-    plan = method.build(mcfg, cfg.level, ctx)
-    plan.entry = cfg.entry
-    return plan
+    return method.plan(mcfg, cfg.level, ctx, cfg.entry)
 
 
 def run(cfg: SparsifyJob, inputs: dict[str, str], out: Path) -> StageResult:
@@ -79,7 +72,12 @@ def run(cfg: SparsifyJob, inputs: dict[str, str], out: Path) -> StageResult:
         err = gaussian_kept_error(width, cfg.level)
         metrics.append(Metric("gaussian_kept_error", err, **kw))
         log.info("stat_topk on Gaussian rows of width %d: kept-fraction error %.4f", width, err)
-    log.info("%s: %d rules, effective allocation %s", cfg.entry, len(plan.placed), np.round(frame.level.mean(), 4))
+    log.info(
+        "%s: %d rules, effective allocation %s",
+        cfg.entry,
+        len(plan.placed),
+        np.round(frame.level.mean(), 4),
+    )
     return StageResult(metrics, [out / "allocation.parquet", out / "sparsity.json"])
 
 

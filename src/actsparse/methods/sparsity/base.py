@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -129,6 +130,19 @@ class SparsityMethod:
             raise ValueError(f"{where}.{key}: {msg}") from None
         return cfg  # type: ignore[return-value]
 
+    def plan(self, cfg: Any, level: float, ctx: BuildContext, entry: str = "") -> SparsityPlan:
+        """Check the level and the model's sites, then `build`; errors name the method."""
+        who = f"sparsity method {entry or cfg.method!r}" + (f" ({cfg.method})" if entry else "")
+        if not 0.0 <= level < 1.0:
+            raise ValueError(f"{who}: level must be in [0, 1), got {level}")
+        for site in cfg.sites_used():
+            ctx.adapter.check_site(site, who)
+        if self.needs_calibration and ctx.stats is not None:
+            ctx.stats.check_model(ctx.model, ctx.adapter, who, cfg.sites_used())
+        plan = self.build(cfg, level, ctx)
+        plan.entry = entry or cfg.method
+        return plan
+
     def build(self, cfg: Any, level: float, ctx: BuildContext) -> SparsityPlan:
         raise NotImplementedError
 
@@ -153,7 +167,9 @@ class ThresholdMethodCfg(SparsityMethodCfg):
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()
         if self.calibration not in ("sequential", "dense"):
-            out.append(("calibration", f"must be 'sequential' or 'dense', got {self.calibration!r}"))
+            out.append(
+                ("calibration", f"must be 'sequential' or 'dense', got {self.calibration!r}")
+            )
         if self.calib_tokens < 2 or self.calib_seq_len < 2:
             out.append(("calib_tokens", "calib_tokens and calib_seq_len must be >= 2"))
         return out
@@ -186,7 +202,10 @@ def calibrate_thresholds(placed: list, cfg: ThresholdMethodCfg, ctx: BuildContex
     if cfg.calibration == "dense":
         assert ctx.stats is not None
         return [
-            replace(p, rule=replace(p.rule, threshold=ctx.stats.threshold(p.layer, p.site, p.rule.level)))
+            replace(
+                p,
+                rule=replace(p.rule, threshold=ctx.stats.threshold(p.layer, p.site, p.rule.level)),
+            )
             for p in placed
         ]
     if ctx.tokens is None:
@@ -207,10 +226,12 @@ def calibrate_thresholds(placed: list, cfg: ThresholdMethodCfg, ctx: BuildContex
         where = f"layer {layer} site {site}"
         if site == "gate":
             _, act = adapter.act_module(model, layer)
-            hook = act.register_forward_hook(lambda m, a, out: stats.update(out, where))
+            hook = act.register_forward_hook(lambda m, a, out, s=stats, w=where: s.update(out, w))
         else:
             module = model.get_submodule(group[0].module)
-            hook = module.register_forward_pre_hook(lambda m, a: stats.update(a[0], where))
+            hook = module.register_forward_pre_hook(
+                lambda m, a, s=stats, w=where: s.update(a[0], w)
+            )
 
         def stop(m, a, out):
             raise _StopAfter
@@ -219,10 +240,8 @@ def calibrate_thresholds(placed: list, cfg: ThresholdMethodCfg, ctx: BuildContex
         stopper = blocks[layer].register_forward_hook(stop)
         try:
             for x in batches:
-                try:
+                with contextlib.suppress(_StopAfter):
                     model(input_ids=x.to(ctx.device), use_cache=False)
-                except _StopAfter:
-                    pass
         finally:
             stopper.remove()
             hook.remove()

@@ -24,7 +24,7 @@ from torch import nn
 
 from actsparse.io import write_text
 from actsparse.methods.sparsity import ops
-from actsparse.models.adapters import LINEAR_SITES, FamilyAdapter, linear_shape, n_heads
+from actsparse.models.adapters import LINEAR_SITES, FamilyAdapter, linear_shape
 from actsparse.tables import ACHIEVED_SPARSITY, ALLOCATION, read_table, write_table
 
 RULES = ("threshold", "topk", "stat_topk", "head_topk")
@@ -101,7 +101,9 @@ class SparsityPlan:
             }
             for p in self.placed
         ]
-        write_table(pd.DataFrame(rows, columns=ALLOCATION.names), out / "allocation.parquet", ALLOCATION)
+        write_table(
+            pd.DataFrame(rows, columns=ALLOCATION.names), out / "allocation.parquet", ALLOCATION
+        )
         meta = {
             "method": self.method,
             "entry": self.entry,
@@ -133,7 +135,9 @@ class SparsityPlan:
             )
             for r in frame.itertuples()
         ]
-        return cls(meta["method"], meta["entry"], float(meta["level"]), placed, meta["output_skips"])
+        return cls(
+            meta["method"], meta["entry"], float(meta["level"]), placed, meta["output_skips"]
+        )
 
 
 class _Counted(nn.Module):
@@ -238,7 +242,9 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def activation_width(model: nn.Module, adapter: FamilyAdapter, layer: int, site: str) -> tuple[str, int]:
+def activation_width(
+    model: nn.Module, adapter: FamilyAdapter, layer: int, site: str
+) -> tuple[str, int]:
     """(module to wrap, width of the activation the rule sees) for a layer's site; the
     module for linear-input sites is the site's first linear."""
     adapter.check_site(site)
@@ -313,7 +319,9 @@ def cost_per_token(
     Attention scores (QK^T, AV) depend on the context length and are not counted.
     """
     inv = linear_inventory(model, adapter)
-    zero = dict(zip(achieved.module, achieved.achieved, strict=True)) if achieved is not None else {}
+    zero = (
+        dict(zip(achieved.module, achieved.achieved, strict=True)) if achieved is not None else {}
+    )
     skips = output_skips or {}
     s_in = inv.module.map(lambda m: zero.get(m, 0.0))
     s_out = inv.module.map(lambda m: zero.get(skips[m], 0.0) if m in skips else 0.0)

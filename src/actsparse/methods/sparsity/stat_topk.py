@@ -9,7 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from actsparse.methods.sparsity import SPARSITY
-from actsparse.methods.sparsity.base import BuildContext, SparsityMethod, SparsityMethodCfg, check_sites
+from actsparse.methods.sparsity.base import (
+    BuildContext,
+    SparsityMethod,
+    SparsityMethodCfg,
+    check_sites,
+)
 from actsparse.methods.sparsity.cats import up_skips
 from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
 from actsparse.methods.sparsity.threshold import MAGNITUDE_SITES

@@ -80,8 +80,6 @@ class Teal(SparsityMethod):
     Config = TealCfg
 
     def build(self, cfg: TealCfg, level: float, ctx: BuildContext) -> SparsityPlan:
-        stats = ctx.stats
-        assert stats is not None
         if cfg.allocation == "uniform" or level == 0.0:
             levels: dict[str, float] = {}
         else:
@@ -103,8 +101,8 @@ def _rule(stats, layer: int, site: str, level: float) -> Rule:
 def greedy_levels(cfg: TealCfg, target: float, ctx: BuildContext) -> dict[str, float]:
     """module -> sparsity level from TEAL's block-wise greedy search (module doc)."""
     model, adapter, stats = ctx.model, ctx.adapter, ctx.stats
-    if ctx.tokens is None:
-        raise ValueError("teal greedy allocation needs calibration tokens")
+    if ctx.tokens is None or stats is None:
+        raise ValueError("teal greedy allocation needs calibration tokens and statistics")
     seq_len = context_len(model, cfg.greedy_seq_len)
     n_batches = max(1, cfg.greedy_tokens // seq_len)
     x = torch.cat([batch_at(ctx.tokens, b, 1, seq_len, ctx.seed) for b in range(n_batches)]).to(
@@ -141,9 +139,11 @@ def greedy_levels(cfg: TealCfg, target: float, ctx: BuildContext) -> dict[str, f
         lv = {name: 0.0 for _, name, _ in mods}
         eff = 0.0
 
-        def error(trial: dict[str, float]) -> float:
+        def error(trial: dict[str, float], layer=layer, dense=dense, dense_sq=dense_sq) -> float:
             placed = [
-                Placed(layer, site, name, linear_shape(m)[0], _rule(stats, layer, site, trial[name]))
+                Placed(
+                    layer, site, name, linear_shape(m)[0], _rule(stats, layer, site, trial[name])
+                )
                 for site in cfg.sites
                 for name, m in adapter.site_linears(model, layer)[site]
             ]

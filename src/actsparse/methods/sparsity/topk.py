@@ -7,7 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from actsparse.methods.sparsity import SPARSITY
-from actsparse.methods.sparsity.base import BuildContext, SparsityMethod, SparsityMethodCfg, check_sites
+from actsparse.methods.sparsity.base import (
+    BuildContext,
+    SparsityMethod,
+    SparsityMethodCfg,
+    check_sites,
+)
 from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
 from actsparse.models.adapters import LINEAR_SITES
 

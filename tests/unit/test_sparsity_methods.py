@@ -1,0 +1,279 @@
+"""The sparsity mechanism on tiny random models of every family, and every registered
+method: wrapping is exact, rules land where the sites say, achieved sparsity and cost are
+counted right, and bad plans fail naming the method, site and layer."""
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from helpers import FAMILIES, TINY_D, TINY_F, TINY_V, final_output, tiny_model
+
+from actsparse.methods.sparsity import SPARSITY
+from actsparse.methods.sparsity.base import BuildContext
+from actsparse.methods.sparsity.mechanism import (
+    Placed,
+    Rule,
+    SparsityPlan,
+    apply,
+    cost_per_token,
+    placed_for_sites,
+)
+from actsparse.methods.sparsity.teal import greedy_levels
+from actsparse.models import adapter_for
+from actsparse.models.adapters import LINEAR_SITES, linear_shape
+
+CONF = Path(__file__).resolve().parents[2] / "conf" / "sparsify"
+
+
+def _ctx(model, seed=0):
+    torch.manual_seed(seed)
+    tokens = torch.randint(0, TINY_V, (4096,))
+    return BuildContext(
+        model, adapter_for(model.config.model_type), None, tokens, torch.device("cpu")
+    )
+
+
+def _cfg(name, **overrides):
+    import yaml
+
+    raw = {**yaml.safe_load((CONF / f"{name}.yaml").read_text()), **overrides}
+    if "calib_tokens" in raw:
+        raw.update(calib_tokens=256, calib_seq_len=16)
+    if "greedy_tokens" in raw:
+        raw.update(greedy_tokens=64, greedy_seq_len=16)
+    return SPARSITY.get(raw["method"]).parse(raw, f"sparsify.methods.{name}")
+
+
+def _usable(method, family):
+    cfg = _cfg(method)
+    return all(
+        s in adapter_for(tiny_model(family).config.model_type).sites for s in cfg.sites_used()
+    )
+
+
+def test_every_registered_method_has_a_config_file():
+    assert {p.stem for p in CONF.glob("*.yaml")} == set(SPARSITY.names())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", SPARSITY.names())
+def test_sparsity_zero_reproduces_the_dense_output_exactly(family, method):
+    model = tiny_model(family)
+    ctx = _ctx(model)
+    x = torch.randint(0, TINY_V, (2, 12))
+    with torch.no_grad():
+        dense = final_output(model, x)
+    cfg = _cfg(method)
+    if not _usable(method, family):
+        with pytest.raises(ValueError, match="has no site 'gate'"):
+            SPARSITY.get(method)().plan(cfg, 0.0, ctx)
+        return
+    plan = SPARSITY.get(method)().plan(cfg, 0.0, ctx)
+    assert plan.placed
+    handle = apply(model, ctx.adapter, plan)
+    with torch.no_grad():
+        assert torch.equal(final_output(model, x), dense)
+    handle.remove()
+    assert not any("Sparse" in type(m).__name__ for m in model.modules())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_wrapped_linear_computes_the_linear_of_the_sparsified_input(family):
+    """Each linear-input site: capture the input, apply the rule by hand, compare outputs."""
+    model = tiny_model(family)
+    adapter = adapter_for(model.config.model_type)
+    rule = Rule("topk", 0.5)
+    placed = placed_for_sites(model, adapter, list(LINEAR_SITES), lambda *_: rule)
+    seen = {}
+    for p in placed:
+        model.get_submodule(p.module).register_forward_hook(
+            lambda m, a, out, name=p.module: seen.__setitem__(name, (a[0], out))
+        )
+    handle = apply(model, adapter, SparsityPlan("topk", "t", 0.5, placed))
+    with torch.no_grad():
+        final_output(model, torch.randint(0, TINY_V, (2, 12)))
+        for p in placed:
+            x, out = seen[p.module]  # hooks on the inner module: x is already sparse
+            assert ((x == 0).sum(-1) >= p.width - int(0.5 * p.width)).all(), p.module
+            assert torch.equal(out, handle.wrappers[p.module].inner(x))
+    got = handle.achieved()
+    exact = got[(got.site != "ffn_intermediate") | (family != "opt")]
+    assert (exact.achieved == 0.5).all()  # widths are even: exactly half of every row
+    assert (got.achieved >= 0.5).all()  # ReLU's own zeros can add to it (OPT)
+
+
+def test_the_gate_rule_sparsifies_act_of_the_gate_branch():
+    """Llama MLP with a gate threshold: down(thr(act(gate x)) * up x), computed by hand."""
+    model = tiny_model("llama")
+    adapter = adapter_for("llama")
+    mlp = model.model.layers[1].mlp
+    rule = Rule("threshold", 0.5, 0.05)
+    name, width = "model.layers.1.mlp.act_fn", TINY_F
+    apply(model, adapter, SparsityPlan("cats", "c", 0.5, [Placed(1, "gate", name, width, rule)]))
+    x = torch.randn(3, TINY_D)
+    with torch.no_grad():
+        a = torch.nn.functional.silu(mlp.gate_proj(x))
+        expected = mlp.down_proj(a * (a.abs() > 0.05) * mlp.up_proj(x))
+        torch.testing.assert_close(mlp(x), expected, rtol=0, atol=0)
+
+
+def test_stat_topk_at_the_gate_acts_on_the_pre_activation():
+    model = tiny_model("llama")
+    mlp = model.model.layers[0].mlp
+    rule = Rule("stat_topk", 0.7, soft=True, pre_activation=True)
+    p = Placed(0, "gate", "model.layers.0.mlp.act_fn", TINY_F, rule)
+    apply(model, adapter_for("llama"), SparsityPlan("stat_topk", "s", 0.7, [p]))
+    x = torch.randn(3, TINY_D)
+    with torch.no_grad():
+        g = mlp.gate_proj(x)
+        theta = (
+            g.mean(-1, keepdim=True) + g.std(-1, keepdim=True, correction=0) * 0.5244005127080407
+        )
+        expected = mlp.down_proj(torch.nn.functional.silu(torch.relu(g - theta)) * mlp.up_proj(x))
+        torch.testing.assert_close(mlp(x), expected, rtol=1e-6, atol=1e-7)
+
+
+def test_achieved_sparsity_counts_zero_heads_and_entries():
+    model = tiny_model("opt")
+    adapter = adapter_for("opt")
+    heads = Placed(
+        0,
+        "heads",
+        "model.decoder.layers.0.self_attn.out_proj",
+        TINY_D,
+        Rule("head_topk", 0.75, n_heads=4),
+    )
+    handle = apply(model, adapter, SparsityPlan("contextual", "c", 0.75, [heads]))
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, TINY_V, (2, 5)))
+    row = handle.achieved().iloc[0]
+    assert (row.zeros, row.total, row.achieved) == (30, 40, 0.75)  # 3 of 4 heads, 10 tokens
+    with handle.disabled(), torch.no_grad():
+        model(input_ids=torch.randint(0, TINY_V, (2, 5)))
+    assert handle.achieved().iloc[0].total == 40  # the dense reference pass is not counted
+
+
+def test_cost_counts_input_and_skipped_output_rows():
+    model = tiny_model("llama")
+    adapter = adapter_for("llama")
+    dense = cost_per_token(model, adapter)
+    n_linear = 2 * (
+        TINY_D * TINY_D + 2 * TINY_D * (TINY_D // 2) + TINY_D * TINY_D + 3 * TINY_D * TINY_F
+    )
+    head = TINY_V * TINY_D
+    assert dense["flops_per_token"] == 2 * (n_linear + head)
+    assert dense["weight_bytes_per_token"] == 4 * (n_linear + head)
+    achieved = pd.DataFrame(
+        {
+            "module": ["model.layers.0.mlp.down_proj", "model.layers.0.mlp.act_fn"],
+            "achieved": [0.5, 0.25],
+        }
+    )
+    skips = {"model.layers.0.mlp.up_proj": "model.layers.0.mlp.act_fn"}
+    c = cost_per_token(model, adapter, achieved, skips)
+    saved = 0.5 * TINY_F * TINY_D + 0.25 * TINY_D * TINY_F  # down columns + up rows
+    assert c["flops_per_token"] == pytest.approx(2 * (n_linear + head - saved), rel=1e-12)
+    assert c["effective_sparsity"] == pytest.approx(saved / n_linear, rel=1e-12)
+
+
+def test_teal_greedy_reaches_the_target_with_real_parameter_counts():
+    """GQA: k/v have half of q's parameters; every block's parameter-weighted sparsity is
+    exactly the target, and no projection exceeds max_level."""
+    model = tiny_model("llama")
+    ctx = _ctx(model)
+    adapter = ctx.adapter
+    # greedy searches with the dense histograms: make them from the model's own activations
+    from actsparse.methods.sparsity.base import calibrate_thresholds
+
+    class Stats:
+        def threshold(self, layer, site, level):
+            p = [q for q in placed if q.layer == layer and q.site == site][0]
+            return calibrate_thresholds(
+                [Placed(p.layer, p.site, p.module, p.width, Rule("threshold", level, 0.0))],
+                cfg,
+                ctx,
+            )[0].rule.threshold
+
+    cfg = _cfg("teal", allocation="greedy", greedy_step=0.1)
+    placed = placed_for_sites(
+        model, adapter, list(LINEAR_SITES), lambda *_: Rule("threshold", 0.0, 0.0)
+    )
+    ctx.stats = Stats()
+    levels = greedy_levels(cfg, 0.5, ctx)
+    for layer in range(2):
+        mods = {n: m for s in LINEAR_SITES for n, m in adapter.site_linears(model, layer)[s]}
+        params = {n: math.prod(linear_shape(m)) for n, m in mods.items()}
+        k = f"model.layers.{layer}.self_attn.k_proj"
+        assert params[k] * 2 == params[f"model.layers.{layer}.self_attn.q_proj"]
+        eff = sum(params[n] * levels[n] for n in mods) / sum(params.values())
+        assert eff == pytest.approx(0.5, abs=1e-9)
+        assert max(levels[n] for n in mods) <= cfg.max_level
+        assert len({round(levels[n], 6) for n in mods}) > 1  # not uniform
+
+
+def test_bad_level_and_missing_site_name_the_method_site_and_layer():
+    model = tiny_model("opt")
+    ctx = _ctx(model)
+    with pytest.raises(ValueError, match="sparsity method 'cats'.*family 'opt' has no site 'gate'"):
+        SPARSITY.get("cats")().plan(_cfg("cats"), 0.5, ctx)
+    with pytest.raises(ValueError, match=r"level must be in \[0, 1\), got 1.5"):
+        SPARSITY.get("topk")().plan(_cfg("topk"), 1.5, ctx)
+    bad = SparsityPlan(
+        "cats",
+        "my_cats",
+        0.5,
+        [
+            Placed(
+                1,
+                "gate",
+                "model.decoder.layers.1.activation_fn",
+                TINY_F,
+                Rule("threshold", 0.5, 0.1),
+            )
+        ],
+    )
+    with pytest.raises(
+        ValueError, match="'my_cats' \\(cats\\), layer 1, site 'gate'.*no site 'gate'"
+    ):
+        apply(model, ctx.adapter, bad)
+
+
+def test_a_plan_from_another_model_is_refused(tmp_path):
+    small, big = tiny_model("llama"), tiny_model("llama")
+    plan = SPARSITY.get("topk")().plan(_cfg("topk"), 0.5, _ctx(small))
+    plan.entry = "topk"
+    plan.save(tmp_path)
+    loaded = SparsityPlan.load(tmp_path)
+    assert loaded.placed == plan.placed
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    wider = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=TINY_V,
+            hidden_size=32,
+            intermediate_size=TINY_F,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        )
+    ).eval()
+    with pytest.raises(
+        ValueError,
+        match=r"'topk' \(topk\), layer 0, site 'attn_in'.*width 32.*width 16 \(shape mismatch",
+    ):
+        apply(wider, adapter_for("llama"), loaded)
+    deeper = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=TINY_V,
+            hidden_size=TINY_D,
+            intermediate_size=TINY_F,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+        )
+    ).eval()
+    with pytest.raises(
+        ValueError, match="layer 1, site 'attn_in'.*has no module.*calibrated on another model"
+    ):
+        apply(deeper, adapter_for("llama"), loaded)
+    del big
