@@ -211,6 +211,10 @@ def test_teal_greedy_reaches_the_target_with_real_parameter_counts():
         assert eff == pytest.approx(0.5, abs=1e-9)
         assert max(levels[n] for n in mods) <= cfg.max_level
         assert len({round(levels[n], 6) for n in mods}) > 1  # not uniform
+        # TEAL's steps: 0.1 / w_p with w_p = P_p / d^2; only the last step may be cut short
+        steps = {n: levels[n] * params[n] / (0.1 * TINY_D * TINY_D) for n in mods}
+        off = [n for n, k in steps.items() if abs(k - round(k)) > 1e-6]
+        assert len(off) <= 1, steps
 
 
 def test_bad_level_and_missing_site_name_the_method_site_and_layer():
@@ -277,3 +281,64 @@ def test_a_plan_from_another_model_is_refused(tmp_path):
     ):
         apply(deeper, adapter_for("llama"), loaded)
     del big
+
+
+EXPECTED_SITES = {
+    "threshold": {"ffn_intermediate"},
+    "teal": set(LINEAR_SITES),
+    "cats": {"gate"},
+    "topk": set(LINEAR_SITES),
+    "stat_topk": {"gate"},
+    "contextual": {"ffn_intermediate", "heads"},
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", SPARSITY.names())
+def test_each_method_at_half_sparsity_lands_on_its_sites_and_level(family, method, tmp_path):
+    """Level 0.5 on random tokens: the rules sit exactly at the method's sites (one per
+    reading linear), achieve the level on fresh tokens, and declare the right skips."""
+    if not _usable(method, family):
+        pytest.skip("gate-only method on a non-gated family (refusal tested above)")
+    model = tiny_model(family)
+    ctx = _ctx(model)
+    adapter = ctx.adapter
+    plan = SPARSITY.get(method)().plan(_cfg(method), 0.5, ctx)
+    assert {p.site for p in plan.placed} == EXPECTED_SITES[method]
+    per_layer = sum(
+        len(adapter.site_linears(model, 0)[s]) if s in LINEAR_SITES else 1
+        for s in EXPECTED_SITES[method]
+    )
+    assert len(plan.placed) == 2 * per_layer and len({p.module for p in plan.placed}) == len(
+        plan.placed
+    )
+    plan.save(tmp_path)
+    assert SparsityPlan.load(tmp_path) == plan  # rules, thresholds and skips round-trip
+    handle = apply(model, adapter, plan)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        final_output(model, torch.randint(0, TINY_V, (8, 16)))
+    got = handle.achieved()
+    for site, g in got.groupby("site"):
+        achieved = g.zeros.sum() / g.total.sum()
+        if method == "topk" or site == "heads":
+            natural = family == "opt" and site == "ffn_intermediate"
+            assert achieved >= 0.5 if natural else achieved == 0.5, (site, achieved)
+        elif method == "stat_topk":
+            assert abs(achieved - 0.5) < 0.1, (site, achieved)  # a Gaussian assumption
+        elif not (family == "opt" and site == "ffn_intermediate"):
+            assert abs(achieved - 0.5) < 0.06, (site, achieved)  # calibrated on other tokens
+    gate_skipping = method in ("cats", "stat_topk")
+    ups = {f"model.layers.{i}.mlp.up_proj" for i in range(2)} if gate_skipping else set()
+    downs = {f"model.layers.{i}.mlp.down_proj" for i in range(2)} if gate_skipping else set()
+    if method == "contextual":
+        ffn_in = {n for i in range(2) for n, _ in adapter.site_linears(model, i)["ffn_in"]}
+        assert ffn_in <= set(plan.output_skips)
+    else:
+        assert set(plan.output_skips) == ups
+    assert set(plan.input_skips) == downs
+    cost = cost_per_token(model, adapter, got, plan.output_skips, 4, plan.input_skips)
+    assert 0.05 < cost["effective_sparsity"] < 0.9
+    if gate_skipping:  # down_proj reads only surviving neurons: credited through input_skips
+        no_in = cost_per_token(model, adapter, got, plan.output_skips, 4)
+        assert cost["effective_sparsity"] > no_in["effective_sparsity"] + 0.05

@@ -158,7 +158,8 @@ def adapter_for(model_type: str) -> FamilyAdapter:
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of nn.Linear or transformers' Conv1D."""
+    """(in_features, out_features) of nn.Linear or transformers' Conv1D (wrapped or not)."""
+    module = getattr(module, "inner", module)  # a sparsity wrapper: the linear inside
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
     weight = module.weight  # Conv1D stores (in, out)

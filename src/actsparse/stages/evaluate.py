@@ -240,6 +240,7 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
         achieved,
         handle.plan.output_skips if handle is not None else None,
         bytes_per_param=next(model.parameters()).element_size(),
+        input_skips=handle.plan.input_skips if handle is not None else None,
     )
     metrics += [Metric(k, v, **mk) for k, v in cost.items()]
     metrics.append(

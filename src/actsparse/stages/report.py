@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import html
+import math
 import sys
 from pathlib import Path
 
@@ -154,9 +155,10 @@ def sparsity_frontier(sweep: pd.DataFrame) -> pd.DataFrame:
         for budget in (1, 5):
             ok = g[g["ppl_increase_%"] <= budget]
             best = ok.loc[ok["level"].idxmax()] if not ok.empty else None
-            row[f"max_level_ppl+{budget}%"] = best["level"] if best is not None else 0.0
+            # NaN: no evaluated level stays within the budget
+            row[f"max_level_ppl+{budget}%"] = best["level"] if best is not None else math.nan
             row[f"eff_sparsity_ppl+{budget}%"] = (
-                best.effective_sparsity if best is not None else 0.0
+                best.effective_sparsity if best is not None else math.nan
             )
         rows.append(row)
     return pd.DataFrame(rows)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,9 +48,11 @@ class CalibrationStats:
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.linears = read_table(self.folder / "linears.parquet", LINEARS)
-        self._hist: dict[int, Any] = {}
+        self._hist: dict[Any, Any] = {}  # layer -> table; (layer, site) -> arrays
 
     def histogram(self, layer: int, site: str) -> tuple[np.ndarray, np.ndarray]:
+        if (layer, site) in self._hist:
+            return self._hist[(layer, site)]
         if layer not in self._hist:
             self._hist[layer] = read_table(
                 self.folder / "histograms" / f"layer_{layer:03d}.parquet", HISTOGRAMS
@@ -63,7 +64,8 @@ class CalibrationStats:
                 f"{self.folder}: no calibrated histogram for layer {layer} site {site!r} "
                 "(calibrated with an older version? rerun calibrate)"
             )
-        return h.hi.to_numpy()[:-1], h["count"].to_numpy()
+        self._hist[(layer, site)] = (h.hi.to_numpy()[:-1], h["count"].to_numpy())
+        return self._hist[(layer, site)]
 
     def threshold(self, layer: int, site: str, level: float) -> float:
         """TEAL's `t = F^-1(0.5 + s/2)` for a symmetric distribution: `P(|x| < t) = s`."""
@@ -181,23 +183,26 @@ def context_len(model, seq_len: int) -> int:
     return min(seq_len, int(limit)) if limit else seq_len
 
 
-class _StopAfter(Exception):
-    pass
-
-
 @torch.no_grad()
 def calibrate_thresholds(placed: list, cfg: ThresholdMethodCfg, ctx: BuildContext) -> list:
     """Fill in the threshold of every threshold rule in `placed` for its level.
 
     A threshold `t` with `P(|x| < t) = level` (TEAL's `F^-1(0.5 + s/2)`), read from a
     histogram of |x|: the calibrate stage's (dense) or one collected here, in forward
-    order, with the rules already calibrated switched on (sequential).
+    order, with the rules already calibrated switched on (sequential). Sequentially, each
+    block's inputs are captured once (with every earlier block's rules on) and the block
+    alone is rerun for each of its sites.
     """
     from dataclasses import replace
 
     from actsparse.activation_stats import SiteStats, log_bin_edges
     from actsparse.data import batch_at
-    from actsparse.methods.sparsity.mechanism import SparsityPlan, apply
+    from actsparse.methods.sparsity.mechanism import (
+        SparsityPlan,
+        apply,
+        block_inputs,
+        run_block,
+    )
 
     if cfg.calibration == "dense":
         assert ctx.stats is not None
@@ -218,37 +223,38 @@ def calibrate_thresholds(placed: list, cfg: ThresholdMethodCfg, ctx: BuildContex
     groups: dict[tuple[int, str], list] = {}
     for p in placed:
         groups.setdefault((p.layer, p.site), []).append(p)
-    blocks = adapter.layers(model)
     done: list = []
-    for layer, site in sorted(groups, key=lambda k: (k[0], SITE_ORDER.index(k[1]))):
-        group = groups[(layer, site)]
-        stats = SiteStats(group[0].width, edges, 0.0, gram=False, device=ctx.device)
-        where = f"layer {layer} site {site}"
-        if site == "gate":
-            _, act = adapter.act_module(model, layer)
-            hook = act.register_forward_hook(lambda m, a, out, s=stats, w=where: s.update(out, w))
-        else:
-            module = model.get_submodule(group[0].module)
-            hook = module.register_forward_pre_hook(
-                lambda m, a, s=stats, w=where: s.update(a[0], w)
-            )
-
-        def stop(m, a, out):
-            raise _StopAfter
-
+    for layer in sorted({layer for layer, _ in groups}):
         handle = apply(model, adapter, SparsityPlan("calibration", "", 0.0, done))
-        stopper = blocks[layer].register_forward_hook(stop)
         try:
-            for x in batches:
-                with contextlib.suppress(_StopAfter):
-                    model(input_ids=x.to(ctx.device), use_cache=False)
+            inputs = block_inputs(model, adapter, layer, batches)
         finally:
-            stopper.remove()
-            hook.remove()
             handle.remove()
-        counts, e = stats.hist.cpu().numpy(), edges.numpy()
-        done += [
-            replace(p, rule=replace(p.rule, threshold=histogram_quantile(e, counts, p.rule.level)))
-            for p in group
-        ]
+        for site in [s for s in SITE_ORDER if (layer, s) in groups]:
+            group = groups[(layer, site)]
+            stats = SiteStats(group[0].width, edges, 0.0, gram=False, device=ctx.device)
+            where = f"layer {layer} site {site}"
+            if site == "gate":
+                _, act = adapter.act_module(model, layer)
+                hook = act.register_forward_hook(
+                    lambda m, a, out, s=stats, w=where: s.update(out, w)
+                )
+            else:
+                module = model.get_submodule(group[0].module)
+                hook = module.register_forward_pre_hook(
+                    lambda m, a, s=stats, w=where: s.update(a[0], w)
+                )
+            handle = apply(model, adapter, SparsityPlan("calibration", "", 0.0, done))
+            try:
+                run_block(model, adapter, layer, inputs)
+            finally:
+                hook.remove()
+                handle.remove()
+            counts, e = stats.hist.cpu().numpy(), edges.numpy()
+            done += [
+                replace(
+                    p, rule=replace(p.rule, threshold=histogram_quantile(e, counts, p.rule.level))
+                )
+                for p in group
+            ]
     return done

@@ -22,14 +22,15 @@ class CatsCfg(ThresholdMethodCfg):
         return ["gate"]
 
 
-def up_skips(model, adapter, plan: SparsityPlan) -> dict[str, str]:
-    """The up projection's rows of neurons the gate dropped are never computed."""
-    skips = {}
+def gate_skips(model, adapter, plan: SparsityPlan) -> None:
+    """Neurons the gate dropped: their up_proj rows are never computed and down_proj never
+    reads their columns (its input `act(gate) * up` is zero there)."""
     for p in plan.placed:
         if p.site == "gate":
-            up = f"{adapter.block_path(model, p.layer)}.{adapter.up_linear}"
-            skips[up] = p.module
-    return skips
+            block = adapter.block_path(model, p.layer)
+            plan.output_skips[f"{block}.{adapter.up_linear}"] = p.module
+            down = adapter.site_linears(model, p.layer)["ffn_intermediate"][0][0]
+            plan.input_skips[down] = p.module
 
 
 @SPARSITY.register("cats")
@@ -41,5 +42,5 @@ class Cats(SparsityMethod):
         rule = Rule("threshold", level, 0.0)
         placed = placed_for_sites(ctx.model, ctx.adapter, ["gate"], lambda *_: rule)
         plan = SparsityPlan(cfg.method, "", level, calibrate_thresholds(placed, cfg, ctx))
-        plan.output_skips = up_skips(ctx.model, ctx.adapter, plan)
+        gate_skips(ctx.model, ctx.adapter, plan)
         return plan

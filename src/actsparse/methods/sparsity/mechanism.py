@@ -83,9 +83,12 @@ class SparsityPlan:
     entry: str  # the config entry (e.g. teal_greedy)
     level: float
     placed: list[Placed]
-    # module -> module whose zeros let this module skip output rows (computed in advance
-    # by a predictor, e.g. CATS: up_proj rows of neurons the gate dropped)
+    # module -> module whose zeros let this module skip output rows (known in advance,
+    # e.g. CATS: up_proj rows of neurons the gate dropped)
     output_skips: dict[str, str] = field(default_factory=dict)
+    # module -> module whose zeros are zeros of this module's input too, when it is not
+    # wrapped itself (CATS: down_proj reads act(gate) * up, zero wherever the gate is)
+    input_skips: dict[str, str] = field(default_factory=dict)
 
     def save(self, out: Path) -> None:
         rows = [
@@ -109,6 +112,7 @@ class SparsityPlan:
             "entry": self.entry,
             "level": self.level,
             "output_skips": self.output_skips,
+            "input_skips": self.input_skips,
         }
         write_text(out / "sparsity.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
@@ -136,7 +140,12 @@ class SparsityPlan:
             for r in frame.itertuples()
         ]
         return cls(
-            meta["method"], meta["entry"], float(meta["level"]), placed, meta["output_skips"]
+            meta["method"],
+            meta["entry"],
+            float(meta["level"]),
+            placed,
+            meta["output_skips"],
+            meta["input_skips"],
         )
 
 
@@ -147,16 +156,17 @@ class _Counted(nn.Module):
         super().__init__()
         self.inner, self.placed = inner, placed
         self.active = True
-        self.zeros, self.total = 0, 0
+        self.zeros: torch.Tensor | int = 0  # a device tensor while counting: no GPU sync
+        self.total = 0
 
     def count(self, y: torch.Tensor) -> None:
         if self.placed.rule.kind == "head_topk":
             h = int(self.placed.rule.n_heads)  # type: ignore[arg-type]
             heads = y.reshape(*y.shape[:-1], h, y.shape[-1] // h)
-            self.zeros += int((heads == 0).all(dim=-1).sum())
+            self.zeros = self.zeros + (heads == 0).all(dim=-1).sum()
             self.total += heads[..., 0].numel()
         else:
-            self.zeros += int((y == 0).sum())
+            self.zeros = self.zeros + (y == 0).sum()
             self.total += y.numel()
 
     def extra_repr(self) -> str:
@@ -223,9 +233,9 @@ class Sparsified:
                 "module": name,
                 "rule": w.placed.rule.kind,
                 "target": w.placed.rule.level,
-                "zeros": w.zeros,
+                "zeros": int(w.zeros),
                 "total": w.total,
-                "achieved": w.zeros / w.total if w.total else float("nan"),
+                "achieved": int(w.zeros) / w.total if w.total else float("nan"),
             }
             for name, w in self.wrappers.items()
         ]
@@ -292,6 +302,44 @@ def apply(model: nn.Module, adapter: FamilyAdapter, plan: SparsityPlan) -> Spars
     return Sparsified(model, plan, wrappers)
 
 
+class _Stop(Exception):
+    pass
+
+
+@torch.no_grad()
+def block_inputs(model: nn.Module, adapter: FamilyAdapter, layer: int, batches) -> list:
+    """The exact (args, kwargs) block `layer` receives for each batch of token ids: the
+    model runs up to that block only. Running the block on them again (`run_block`) needs
+    no family-specific code (masks, rotary embeddings and all come with the kwargs)."""
+    block = adapter.layers(model)[layer]
+    device = next(model.parameters()).device
+    captured = []
+
+    def grab(mod, args, kwargs):
+        captured.append((args, kwargs))
+        raise _Stop
+
+    hook = block.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for x in batches:
+            with contextlib.suppress(_Stop):
+                model(input_ids=x.to(device), use_cache=False)
+    finally:
+        hook.remove()
+    return captured
+
+
+@torch.no_grad()
+def run_block(model: nn.Module, adapter: FamilyAdapter, layer: int, inputs: list) -> list:
+    """The block's output hidden states for each captured input."""
+    block = adapter.layers(model)[layer]
+    outs = []
+    for args, kwargs in inputs:
+        out = block(*args, **kwargs)
+        outs.append(out[0] if isinstance(out, tuple) else out)
+    return outs
+
+
 def linear_inventory(model: nn.Module, adapter: FamilyAdapter) -> pd.DataFrame:
     """Every block linear: layer, site, module, in and out features (the cost model's rows)."""
     rows = []
@@ -310,10 +358,12 @@ def cost_per_token(
     achieved: pd.DataFrame | None = None,
     output_skips: dict[str, str] | None = None,
     bytes_per_param: int = 4,
+    input_skips: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """FLOPs and weight bytes read per token by the linear layers (blocks and LM head).
 
-    A linear with input sparsity `s_in` (the zero fraction fed to it) and output-row
+    A linear with input sparsity `s_in` (the zero fraction fed to it, or that of the module
+    named in `input_skips` when it is not wrapped itself) and output-row
     sparsity `s_out` (rows a method knows in advance it can skip) costs
     `2 n_in n_out (1 - s_in)(1 - s_out)` FLOPs and reads that fraction of its weights.
     Attention scores (QK^T, AV) depend on the context length and are not counted.
@@ -322,8 +372,8 @@ def cost_per_token(
     zero = (
         dict(zip(achieved.module, achieved.achieved, strict=True)) if achieved is not None else {}
     )
-    skips = output_skips or {}
-    s_in = inv.module.map(lambda m: zero.get(m, 0.0))
+    skips, in_skips = output_skips or {}, input_skips or {}
+    s_in = inv.module.map(lambda m: zero.get(m, zero.get(in_skips.get(m, ""), 0.0)))
     s_out = inv.module.map(lambda m: zero.get(skips[m], 0.0) if m in skips else 0.0)
     dense_params = (inv.n_in * inv.n_out).astype(float)
     active = dense_params * (1 - s_in) * (1 - s_out)

@@ -15,7 +15,7 @@ from actsparse.methods.sparsity.base import (
     SparsityMethodCfg,
     check_sites,
 )
-from actsparse.methods.sparsity.cats import up_skips
+from actsparse.methods.sparsity.cats import gate_skips
 from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
 from actsparse.methods.sparsity.threshold import MAGNITUDE_SITES
 
@@ -42,5 +42,5 @@ class StatTopK(SparsityMethod):
         placed = placed_for_sites(ctx.model, ctx.adapter, [cfg.site], lambda *_: rule)
         plan = SparsityPlan(cfg.method, "", level, placed)
         if cfg.site == "gate":
-            plan.output_skips = up_skips(ctx.model, ctx.adapter, plan)
+            gate_skips(ctx.model, ctx.adapter, plan)
         return plan

@@ -6,20 +6,20 @@ paper reads the dense model's; `sequential` recalibrates with upstream rules app
 Allocation:
 - `uniform`: every projection at the target level;
 - `greedy`: TEAL's block-wise greedy search. Per block, all projections start dense;
-  each step raises the sparsity of the one projection whose increase adds the least error
-  to the block's output (measured on calibration tokens, earlier blocks dense), by
-  `step * P_max / P_p` for a projection with `P_p` parameters (`P_max` the block's largest:
-  every step adds the same number of skipped weights), until the block's effective
-  sparsity `sum(P_p s_p) / sum(P_p)` reaches the target. Parameter counts are the real
-  ones (GQA's smaller k/v included). The search uses the dense calibration histograms;
-  the chosen levels are then calibrated like uniform ones.
+  each step raises the sparsity of the one projection whose increase adds the least
+  relative error to the block's output (on `greedy_tokens` calibration tokens, earlier
+  blocks dense), by `step / w_p` with `w_p = P_p / d^2` (`P_p` its real parameter count,
+  `d^2` that of a square hidden-to-hidden projection, as in TEAL's code; GQA's smaller k/v
+  take larger steps), until the block's effective sparsity `sum(P_p s_p) / sum(P_p)`
+  reaches the target (the last step is cut to land on it). The search reads the dense
+  calibration histograms and reruns only the block, on its captured inputs; the chosen
+  levels are then calibrated like uniform ones.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm import tqdm
@@ -39,7 +39,9 @@ from actsparse.methods.sparsity.mechanism import (
     Rule,
     SparsityPlan,
     apply,
+    block_inputs,
     placed_for_sites,
+    run_block,
 )
 from actsparse.models.adapters import LINEAR_SITES, linear_shape
 
@@ -50,8 +52,8 @@ log = logging.getLogger("actsparse.teal")
 class TealCfg(ThresholdMethodCfg):
     sites: list[str] = field(default_factory=lambda: list(LINEAR_SITES))
     allocation: str = "uniform"  # uniform | greedy
-    greedy_step: float = 0.05  # sparsity added to the block's largest projection per step
-    greedy_tokens: int = 2048  # calibration tokens the greedy search measures errors on
+    greedy_step: float = 0.05  # sparsity added per step to a d x d projection (TEAL's 0.05)
+    greedy_tokens: int = 1024  # calibration tokens the greedy search measures errors on
     greedy_seq_len: int = 128
     max_level: float = 0.99  # no projection is made sparser than this
 
@@ -69,10 +71,6 @@ class TealCfg(ThresholdMethodCfg):
         if not 0.0 < self.max_level < 1.0:
             out.append(("max_level", f"must be in (0, 1), got {self.max_level}"))
         return out
-
-
-class _Stop(Exception):
-    pass
 
 
 @SPARSITY.register("teal")
@@ -105,72 +103,64 @@ def greedy_levels(cfg: TealCfg, target: float, ctx: BuildContext) -> dict[str, f
         raise ValueError("teal greedy allocation needs calibration tokens and statistics")
     seq_len = context_len(model, cfg.greedy_seq_len)
     n_batches = max(1, cfg.greedy_tokens // seq_len)
-    x = torch.cat([batch_at(ctx.tokens, b, 1, seq_len, ctx.seed) for b in range(n_batches)]).to(
-        ctx.device
-    )
-    blocks = adapter.layers(model)
-
-    def block_output(layer: int) -> torch.Tensor:
-        seen: dict[str, torch.Tensor] = {}
-
-        def grab(mod, args, out):
-            seen["y"] = (out[0] if isinstance(out, tuple) else out).float()
-            raise _Stop
-
-        h = blocks[layer].register_forward_hook(grab)
-        try:
-            with contextlib.suppress(_Stop):
-                model(input_ids=x, use_cache=False)
-        finally:
-            h.remove()
-        return seen["y"]
-
+    x = torch.cat([batch_at(ctx.tokens, b, 1, seq_len, ctx.seed) for b in range(n_batches)])
+    hidden = int(model.config.hidden_size)
     out: dict[str, float] = {}
-    for layer in tqdm(range(len(blocks)), desc=f"teal greedy s={target:g}", unit="block"):
-        dense = block_output(layer)
+    for layer in tqdm(range(len(adapter.layers(model))), desc=f"teal greedy s={target:g}"):
+        inputs = block_inputs(model, adapter, layer, [x])  # earlier blocks dense
+        dense = run_block(model, adapter, layer, inputs)[0].float()
         dense_sq = float((dense**2).sum())
         mods = [
-            (site, name, float(linear_shape(m)[0] * linear_shape(m)[1]))
+            (site, name, linear_shape(m)[0], float(linear_shape(m)[0] * linear_shape(m)[1]))
             for site in cfg.sites
             for name, m in adapter.site_linears(model, layer)[site]
         ]
         total = sum(p for *_, p in mods)
-        p_max = max(p for *_, p in mods)
-        lv = {name: 0.0 for _, name, _ in mods}
+        lv = {name: 0.0 for _, name, _, _ in mods}
+        # one wrapper per projection; trials only swap their thresholds
+        handle = apply(
+            model,
+            adapter,
+            SparsityPlan(
+                "teal",
+                "greedy",
+                target,
+                [Placed(layer, s, n, w, Rule("threshold", 0.0, 0.0)) for s, n, w, _ in mods],
+            ),
+        )
+        site_of = {name: site for site, name, _, _ in mods}
+
+        def set_level(name: str, level: float, layer=layer, handle=handle, site_of=site_of):
+            w = handle.wrappers[name]
+            t = stats.threshold(layer, site_of[name], level)
+            w.placed = replace(w.placed, rule=Rule("threshold", level, t))
+
         eff = 0.0
-
-        def error(trial: dict[str, float], layer=layer, dense=dense, dense_sq=dense_sq) -> float:
-            placed = [
-                Placed(
-                    layer, site, name, linear_shape(m)[0], _rule(stats, layer, site, trial[name])
-                )
-                for site in cfg.sites
-                for name, m in adapter.site_linears(model, layer)[site]
-            ]
-            handle = apply(model, adapter, SparsityPlan("teal", "greedy", target, placed))
-            try:
-                y = block_output(layer)
-            finally:
-                handle.remove()
-            return float(((y - dense) ** 2).sum()) / dense_sq
-
-        while eff < target - 1e-9:
-            inc = min(cfg.greedy_step * p_max / total, target - eff)  # effective sparsity
-            best: tuple[float, str, float] | None = None
-            for _, name, params in mods:
-                new = lv[name] + inc * total / params
-                if new > cfg.max_level:
-                    continue
-                err = error({**lv, name: new})
-                if best is None or err < best[0]:
-                    best = (err, name, new)
-            if best is None:
-                raise ValueError(
-                    f"teal greedy: layer {layer} cannot reach effective sparsity {target} "
-                    f"with every projection at most {cfg.max_level}"
-                )
-            lv[best[1]] = best[2]
-            eff += inc
+        try:
+            while eff < target - 1e-9:
+                best: tuple[float, str, float] | None = None
+                for _, name, _, params in mods:
+                    step = cfg.greedy_step * hidden * hidden / params  # TEAL: 0.05 / w_p
+                    new = min(lv[name] + step, lv[name] + (target - eff) * total / params)
+                    if new > cfg.max_level:
+                        continue
+                    set_level(name, new)
+                    y = run_block(model, adapter, layer, inputs)[0].float()
+                    err = float(((y - dense) ** 2).sum()) / dense_sq
+                    set_level(name, lv[name])
+                    if best is None or err < best[0]:
+                        best = (err, name, new)
+                if best is None:
+                    raise ValueError(
+                        f"teal greedy: layer {layer} cannot reach effective sparsity {target} "
+                        f"with every projection at most {cfg.max_level}"
+                    )
+                _, name, new = best
+                eff += (new - lv[name]) * dict((n, p) for _, n, _, p in mods)[name] / total
+                lv[name] = new
+                set_level(name, new)
+        finally:
+            handle.remove()
         log.info("layer %d: %s", layer, {k.rsplit(".", 1)[1]: round(v, 3) for k, v in lv.items()})
         out.update(lv)
     return out
