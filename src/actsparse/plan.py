@@ -187,6 +187,7 @@ class StudyPlan:
             "entry": entry,
             "method": {**method_cfg, "method": raw["method"]},
             "level": level,
+            "window": self.cfg.evaluate.seq_len,
             "load": self._model_load(model),
             "seed": self.cfg.study.seed,
         }

@@ -113,10 +113,11 @@ ACHIEVED_SPARSITY = pa.schema(
         ("site", pa.string()),
         ("module", pa.string()),
         ("rule", pa.string()),
-        ("target", pa.float64()),
+        ("target", pa.float64()),  # what the rule aims at (top-K: 1 - int((1 - s) n) / n)
         ("zeros", pa.int64()),  # heads: zero heads; otherwise zero entries
         ("total", pa.int64()),
         ("achieved", pa.float64()),  # zeros / total
+        ("natural", pa.float64()),  # zeros the activation already had (ReLU): a floor
     ]
 )
 

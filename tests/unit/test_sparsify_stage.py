@@ -52,6 +52,7 @@ def test_statistics_calibrated_on_another_model_are_refused(calibrated):
     }
     spec["output"] = spec["output"] + "-other"
     with pytest.raises(
-        ValueError, match=r"sparsity method 'teal' \(teal\): layer 0 site 'ffn_intermediate'.*width 64.*width 128 \(shape mismatch"
+        ValueError,
+        match=r"sparsity method 'teal' \(teal\): layer 0 site 'ffn_intermediate'.*width 64.*width 128 \(shape mismatch",
     ):
         run_job(spec, sparsify.SparsifyJob, sparsify.run)

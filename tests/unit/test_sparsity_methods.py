@@ -342,3 +342,41 @@ def test_each_method_at_half_sparsity_lands_on_its_sites_and_level(family, metho
     if gate_skipping:  # down_proj reads only surviving neurons: credited through input_skips
         no_in = cost_per_token(model, adapter, got, plan.output_skips, 4)
         assert cost["effective_sparsity"] > no_in["effective_sparsity"] + 0.05
+
+
+def test_the_error_is_measured_against_what_the_rule_can_reach():
+    """A ReLU FFN already sparser than the target is not an error; a miss is, per layer."""
+    from actsparse.stages.evaluate import sparsity_metrics
+
+    achieved = pd.DataFrame(
+        {
+            "layer": [0, 1, 0],
+            "site": ["ffn_intermediate", "ffn_intermediate", "attn_in"],
+            "module": ["a", "b", "c"],
+            "rule": ["threshold"] * 3,
+            "target": [0.5, 0.5, 0.5],
+            "zeros": [80, 53, 48],
+            "total": [100, 100, 100],
+            "achieved": [0.80, 0.53, 0.48],
+            "natural": [0.80, 0.10, 0.0],
+        }
+    )
+    m = {x.metric: x.value for x in sparsity_metrics(achieved)}
+    assert m["sparsity_err_max.ffn_intermediate"] == pytest.approx(0.03)  # layer 1 misses
+    assert m["sparsity_err_layer.ffn_intermediate"] == 1
+    assert m["natural_sparsity.ffn_intermediate"] == pytest.approx(0.45)
+    assert m["sparsity_err_max.attn_in"] == pytest.approx(0.02)
+    assert m["sparsity.ffn_intermediate"] == pytest.approx(0.665)
+
+
+def test_natural_zeros_are_counted_before_the_rule():
+    model = tiny_model("opt")
+    adapter = adapter_for("opt")
+    placed = placed_for_sites(model, adapter, ["ffn_intermediate"], lambda *_: Rule("topk", 0.25))
+    handle = apply(model, adapter, SparsityPlan("topk", "t", 0.25, placed))
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, TINY_V, (4, 8)))
+    got = handle.achieved()
+    assert (got.natural > 0.2).all()  # ReLU
+    assert (got.achieved >= got.natural).all() and (got.achieved >= 0.25).all()
+    assert (got.target == 1 - int(0.75 * TINY_F) / TINY_F).all()  # top-K's exact target

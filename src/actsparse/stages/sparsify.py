@@ -32,6 +32,7 @@ class SparsifyJob:
     entry: str = "method"
     method: dict[str, Any] = field(default_factory=dict)
     level: float = 0.5
+    window: int | None = None  # evaluate.seq_len: calibrate on windows of that length
     load: LoadCfg = field(default_factory=LoadCfg)
     seed: int = 0
 
@@ -48,7 +49,7 @@ def build_plan(cfg: SparsifyJob, inputs: dict[str, str], model, adapter, dev: to
     tokens = (
         torch.from_numpy(TokenData(inputs["data"]).tokens("train")) if "data" in inputs else None
     )
-    ctx = BuildContext(model, adapter, stats, tokens, dev, cfg.seed)
+    ctx = BuildContext(model, adapter, stats, tokens, dev, cfg.seed, cfg.window)
     return method.plan(mcfg, cfg.level, ctx, cfg.entry)
 
 

@@ -113,6 +113,7 @@ class BuildContext:
     tokens: torch.Tensor | None  # calibration token stream (methods that run the model)
     device: torch.device
     seed: int = 0
+    window: int | None = None  # the evaluation's window (evaluate.seq_len; None: the context)
 
 
 class SparsityMethod:
@@ -164,7 +165,7 @@ class ThresholdMethodCfg(SparsityMethodCfg):
     # in TEAL's paper: downstream sites then drift from their targets
     calibration: str = "sequential"
     calib_tokens: int = 16384  # sequential: calibration tokens (train split)
-    calib_seq_len: int = 128
+    calib_seq_len: int | None = None  # null: the evaluation's window (activations depend on it)
 
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()
@@ -172,7 +173,7 @@ class ThresholdMethodCfg(SparsityMethodCfg):
             out.append(
                 ("calibration", f"must be 'sequential' or 'dense', got {self.calibration!r}")
             )
-        if self.calib_tokens < 2 or self.calib_seq_len < 2:
+        if self.calib_tokens < 2 or (self.calib_seq_len is not None and self.calib_seq_len < 2):
             out.append(("calib_tokens", "calib_tokens and calib_seq_len must be >= 2"))
         return out
 
@@ -216,7 +217,7 @@ def calibrate_thresholds(placed: list, cfg: ThresholdMethodCfg, ctx: BuildContex
     if ctx.tokens is None:
         raise ValueError("sequential threshold calibration needs calibration tokens")
     model, adapter = ctx.model, ctx.adapter
-    seq_len = context_len(model, cfg.calib_seq_len)
+    seq_len = context_len(model, cfg.calib_seq_len or ctx.window or 10**9)
     n_batches = max(1, cfg.calib_tokens // (8 * seq_len))
     batches = [batch_at(ctx.tokens, b, 8, seq_len, ctx.seed) for b in range(n_batches)]
     edges = log_bin_edges(2048, 1e-6, 1e4)

@@ -59,6 +59,16 @@ class Rule:
             return ops.stat_topk(x, self.level, self.soft)
         return ops.head_topk(x, int(self.n_heads), self.level)  # type: ignore[arg-type]
 
+    def exact_target(self, width: int) -> float:
+        """The fraction of zeros the rule is built to give: top-K rules keep
+        `int((1 - level) n)` of `n` entries (or heads), thresholds aim at `level`."""
+        if self.kind == "topk":
+            return 1.0 - ops.keep_count(width, self.level) / width
+        if self.kind == "head_topk":
+            h = int(self.n_heads)  # type: ignore[arg-type]
+            return 1.0 - ops.keep_count(h, self.level) / h
+        return self.level
+
     def on_gate(self, g: torch.Tensor, act: nn.Module) -> torch.Tensor:
         """The gate branch: the rule on `act(g)`, or `act(rule(g))` for pre-activation rules."""
         return act(self(g)) if self.pre_activation else self(act(g))
@@ -156,18 +166,23 @@ class _Counted(nn.Module):
         super().__init__()
         self.inner, self.placed = inner, placed
         self.active = True
-        self.zeros: torch.Tensor | int = 0  # a device tensor while counting: no GPU sync
+        # device tensors while counting (no GPU sync per call); read once in `achieved()`
+        self.zeros: torch.Tensor | int = 0
+        self.natural: torch.Tensor | int = 0  # zeros the activation had before the rule
         self.total = 0
 
-    def count(self, y: torch.Tensor) -> None:
+    def _zeros(self, y: torch.Tensor) -> torch.Tensor:
         if self.placed.rule.kind == "head_topk":
             h = int(self.placed.rule.n_heads)  # type: ignore[arg-type]
-            heads = y.reshape(*y.shape[:-1], h, y.shape[-1] // h)
-            self.zeros = self.zeros + (heads == 0).all(dim=-1).sum()
-            self.total += heads[..., 0].numel()
-        else:
-            self.zeros = self.zeros + (y == 0).sum()
-            self.total += y.numel()
+            return (y.reshape(*y.shape[:-1], h, y.shape[-1] // h) == 0).all(dim=-1).sum()
+        return (y == 0).sum()
+
+    def count(self, before: torch.Tensor, after: torch.Tensor) -> None:
+        self.natural = self.natural + self._zeros(before)
+        self.zeros = self.zeros + self._zeros(after)
+        rule = self.placed.rule
+        per_token = int(rule.n_heads) if rule.kind == "head_topk" else after.shape[-1]  # type: ignore[arg-type]
+        self.total += after[..., 0].numel() * per_token
 
     def extra_repr(self) -> str:
         p = self.placed
@@ -187,8 +202,8 @@ class SparseInput(_Counted):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.active:
-            x = self.placed.rule(x)
-            self.count(x)
+            before, x = x, self.placed.rule(x)
+            self.count(before, x)
         return self.inner(x, *args, **kwargs)
 
 
@@ -199,7 +214,7 @@ class SparseGate(_Counted):
         if not self.active:
             return self.inner(g)
         y = self.placed.rule.on_gate(g, self.inner)
-        self.count(y)
+        self.count(self.inner(g), y)
         return y
 
 
@@ -222,7 +237,7 @@ class Sparsified:
 
     def reset_counts(self) -> None:
         for w in self.wrappers.values():
-            w.zeros = w.total = 0
+            w.zeros = w.natural = w.total = 0
 
     def achieved(self) -> pd.DataFrame:
         """Zeros counted per wrapped module (schema `tables.ACHIEVED_SPARSITY`)."""
@@ -232,10 +247,11 @@ class Sparsified:
                 "site": w.placed.site,
                 "module": name,
                 "rule": w.placed.rule.kind,
-                "target": w.placed.rule.level,
+                "target": w.placed.rule.exact_target(w.placed.width),
                 "zeros": int(w.zeros),
                 "total": w.total,
                 "achieved": int(w.zeros) / w.total if w.total else float("nan"),
+                "natural": int(w.natural) / w.total if w.total else float("nan"),
             }
             for name, w in self.wrappers.items()
         ]
