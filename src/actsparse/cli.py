@@ -86,6 +86,40 @@ def cmd_show(args: argparse.Namespace) -> None:
         print(json.dumps(summary.to_dict("records"), default=str))
 
 
+def cmd_sparsity(args: argparse.Namespace) -> None:
+    """The sparsity sweep of a finished study: per method, the largest level within +1% and
+    +5% perplexity; per variant, perplexity increase, effective sparsity and the worst error
+    of achieved against reachable sparsity (site and layer)."""
+    import pandas as pd
+
+    from actsparse.plan import StudyPlan
+    from actsparse.stages.report import sparsity_frontier, sparsity_sweep
+    from actsparse.tables import METRICS, read_table
+
+    plan = StudyPlan(compose_study(_overrides(args)))
+    summary = read_table(plan.summary_path, METRICS)
+    sweep = sparsity_sweep(summary)
+    if sweep.empty:
+        raise SystemExit(f"actsparse: {plan.summary_path} has no sparsified variants")
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print("Largest evaluated level within a perplexity budget (NaN: none):")
+        print(sparsity_frontier(sweep).round(4).to_string(index=False))
+        print("\nEvery variant (worst_err_pts: |achieved - max(target, natural)|, worst layer):")
+        cols = [
+            "model", "method", "level", "perplexity", "ppl_increase_%", "effective_sparsity",
+            "flops_ratio", "kl_div", "worst_err_pts", "worst_site", "worst_layer",
+        ]  # fmt: skip
+        print(sweep[[c for c in cols if c in sweep]].round(4).to_string(index=False))
+        gauss = summary[summary.metric == "gaussian_kept_error"]
+        if not gauss.empty:
+            print("\nstat_topk kept-fraction error on Gaussian rows of the site's width (points):")
+            print(
+                gauss.assign(points=100 * gauss.value)[["model", "variant", "points"]]
+                .round(4)
+                .to_string(index=False)
+            )
+
+
 def cmd_relog(args: argparse.Namespace) -> None:
     """Rebuild the tracking store's view of a study from its files (after the store was down)."""
     from actsparse.plan import StudyPlan
@@ -142,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         ("config", cmd_config, "print the composed, validated study config"),
         ("plan", cmd_plan, "list the study's jobs, their config hashes and output folders"),
         ("show", cmd_show, "print the evaluation results of a finished study"),
+        ("sparsity", cmd_sparsity, "print a study's sparsity sweep and frontier"),
         ("relog", cmd_relog, "record a study's finished jobs in MLflow from their files"),
     ):
         p = sub.add_parser(name, help=help_)

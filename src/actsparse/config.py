@@ -527,11 +527,32 @@ def snakemake_config_to_overrides(smk_config: dict[str, Any]) -> list[str]:
         if key == "experiment":
             overrides.append(f"experiment={value}")
         elif key == "overrides":
-            values = [value] if isinstance(value, str) else list(value or [])
+            values = _split_list(value) if isinstance(value, str) else list(value or [])
             overrides += [str(v) for v in values]
         else:
             leaves(key, value)
     return overrides
+
+
+def _split_list(text: str) -> list[str]:
+    """`[a=1,b=[2,3]]` -> ['a=1', 'b=[2,3]']: Snakemake hands over `overrides=[...]` as one
+    string when YAML cannot parse it (an override whose value is itself a list)."""
+    text = text.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return [text]
+    parts, depth, current = [], 0, ""
+    for ch in text[1:-1]:
+        if ch in "[{(":
+            depth += 1
+        elif ch in "]})":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return [p.strip() for p in parts if p.strip()]
 
 
 def _render(value: Any) -> str:

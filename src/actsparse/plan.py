@@ -16,6 +16,7 @@ from functools import cached_property
 from typing import Any
 
 from actsparse.config import StudyConfig, to_dict
+from actsparse.methods.sparsity import SPARSITY
 
 STAGES = ("data", "train", "calibrate", "sparsify", "evaluate")
 
@@ -171,7 +172,7 @@ class StudyPlan:
         """(model, entry, level) of every sparsified variant, in config order."""
         sp = self.cfg.sparsify
         out = []
-        for name, entry in sp.entries().items():
+        for name, entry in self.sparsity_entries.items():
             for model in entry.models or self.models:
                 out += [(model, name, level) for level in sp.levels_of(entry)]
         return out
@@ -179,23 +180,27 @@ class StudyPlan:
     def sparse_variant(self, model: str, entry: str, level: float) -> str:
         return f"{model}.{entry}.{self.level_tag(level)}"
 
+    @cached_property
+    def sparsity_entries(self) -> dict:
+        """entry -> the method's typed config (parsed once)."""
+        return self.cfg.sparsify.entries()
+
     def sparsify(self, model: str, entry: str, level: float) -> Job:
-        raw = self.cfg.sparsify.methods[entry]
-        method_cfg = to_dict(self.cfg.sparsify.entries()[entry])
+        method = self.cfg.sparsify.methods[entry]["method"]
+        method_cfg = to_dict(self.sparsity_entries[entry])
         method_cfg.pop("levels"), method_cfg.pop("models")  # not this job's identity
         config = {
             "entry": entry,
-            "method": {**method_cfg, "method": raw["method"]},
+            "method": {**method_cfg, "method": method},
             "level": level,
             "window": self.cfg.evaluate.seq_len,
             "load": self._model_load(model),
             "seed": self.cfg.study.seed,
         }
-        inputs = {
-            "model": self.model_path(model),
-            "calibration": self.calibrate(model).out_dir,
-            "data": self.data(self.data_variant(model)).out_dir,
-        }
+        inputs = {"model": self.model_path(model)}
+        if SPARSITY.get(method).needs_calibration:  # top-K rules read no statistics or tokens
+            inputs["calibration"] = self.calibrate(model).out_dir
+            inputs["data"] = self.data(self.data_variant(model)).out_dir
         return self._job(
             "sparsify", self.sparse_variant(model, entry, level), config, inputs, model
         )

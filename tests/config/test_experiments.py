@@ -166,3 +166,12 @@ def test_snakemake_config_becomes_hydra_overrides():
         snakemake_config_to_overrides({"experiment": "smoke", "train": {"steps": 10}})
     )
     assert cfg.train.steps == 10
+    # list-valued overrides: YAML cannot parse them, Snakemake passes the raw string
+    nested = "[sparsify.levels=[],sparsify.methods.topk.levels=[0.5, 0.7]]"
+    assert snakemake_config_to_overrides({"overrides": nested}) == [
+        "sparsify.levels=[]",
+        "sparsify.methods.topk.levels=[0.5, 0.7]",
+    ]
+    assert snakemake_config_to_overrides({"overrides": "train.steps=3"}) == ["train.steps=3"]
+    cfg = compose_study(snakemake_config_to_overrides({"experiment": "smoke", "overrides": nested}))
+    assert cfg.sparsify.levels == [] and cfg.sparsify.methods["topk"]["levels"] == [0.5, 0.7]

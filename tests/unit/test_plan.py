@@ -25,16 +25,48 @@ def test_an_evaluate_change_touches_only_evaluate_jobs():
     assert _changed(_hashes(), _hashes("evaluate.batch_size=3")) == ["evaluate"]
 
 
-def test_a_calibrate_change_touches_only_calibrate_jobs():
-    assert _changed(_hashes(), _hashes("calibrate.near_zero_eps=0.01")) == ["calibrate"]
+CALIBRATED = ("threshold", "teal", "teal_greedy", "cats")  # smoke entries reading statistics
+
+
+def test_a_calibrate_change_touches_calibrate_and_the_calibrated_methods_only():
+    a, b = _hashes(), _hashes("calibrate.near_zero_eps=0.01")
+    changed = {k for k in a if a[k] != b[k]}
+    assert {k for k in changed if k[0] == "calibrate"} == {
+        ("calibrate", "llama_micro"),
+        ("calibrate", "opt_micro"),
+    }
+    rest = {k for k in changed if k[0] != "calibrate"}
+    assert rest == {
+        (stage, v)
+        for stage, v in a
+        if stage in ("sparsify", "evaluate") and v.split(".")[1] in CALIBRATED
+    }
+    assert ("sparsify", "llama_micro.topk.s50") not in changed  # top-K needs no statistics
+    assert ("evaluate", "llama_micro.dense") not in changed
+
+
+def test_a_sparsify_change_touches_only_that_entrys_jobs():
+    a, b = _hashes(), _hashes("sparsify.methods.cats.calib_tokens=1024")
+    changed = sorted(k for k in a if a[k] != b[k])
+    assert changed == [("evaluate", "llama_micro.cats.s50"), ("sparsify", "llama_micro.cats.s50")]
 
 
 def test_a_train_change_touches_train_and_everything_downstream():
-    assert _changed(_hashes(), _hashes("train.grad_clip=0.5")) == ["calibrate", "evaluate", "train"]
+    assert _changed(_hashes(), _hashes("train.grad_clip=0.5")) == [
+        "calibrate",
+        "evaluate",
+        "sparsify",
+        "train",
+    ]
 
 
 def test_a_seed_change_touches_every_job_but_data():
-    assert _changed(_hashes(), _hashes("study.seed=1")) == ["calibrate", "evaluate", "train"]
+    assert _changed(_hashes(), _hashes("study.seed=1")) == [
+        "calibrate",
+        "evaluate",
+        "sparsify",
+        "train",
+    ]
 
 
 def test_a_data_change_touches_every_job():
@@ -42,6 +74,7 @@ def test_a_data_change_touches_every_job():
         "calibrate",
         "data",
         "evaluate",
+        "sparsify",
         "train",
     ]
 
@@ -49,19 +82,16 @@ def test_a_data_change_touches_every_job():
 def test_a_model_change_touches_only_that_models_jobs():
     a, b = _hashes(), _hashes("models.opt_micro.arch.intermediate_size=96")
     changed = sorted(k for k in a if a[k] != b[k])
-    assert changed == [
-        ("calibrate", "opt_micro"),
-        ("evaluate", "opt_micro.dense"),
-        ("train", "opt_micro"),
-    ]
+    assert changed == sorted(k for k in a if k[1].split(".")[0] == "opt_micro" and k[0] != "data")
 
 
 def test_loading_options_do_not_retrain():
     a, b = _hashes(), _hashes("models.llama_micro.dtype=bfloat16")
-    assert sorted(k for k in a if a[k] != b[k]) == [
-        ("calibrate", "llama_micro"),
-        ("evaluate", "llama_micro.dense"),
-    ]
+    changed = sorted(k for k in a if a[k] != b[k])
+    assert ("train", "llama_micro") not in changed
+    assert changed == sorted(
+        k for k in a if k[1].split(".")[0] == "llama_micro" and k[0] not in ("data", "train")
+    )
 
 
 def test_the_study_name_and_output_root_do_not_enter_slices():

@@ -5,9 +5,11 @@ import math
 
 from actsparse.config import compose_study
 from actsparse.plan import StudyPlan
-from actsparse.stages import calibrate, data, evaluate
+from actsparse.stages import calibrate, data, evaluate, sparsify
 from actsparse.stages.job import run_job
 from actsparse.tables import METRICS, read_table
+
+ENTRIES = ("threshold", "teal", "teal_greedy", "cats", "topk", "stat_topk", "contextual")
 
 
 def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_path):
@@ -23,6 +25,7 @@ def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_p
                 f"+models.local.path={checkpoint}",
                 "evaluate.seq_len=64",
                 "data.tokenizer.kind=model",
+                *(f"sparsify.methods.{e}.models=[local]" for e in ENTRIES),
             ]
         )
     )
@@ -41,3 +44,11 @@ def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_p
     m = read_table(ev / "metrics.parquet", METRICS)
     ppl = m[(m.metric == "perplexity") & (m.method == "dense")].value.item()
     assert math.isfinite(ppl) and ppl > 1
+    # a sparsified variant of the checkpoint (the gate site: checked on the loaded family)
+    sp = run_job(plan.sparsify("local", "cats", 0.5).spec, sparsify.SparsifyJob, sparsify.run)
+    ev = run_job(
+        plan.evaluate_sparse("local", "cats", 0.5).spec, evaluate.EvaluateJob, evaluate.run
+    )
+    m = read_table(ev / "metrics.parquet", METRICS).set_index("metric")
+    assert abs(m.loc["sparsity.gate", "value"] - 0.5) < 0.05
+    assert (sp / "allocation.parquet").is_file()
