@@ -168,14 +168,15 @@ def plot_sparsity_sweep(sweep: pd.DataFrame, out: Path) -> str | None:
     if sweep.empty:
         return None
     models = sorted(sweep.model.unique())
+    color = {m: f"C{i}" for i, m in enumerate(sorted(sweep.method.unique()))}  # same in every panel
     fig, axes = plt.subplots(len(models), 2, figsize=(11, 3.6 * len(models)), squeeze=False)
     for row, model in zip(axes, models, strict=True):
         g = sweep[sweep.model == model]
         for method, m in g.groupby("method", sort=True):
             m = m.sort_values("level")
             y = m["ppl_increase_%"].clip(lower=1e-3)
-            row[0].plot(m["level"], y, "o-", label=method)
-            row[1].plot(m.effective_sparsity, y, "o-", label=method)
+            row[0].plot(m["level"], y, "o-", label=method, color=color[method])
+            row[1].plot(m.effective_sparsity, y, "o-", label=method, color=color[method])
         for ax, xlabel in zip(
             row,
             ("target level (at each method's sites)", "effective sparsity (weight reads skipped)"),
