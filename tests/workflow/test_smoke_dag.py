@@ -99,7 +99,9 @@ def test_every_output_validates_against_its_schema(smoke_run):
     assert methods == set(SPARSITY.names())
     for e in root.glob("evaluate/*.s50-*"):
         achieved = read_table(e / "achieved_sparsity.parquet", ACHIEVED_SPARSITY)
-        assert (achieved.total > 0).all() and (achieved.achieved > 0.3).all(), e
+        reachable = achieved[["target", "natural"]].max(axis=1)  # greedy: per-module targets
+        assert (achieved.total > 0).all(), e
+        assert ((achieved.achieved - reachable).abs() < 0.15).all(), e  # 2,048-token calibration
     sparse = ev[ev.variant.str.endswith(".s50") & (ev.method != "unigram")]
     assert (sparse.level == 0.5).all()
     eff = sparse[sparse.metric == "effective_sparsity"].set_index("variant").value
