@@ -348,11 +348,9 @@ class SparsifyCfg:
 
     def problems(self) -> list[tuple[str, str]]:
         from actsparse.methods.sparsity import SPARSITY
+        from actsparse.methods.sparsity.base import level_problems
 
-        out = []
-        for level in self.levels:
-            if not 0.0 <= level < 1.0:
-                out.append(("levels", f"sparsity levels must be in [0, 1), got {level}"))
+        out = level_problems(self.levels)
         if len(set(self.levels)) != len(self.levels):
             out.append(("levels", f"levels repeat: {self.levels}"))
         for name, raw in self.methods.items():

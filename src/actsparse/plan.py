@@ -147,10 +147,16 @@ class StudyPlan:
 
     def evaluate(self, model: str) -> Job:
         """The dense baseline: the model evaluated against itself as the fidelity reference."""
+        return self._evaluate(model, f"{model}.dense", {"method": "dense"}, {})
+
+    def _evaluate(
+        self, model: str, variant: str, method: dict[str, Any], inputs: dict[str, str]
+    ) -> Job:
+        """An evaluate job of `model` (its own dense weights are the fidelity reference)."""
         config = {
             "evaluate": to_dict(self.cfg.evaluate),
             "load": self._model_load(model),
-            "method": "dense",
+            **method,
             "seed": self.cfg.study.seed,
         }
         path = self.model_path(model)
@@ -158,8 +164,9 @@ class StudyPlan:
             "model": path,
             "reference": path,
             "data": self.data(self.data_variant(model)).out_dir,
+            **inputs,
         }
-        return self._job("evaluate", f"{model}.dense", config, inputs, model)
+        return self._job("evaluate", variant, config, inputs, model)
 
     # ----------------------------------------------------------------- sparsity sweep
     @staticmethod
@@ -208,21 +215,8 @@ class StudyPlan:
     def evaluate_sparse(self, model: str, entry: str, level: float) -> Job:
         """A sparsified variant, with the dense model (same weights) as fidelity reference."""
         sparsify = self.sparsify(model, entry, level)
-        config = {
-            "evaluate": to_dict(self.cfg.evaluate),
-            "load": self._model_load(model),
-            "method": entry,
-            "level": level,
-            "seed": self.cfg.study.seed,
-        }
-        path = self.model_path(model)
-        inputs = {
-            "model": path,
-            "reference": path,
-            "data": self.data(self.data_variant(model)).out_dir,
-            "sparsity": sparsify.out_dir,
-        }
-        return self._job("evaluate", sparsify.variant, config, inputs, model)
+        method = {"method": entry, "level": level}
+        return self._evaluate(model, sparsify.variant, method, {"sparsity": sparsify.out_dir})
 
     # ----------------------------------------------------------------- all jobs
     def job(self, stage: str, variant: str) -> Job:

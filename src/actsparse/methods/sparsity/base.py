@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,11 +31,16 @@ class SparsityMethodCfg:
         return []
 
     def problems(self) -> list[tuple[str, str]]:
-        out = []
-        for level in self.levels or []:
-            if not 0.0 <= level < 1.0:
-                out.append(("levels", f"sparsity levels must be in [0, 1), got {level}"))
-        return out
+        return level_problems(self.levels or [])
+
+
+def level_problems(levels: list[float]) -> list[tuple[str, str]]:
+    """(key, message) for each sparsity level outside [0, 1)."""
+    return [
+        ("levels", f"sparsity levels must be in [0, 1), got {level}")
+        for level in levels
+        if not 0.0 <= level < 1.0
+    ]
 
 
 def check_sites(sites: list[str], allowed: tuple[str, ...] = SITES) -> list[tuple[str, str]]:
@@ -116,7 +122,7 @@ class BuildContext:
     window: int | None = None  # the evaluation's window (evaluate.seq_len; None: the context)
 
 
-class SparsityMethod:
+class SparsityMethod(ABC):
     """A registered method. Subclasses set `Config` and implement `build`."""
 
     Config: ClassVar[type[SparsityMethodCfg]] = SparsityMethodCfg
@@ -146,8 +152,9 @@ class SparsityMethod:
         plan.entry = entry or cfg.method
         return plan
 
+    @abstractmethod
     def build(self, cfg: Any, level: float, ctx: BuildContext) -> SparsityPlan:
-        raise NotImplementedError
+        """The method's rules for `ctx.model` at `level` (level and sites already checked)."""
 
 
 # --------------------------------------------------------------------------- thresholds

@@ -290,10 +290,7 @@ def apply(model: nn.Module, adapter: FamilyAdapter, plan: SparsityPlan) -> Spars
     wrappers: dict[str, _Counted] = {}
     for p in plan.placed:
         where = f"sparsity method {plan.entry!r} ({plan.method}), layer {p.layer}, site {p.site!r}"
-        try:
-            adapter.check_site(p.site, where)
-        except ValueError as e:
-            raise ValueError(str(e)) from None
+        adapter.check_site(p.site, where)
         if p.layer >= n_layers or p.module not in modules:
             raise ValueError(
                 f"{where}: the model has no module {p.module!r} ({n_layers} layers); "
@@ -362,8 +359,7 @@ def linear_inventory(model: nn.Module, adapter: FamilyAdapter) -> pd.DataFrame:
     for layer in range(len(adapter.layers(model))):
         for site in LINEAR_SITES:
             for name, module in adapter.site_linears(model, layer)[site]:
-                inner = module.inner if isinstance(module, _Counted) else module
-                n_in, n_out = linear_shape(inner)
+                n_in, n_out = linear_shape(module)  # unwraps a sparsity wrapper
                 rows.append(dict(layer=layer, site=site, module=name, n_in=n_in, n_out=n_out))
     return pd.DataFrame(rows)
 

@@ -115,7 +115,8 @@ def greedy_levels(cfg: TealCfg, target: float, ctx: BuildContext) -> dict[str, f
             for site in cfg.sites
             for name, m in adapter.site_linears(model, layer)[site]
         ]
-        total = sum(p for *_, p in mods)
+        params_of = {name: p for _, name, _, p in mods}
+        total = sum(params_of.values())
         lv = {name: 0.0 for _, name, _, _ in mods}
         # one wrapper per projection; trials only swap their thresholds
         handle = apply(
@@ -156,7 +157,7 @@ def greedy_levels(cfg: TealCfg, target: float, ctx: BuildContext) -> dict[str, f
                         f"with every projection at most {cfg.max_level}"
                     )
                 _, name, new = best
-                eff += (new - lv[name]) * dict((n, p) for _, n, _, p in mods)[name] / total
+                eff += (new - lv[name]) * params_of[name] / total
                 lv[name] = new
                 set_level(name, new)
         finally:
