@@ -11,8 +11,11 @@
 #   <root>/data/<corpus>-<hash>/          tokenizer/, tokens/*.npy, manifest.parquet, corpus.json
 #   <root>/train/<model>-<hash>/          model/ (save_pretrained), loss_curve.parquet/.png
 #   <root>/calibrate/<model>-<hash>/      channel_stats/, histograms/, gram/ (per layer), linears.parquet
+#   <root>/data/<eval corpus>-<hash>/     the same for each eval_data corpus (study tokenizer)
+#   <root>/decompose/<model>.<entry>.r<pct>-<hash>/  model/ (+ lowrank.json), decomposition.parquet
 #   <root>/sparsify/<model>.<entry>.s<pct>-<hash>/  allocation.parquet, sparsity.json
-#   <root>/evaluate/<model>.dense-<hash>/, <model>.<entry>.s<pct>-<hash>/  (+ achieved_sparsity.parquet)
+#   <root>/evaluate/<model>.dense-<hash>/, <model>.<entry>.s<pct>-<hash>/  (+ achieved_sparsity.parquet),
+#                  <model>.<entry>.r<pct>-<hash>/  (a decomposition, against the model it came from)
 #   <root>/summary.parquet                every job's metrics.parquet, long format
 #   <root>/report/index.html              plots and the leaderboard
 #   <root>/logs/, <root>/benchmarks/      one log and one Snakemake benchmark per job
@@ -28,6 +31,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/calibrate.smk"
+include: "workflow/rules/decompose.smk"
 include: "workflow/rules/sparsify.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/summary.smk"

@@ -31,7 +31,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_outputs(tmp_path_factory):
-    """Data, a trained micro Llama and micro OPT of the smoke study, run in-process once."""
+    """Data (both corpora), a trained micro Llama and micro OPT of the smoke study, run in-process once."""
     from helpers import smoke_plan
 
     from actsparse.stages import data, train
@@ -40,6 +40,8 @@ def smoke_outputs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("smoke")
     plan = smoke_plan(tmp)
     run_job(plan.data("stdlib").spec, data.DataJob, data.run)
+    for _, variant in plan.eval_data_variants:  # the out-of-distribution corpus
+        run_job(plan.data(variant).spec, data.DataJob, data.run)
     for m in plan.trained_models:
         run_job(plan.train(m).spec, train.TrainJob, train.run, resumable=True)
     return plan

@@ -84,7 +84,7 @@ class TokenizerCfg:
 @dataclass
 class DataCfg:
     name: str = MISSING
-    source: str = MISSING  # stdlib | local | hf
+    source: str = MISSING  # stdlib | pydoc | local | hf
     files: SplitFiles = field(default_factory=SplitFiles)
     hf: HFDatasetCfg = field(default_factory=HFDatasetCfg)
     max_chars: SplitChars = field(default_factory=SplitChars)
@@ -104,8 +104,8 @@ class DataCfg:
                     f"may use only letters, digits and _ (it names folders), got {self.name!r}",
                 )
             )
-        if self.source not in ("stdlib", "local", "hf"):
-            out.append(("source", f"must be one of stdlib, local, hf; got {self.source!r}"))
+        if self.source not in ("stdlib", "pydoc", "local", "hf"):
+            out.append(("source", f"must be one of stdlib, pydoc, local, hf; got {self.source!r}"))
         if self.source == "local":
             for split in ("train", "test"):
                 if getattr(self.files, split) is None:
@@ -150,20 +150,30 @@ class ArchCfg:
     tie_word_embeddings: bool = False
 
 
+MODEL_SOURCES = ("train", "pretrained", "decompose")
+
+
 @dataclass
 class ModelCfg:
-    source: str = MISSING  # train: built and trained here; pretrained: loaded from `path`
+    # train: built and trained here; pretrained: loaded from `path`; decompose: the
+    # low-rank model a decompose job makes of the study model `base` (entry, ratio)
+    source: str = MISSING
     family: str | None = None  # for source=train: llama (SwiGLU) or opt (ReLU)
     arch: ArchCfg = field(default_factory=ArchCfg)
     path: str | None = None  # for source=pretrained: a Hugging Face id or a local folder
     revision: str | None = None
     dtype: str = "float32"
     trust_remote_code: bool = False
+    base: str | None = None  # source=decompose: the study model it is decomposed from
+    entry: str | None = None  # source=decompose: the decompose.methods entry
+    ratio: float | None = None  # source=decompose: the fraction of parameters removed
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
-        if self.source not in ("train", "pretrained"):
-            out.append(("source", f"must be 'train' or 'pretrained', got {self.source!r}"))
+        if self.source not in MODEL_SOURCES:
+            out.append(
+                ("source", f"must be one of {', '.join(MODEL_SOURCES)}; got {self.source!r}")
+            )
         if self.dtype not in DTYPES:
             out.append(("dtype", f"must be one of {', '.join(DTYPES)}; got {self.dtype!r}"))
         if self.source == "train":
@@ -196,6 +206,12 @@ class ModelCfg:
                 out.append(
                     ("arch.num_key_value_heads", f"must divide num_attention_heads, got {kv}")
                 )
+        if self.source == "decompose":
+            for key in ("base", "entry", "ratio"):
+                if getattr(self, key) is None:
+                    out.append((key, "is required when source is 'decompose'"))
+            if self.ratio is not None and not 0.0 < self.ratio < 1.0:
+                out.append(("ratio", f"must be in (0, 1), got {self.ratio}"))
         if self.source == "pretrained":
             if not self.path:
                 out.append(("path", "is required when source is 'pretrained'"))
@@ -309,6 +325,7 @@ class EvaluateCfg:
     seq_len: int | None = None  # null: the model's context length
     batch_size: int = 8
     max_tokens: int | None = None  # null: the whole split
+    eval_data_max_tokens: int | None = None  # eval_data corpora; null: max_tokens
     fidelity_tokens: int = 16384  # tokens on which hidden states and next-token KL are compared
 
     def problems(self) -> list[tuple[str, str]]:
@@ -319,8 +336,10 @@ class EvaluateCfg:
             out.append(("seq_len", f"must be >= 2 or null, got {self.seq_len}"))
         if self.batch_size < 1:
             out.append(("batch_size", f"must be >= 1, got {self.batch_size}"))
-        if self.max_tokens is not None and self.max_tokens < 2:
-            out.append(("max_tokens", f"must be >= 2 or null, got {self.max_tokens}"))
+        for key in ("max_tokens", "eval_data_max_tokens"):
+            v = getattr(self, key)
+            if v is not None and v < 2:
+                out.append((key, f"must be >= 2 or null, got {v}"))
         if self.fidelity_tokens < 0:
             out.append(("fidelity_tokens", f"must be >= 0, got {self.fidelity_tokens}"))
         return out
@@ -353,29 +372,66 @@ class SparsifyCfg:
         out = level_problems(self.levels)
         if len(set(self.levels)) != len(self.levels):
             out.append(("levels", f"levels repeat: {self.levels}"))
-        for name, raw in self.methods.items():
-            key = f"methods.{name}"
-            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
-                out.append((key, "entry names may use only letters, digits and _"))
-            if not isinstance(raw, dict) or "method" not in raw:
-                out.append((f"{key}.method", "is required (which registered method to run)"))
-                continue
-            if raw["method"] not in SPARSITY:
-                out.append(
-                    (
-                        f"{key}.method",
-                        f"unknown sparsity method {raw['method']!r}; registered: "
-                        f"{', '.join(SPARSITY.names())}",
-                    )
+        return out + entry_problems(SPARSITY, self.methods, "sparsify")
+
+
+@dataclass
+class DecomposeCfg:
+    """The low-rank sweep: every entry of `methods` (a method config from
+    `conf/decompose/<method>.yaml`, keyed by an entry name) at every compression ratio
+    (the fraction of the target linears' parameters removed)."""
+
+    ratios: list[float] = field(default_factory=lambda: [0.2])
+    methods: dict[str, Any] = field(default_factory=dict)
+
+    def entries(self) -> dict[str, Any]:
+        from actsparse.methods.lowrank import LOWRANK
+
+        return {
+            name: LOWRANK.get(raw["method"]).parse(raw, f"decompose.methods.{name}")
+            for name, raw in self.methods.items()
+        }
+
+    def ratios_of(self, entry: Any) -> list[float]:
+        return list(entry.ratios if entry.ratios is not None else self.ratios)
+
+    def problems(self) -> list[tuple[str, str]]:
+        from actsparse.methods.lowrank import LOWRANK
+        from actsparse.methods.lowrank.base import ratio_problems
+
+        out = ratio_problems(self.ratios)
+        if len(set(self.ratios)) != len(self.ratios):
+            out.append(("ratios", f"ratios repeat: {self.ratios}"))
+        return out + entry_problems(LOWRANK, self.methods, "decompose")
+
+
+def entry_problems(registry: Any, methods: dict[str, Any], group: str) -> list[tuple[str, str]]:
+    """(key, message) for each method entry of a sweep that names no registered method or
+    whose config is invalid."""
+    out = []
+    for name, raw in methods.items():
+        key = f"methods.{name}"
+        if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+            out.append((key, "entry names may use only letters, digits and _"))
+        if not isinstance(raw, dict) or "method" not in raw:
+            out.append((f"{key}.method", "is required (which registered method to run)"))
+            continue
+        if raw["method"] not in registry:
+            out.append(
+                (
+                    f"{key}.method",
+                    f"unknown {registry.family} method {raw['method']!r}; registered: "
+                    f"{', '.join(registry.names())}",
                 )
-                continue
-            try:
-                cfg = SPARSITY.get(raw["method"]).parse(raw, f"sparsify.{key}")
-            except ValueError as e:
-                out.append((key, str(e)))
-                continue
-            out += [(f"{key}.{k}", m) for k, m in cfg.problems()]
-        return out
+            )
+            continue
+        try:
+            cfg = registry.get(raw["method"]).parse(raw, f"{group}.{key}")
+        except ValueError as e:
+            out.append((key, str(e)))
+            continue
+        out += [(f"{key}.{k}", m) for k, m in cfg.problems()]
+    return out
 
 
 @dataclass
@@ -402,13 +458,14 @@ class ResourcesCfg:
     data: RuleResources = field(default_factory=RuleResources)
     train: RuleResources = field(default_factory=RuleResources)
     calibrate: RuleResources = field(default_factory=RuleResources)
+    decompose: RuleResources = field(default_factory=RuleResources)
     sparsify: RuleResources = field(default_factory=RuleResources)
     evaluate: RuleResources = field(default_factory=RuleResources)
 
     def problems(self) -> list[tuple[str, str]]:
         return [
             (f"{rule}.{k}", m)
-            for rule in ("data", "train", "calibrate", "sparsify", "evaluate")
+            for rule in ("data", "train", "calibrate", "decompose", "sparsify", "evaluate")
             for k, m in getattr(self, rule).problems()
         ]
 
@@ -420,20 +477,32 @@ class StudyConfig:
     models: dict[str, ModelCfg] = field(default_factory=dict)
     train: TrainCfg = field(default_factory=TrainCfg)
     calibrate: CalibrateCfg = field(default_factory=CalibrateCfg)
+    decompose: DecomposeCfg = field(default_factory=DecomposeCfg)
     sparsify: SparsifyCfg = field(default_factory=SparsifyCfg)
     evaluate: EvaluateCfg = field(default_factory=EvaluateCfg)
+    # more corpora every evaluate job also measures (held-out split), tokenized with the
+    # study's tokenizer (their own `tokenizer` key is ignored): calibrate on `data`,
+    # evaluate on both
+    eval_data: dict[str, DataCfg] = field(default_factory=dict)
     resources: ResourcesCfg = field(default_factory=ResourcesCfg)
 
     def problems(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
-        for group in ("study", "data", "train", "calibrate", "sparsify", "evaluate", "resources"):
+        groups = ("study", "data", "train", "calibrate", "decompose", "sparsify", "evaluate")
+        for group in (*groups, "resources"):
             out += [(f"{group}.{k}", m) for k, m in getattr(self, group).problems()]
+        for name, corpus in self.eval_data.items():
+            out += [(f"eval_data.{name}.{k}", m) for k, m in corpus.problems()]
+            if corpus.name == self.data.name:
+                out.append((f"eval_data.{name}.name", f"{corpus.name!r} is the study's corpus"))
         if not self.models:
             out.append(("models", "the study needs at least one model"))
         for name, model in self.models.items():
             if not re.fullmatch(r"[A-Za-z0-9_]+", name):
                 out.append((f"models.{name}", "model names may use only letters, digits and _"))
             out += [(f"models.{name}.{k}", m) for k, m in model.problems()]
+            if model.source == "decompose":
+                out += self._decomposed_model_problems(name, model)
             if model.source == "train":
                 if self.data.tokenizer.kind == "model":
                     out.append(
@@ -475,7 +544,38 @@ class StudyConfig:
                 )
         if not out:  # needs valid entries and models
             out += self._sparsify_model_problems()
+            out += self._decompose_model_problems()
         return out
+
+    def _decomposed_model_problems(self, name: str, model: ModelCfg) -> list[tuple[str, str]]:
+        key = f"models.{name}"
+        base = self.models.get(model.base or "")
+        if base is None or base.source == "decompose":
+            models = [m for m, c in self.models.items() if c.source != "decompose"]
+            return [(f"{key}.base", f"must name a trained or pretrained model of the study "
+                     f"({', '.join(models)}); got {model.base!r}")]  # fmt: skip
+        if model.entry not in self.decompose.methods:
+            return [(f"{key}.entry", f"unknown decompose entry {model.entry!r}; entries: "
+                     f"{', '.join(self.decompose.methods) or 'none'}")]  # fmt: skip
+        return []
+
+    def _decompose_model_problems(self) -> list[tuple[str, str]]:
+        """Decompose entries name models of the study that are not themselves decomposed."""
+        out = []
+        for name, entry in self.decompose.entries().items():
+            for model in entry.models or []:
+                m = self.models.get(model)
+                if m is None or m.source == "decompose":
+                    out.append((f"decompose.methods.{name}.models",
+                                f"{model!r} is not a trained or pretrained model of the study"))  # fmt: skip
+        return out
+
+    def family_of(self, model: str) -> str | None:
+        """A trained (or decomposed-from-trained) model's family; None for pretrained."""
+        m = self.models[model]
+        if m.source == "decompose":
+            return self.family_of(m.base) if m.base in self.models else None
+        return m.family if m.source == "train" else None
 
     def _sparsify_model_problems(self) -> list[tuple[str, str]]:
         """Entries must name models of the study; a trained model's family must have the
@@ -489,10 +589,10 @@ class StudyConfig:
                 if model not in self.models:
                     out.append((key, f"unknown model {model!r}; models: {', '.join(self.models)}"))
             for model in entry.models or list(self.models):
-                m = self.models.get(model)
-                if m is None or m.source != "train":
+                family = self.family_of(model) if model in self.models else None
+                if family is None:
                     continue
-                adapter = adapter_for(m.family or "")
+                adapter = adapter_for(family)
                 for site in entry.sites_used():
                     try:
                         adapter.check_site(site, f"sparsity method {name!r} on model {model!r}")

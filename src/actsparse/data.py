@@ -4,6 +4,10 @@ Sources:
 - `stdlib`: this Python installation's standard-library source files. Offline, needs
   nothing outside the repository and Python. Whole files are assigned to splits by a hash
   of their relative path, so held-out text never shares a file with training text.
+- `pydoc`: English prose from the same installation: the Python Language Reference topics
+  that `help()` shows (`pydoc_data.topics`, left out of `stdlib`). Offline; a corpus unlike
+  the code the tiny models learn from, for out-of-distribution evaluation. Whole topics are
+  assigned to splits by a hash of their name.
 - `local`: plain-text files (train / valid / test).
 - `hf`: a Hugging Face `datasets` dataset by name (WikiText-2, C4, or the `text` builder
   over local files, which is how the same code path is tested offline).
@@ -66,6 +70,8 @@ class Corpus:
 def load_corpus(cfg: DataCfg) -> Corpus:
     if cfg.source == "stdlib":
         corpus = _stdlib_corpus(cfg)
+    elif cfg.source == "pydoc":
+        corpus = _pydoc_corpus(cfg)
     elif cfg.source == "local":
         corpus = _local_corpus(cfg)
     elif cfg.source == "hf":
@@ -132,6 +138,16 @@ def _stdlib_corpus(cfg: DataCfg) -> Corpus:
     if not docs["train"]:
         raise FileNotFoundError(f"data: no Python source files found under {root}")
     return Corpus(docs, "stdlib", f"Python standard library at {root}")
+
+
+def _pydoc_corpus(cfg: DataCfg) -> Corpus:
+    from pydoc_data.topics import topics
+
+    docs: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for name in sorted(topics, key=lambda t: hashlib.sha256(t.encode()).hexdigest()):
+        if topics[name].strip():
+            docs[_split_of(name, cfg.holdout_fraction)].append(topics[name])
+    return Corpus(docs, "pydoc", "Python Language Reference topics (pydoc_data.topics)")
 
 
 def _carve(text: str, fraction: float) -> tuple[str, str]:

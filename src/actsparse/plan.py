@@ -18,7 +18,7 @@ from typing import Any
 from actsparse.config import StudyConfig, to_dict
 from actsparse.methods.sparsity import SPARSITY
 
-STAGES = ("data", "train", "calibrate", "sparsify", "evaluate")
+STAGES = ("data", "train", "calibrate", "decompose", "sparsify", "evaluate")
 
 
 def config_hash(obj: Any, n: int = 8) -> str:
@@ -54,15 +54,34 @@ class StudyPlan:
     def trained_models(self) -> list[str]:
         return [m for m, c in self.cfg.models.items() if c.source == "train"]
 
-    def data_variant(self, model: str) -> str:
-        """One data job per corpus, or per (corpus, model) when tokenizing with the model's own."""
+    @property
+    def base_models(self) -> list[str]:
+        """Models that are not themselves a decomposition of another (what decompose reads)."""
+        return [m for m, c in self.cfg.models.items() if c.source != "decompose"]
+
+    def root_model(self, model: str) -> str:
+        """The trained or pretrained model a (possibly decomposed) model comes from."""
+        m = self.cfg.models[model]
+        return self.root_model(m.base) if m.source == "decompose" else model
+
+    def data_variant(self, model: str, corpus: str | None = None) -> str:
+        """One data job per corpus, or per (corpus, model) when tokenizing with the model's
+        own tokenizer. `corpus`: an `eval_data` corpus instead of the study's."""
+        name = corpus or self.cfg.data.name
         if self.cfg.data.tokenizer.kind == "model":
-            return f"{self.cfg.data.name}.{model}"
-        return self.cfg.data.name
+            return f"{name}.{self.root_model(model)}"
+        return name
 
     @property
     def data_variants(self) -> list[str]:
         return sorted({self.data_variant(m) for m in self.models})
+
+    @property
+    def eval_data_variants(self) -> list[tuple[str, str]]:
+        """(corpus, variant) of every extra evaluation corpus's data job."""
+        return sorted(
+            {(c, self.data_variant(m, c)) for c in self.cfg.eval_data for m in self.models}
+        )
 
     def _job(
         self,
@@ -94,6 +113,9 @@ class StudyPlan:
 
     # ----------------------------------------------------------------- jobs
     def data(self, variant: str) -> Job:
+        name = variant.split(".", 1)[0]
+        if name in self.cfg.eval_data:
+            return self._eval_data(variant)
         data = to_dict(self.cfg.data)
         tokenizer_from = None
         if self.cfg.data.tokenizer.kind == "model":
@@ -107,6 +129,21 @@ class StudyPlan:
         # no seed: the corpus, its splits and the BPE tokenizer do not depend on one
         config = {"data": data, "tokenizer_from": tokenizer_from}
         return self._job("data", variant, config, {})
+
+    def _eval_data(self, variant: str) -> Job:
+        """An extra evaluation corpus, tokenized with the study's tokenizer: the study data
+        job's trained BPE (an input), or the model's own."""
+        name, _, model = variant.partition(".")
+        data = to_dict(self.cfg.eval_data[name])
+        data["tokenizer"] = to_dict(self.cfg.data.tokenizer)  # the study's, not its own
+        if model:
+            study_data = self.data(self.data_variant(model))
+            config = {"data": data, "tokenizer_from": study_data.spec["config"]["tokenizer_from"]}
+            return self._job("data", variant, config, {})
+        config = {"data": data, "tokenizer_from": None}
+        return self._job(
+            "data", variant, config, {"tokenizer": self.data(self.cfg.data.name).out_dir}
+        )
 
     def train(self, model: str) -> Job:
         if self.cfg.models[model].source != "train":
@@ -125,12 +162,15 @@ class StudyPlan:
         return self._job("train", model, config, inputs, model)
 
     def model_path(self, model: str) -> str:
-        """Where the model's weights load from: a train job's output, a local folder or a hub id."""
+        """Where the model's weights load from: a train or decompose job's output, a local
+        folder or a hub id."""
         m = self.cfg.models[model]
+        if m.source == "decompose":
+            return f"{self.decompose(m.base, m.entry, m.ratio).out_dir}/model"
         return f"{self.train(model).out_dir}/model" if m.source == "train" else str(m.path)
 
     def _model_load(self, model: str) -> dict[str, Any]:
-        m = self.cfg.models[model]
+        m = self.cfg.models[self.root_model(model)]
         return {"dtype": m.dtype, "revision": m.revision, "trust_remote_code": m.trust_remote_code}
 
     def calibrate(self, model: str) -> Job:
@@ -150,9 +190,15 @@ class StudyPlan:
         return self._evaluate(model, f"{model}.dense", {"method": "dense"}, {})
 
     def _evaluate(
-        self, model: str, variant: str, method: dict[str, Any], inputs: dict[str, str]
+        self,
+        model: str,
+        variant: str,
+        method: dict[str, Any],
+        inputs: dict[str, str],
+        weights: str | None = None,
     ) -> Job:
-        """An evaluate job of `model` (its own dense weights are the fidelity reference)."""
+        """An evaluate job of `model`'s weights, or of `weights` made from them (a
+        decomposition); `model`'s own weights are the fidelity reference."""
         config = {
             "evaluate": to_dict(self.cfg.evaluate),
             "load": self._model_load(model),
@@ -161,12 +207,58 @@ class StudyPlan:
         }
         path = self.model_path(model)
         inputs = {
-            "model": path,
+            "model": weights or path,
             "reference": path,
             "data": self.data(self.data_variant(model)).out_dir,
+            **{
+                f"data.{c}": self.data(self.data_variant(model, c)).out_dir
+                for c in self.cfg.eval_data
+            },
             **inputs,
         }
         return self._job("evaluate", variant, config, inputs, model)
+
+    # ----------------------------------------------------------------- low-rank sweep
+    @staticmethod
+    def ratio_tag(ratio: float) -> str:
+        """0.2 -> 'r20' (percent of parameters removed, in variant names)."""
+        return f"r{round(ratio * 100, 4):g}"
+
+    @cached_property
+    def decompose_entries(self) -> dict:
+        return self.cfg.decompose.entries()
+
+    @property
+    def decomposed_variants(self) -> list[tuple[str, str, float]]:
+        """(model, entry, ratio) of every decomposition in the sweep, in config order."""
+        out = []
+        for name, entry in self.decompose_entries.items():
+            for model in entry.models or self.base_models:
+                out += [(model, name, r) for r in self.cfg.decompose.ratios_of(entry)]
+        return out
+
+    def decompose_variant(self, model: str, entry: str, ratio: float) -> str:
+        return f"{model}.{entry}.{self.ratio_tag(ratio)}"
+
+    def decompose(self, model: str, entry: str, ratio: float) -> Job:
+        method_cfg = to_dict(self.decompose_entries[entry])
+        method_cfg.pop("ratios"), method_cfg.pop("models")  # not this job's identity
+        config = {
+            "entry": entry,
+            "method": method_cfg,
+            "ratio": ratio,
+            "load": self._model_load(model),
+            "seed": self.cfg.study.seed,
+        }
+        inputs = {"model": self.model_path(model), "calibration": self.calibrate(model).out_dir}
+        variant = self.decompose_variant(model, entry, ratio)
+        return self._job("decompose", variant, config, inputs, model)
+
+    def evaluate_decomposed(self, model: str, entry: str, ratio: float) -> Job:
+        """A decomposition, with the model it was made from as the fidelity reference."""
+        dec = self.decompose(model, entry, ratio)
+        method = {"method": entry, "level": ratio}
+        return self._evaluate(model, dec.variant, method, {}, weights=f"{dec.out_dir}/model")
 
     # ----------------------------------------------------------------- sparsity sweep
     @staticmethod
@@ -232,9 +324,17 @@ class StudyPlan:
     def jobs(self) -> list[Job]:
         out = [self.data(v) for v in self.data_variants]
         out += [self.train(m) for m in self.trained_models]
+        out += [self.data(v) for _, v in self.eval_data_variants]
         out += [self.calibrate(m) for m in self.models]
+        decomposed = {self.decompose(*v).out_dir: v for v in self.decomposed_variants}
+        for m in self.cfg.models.values():  # decomposed models outside the sweep
+            job = self.decompose(m.base, m.entry, m.ratio) if m.source == "decompose" else None
+            if job is not None and job.out_dir not in decomposed:
+                decomposed[job.out_dir] = (m.base, m.entry, m.ratio)
+        out += [self.decompose(*v) for v in decomposed.values()]
         out += [self.sparsify(*v) for v in self.sparse_variants]
         out += [self.evaluate(m) for m in self.models]
+        out += [self.evaluate_decomposed(*v) for v in self.decomposed_variants]
         out += [self.evaluate_sparse(*v) for v in self.sparse_variants]
         return out
 

@@ -121,6 +121,24 @@ ACHIEVED_SPARSITY = pa.schema(
     ]
 )
 
+# A decompose job's layers: one row per low-rank linear
+DECOMPOSITION = pa.schema(
+    [
+        ("layer", pa.int32()),
+        ("site", pa.string()),  # the activation the linear reads
+        ("linear", pa.string()),
+        ("in_features", pa.int64()),
+        ("out_features", pa.int64()),
+        ("rank", pa.int64()),
+        ("params_dense", pa.int64()),  # n m
+        ("params_lowrank", pa.int64()),  # k (n + m)
+        ("act_rel_err", pa.float64()),  # ||(W - W') X||_F / ||W X||_F on the calibration tokens
+        ("weight_rel_err", pa.float64()),  # ||W - W'||_F / ||W||_F
+        ("ridge", pa.float64()),  # ridge added to a non-positive-definite covariance (0: none)
+        ("seconds", pa.float64()),
+    ]
+)
+
 SCHEMAS = {
     "metrics": METRICS,
     "data_manifest": DATA_MANIFEST,
@@ -130,6 +148,7 @@ SCHEMAS = {
     "linears": LINEARS,
     "allocation": ALLOCATION,
     "achieved_sparsity": ACHIEVED_SPARSITY,
+    "decomposition": DECOMPOSITION,
 }
 
 

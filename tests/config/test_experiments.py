@@ -116,6 +116,51 @@ def test_real_model_preset_uses_the_checkpoint_tokenizer_per_model():
             ["sparsify.methods.cats.models=[gpt5]"],
             r"sparsify\.methods\.cats\.models: unknown model 'gpt5'",
         ),
+        (
+            ["experiment=smoke", "decompose.ratios=[0.2,1.0]"],
+            r"decompose\.ratios: compression ratios \(fraction of parameters removed\) must be in "
+            r"\(0, 1\), got 1\.0",
+        ),
+        (
+            ["experiment=smoke", "decompose.methods.svd.ratios=[0]"],
+            r"decompose\.methods\.svd\.ratios: .*got 0",
+        ),
+        (
+            ["experiment=smoke", "+decompose.methods.x.method=pca"],
+            r"decompose\.methods\.x\.method: unknown low-rank method 'pca'",
+        ),
+        (
+            ["experiment=smoke", "decompose.methods.svdllm.whitening=qr"],
+            r"decompose\.methods\.svdllm\.whitening: must be one of",
+        ),
+        (
+            ["experiment=smoke", "decompose.methods.nsvd.k1_fraction=1.5"],
+            r"decompose\.methods\.nsvd\.k1_fraction: must be in \[0, 1\]",
+        ),
+        (
+            ["experiment=smoke", "decompose.methods.asvd.targets=[mlp]"],
+            r"decompose\.methods\.asvd\.targets: must be a non-empty subset",
+        ),
+        (
+            ["experiment=smoke", "models.llama_micro_svdllm.base=gpt5"],
+            r"models\.llama_micro_svdllm\.base: must name a trained or pretrained model",
+        ),
+        (
+            ["experiment=smoke", "models.llama_micro_svdllm.entry=pca"],
+            r"models\.llama_micro_svdllm\.entry: unknown decompose entry 'pca'",
+        ),
+        (
+            ["experiment=smoke", "models.llama_micro_svdllm.ratio=1.2"],
+            r"models\.llama_micro_svdllm\.ratio: must be in \(0, 1\)",
+        ),
+        (
+            ["experiment=smoke", "decompose.methods.svd.models=[llama_micro_svdllm]"],
+            r"decompose\.methods\.svd\.models: 'llama_micro_svdllm' is not a trained",
+        ),
+        (
+            ["experiment=smoke", "eval_data.pydoc.name=stdlib"],
+            r"eval_data\.pydoc\.name: 'stdlib' is the study's corpus",
+        ),
     ],
 )
 def test_bad_config_is_refused_naming_the_key(overrides, pattern):

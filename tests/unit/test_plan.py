@@ -28,21 +28,58 @@ def test_an_evaluate_change_touches_only_evaluate_jobs():
 CALIBRATED = ("threshold", "teal", "teal_greedy", "cats")  # smoke entries reading statistics
 
 
-def test_a_calibrate_change_touches_calibrate_and_the_calibrated_methods_only():
+def test_a_calibrate_change_touches_calibrate_and_what_reads_statistics_only():
     a, b = _hashes(), _hashes("calibrate.near_zero_eps=0.01")
     changed = {k for k in a if a[k] != b[k]}
-    assert {k for k in changed if k[0] == "calibrate"} == {
-        ("calibrate", "llama_micro"),
-        ("calibrate", "opt_micro"),
-    }
-    rest = {k for k in changed if k[0] != "calibrate"}
-    assert rest == {
+    composed = {k for k in a if k[1].startswith("llama_micro_svdllm")}  # built on a decomposition
+    decomposed = {k for k in a if k[0] in ("decompose", "evaluate") and ".r30" in k[1]}
+    calibrated = {
         (stage, v)
         for stage, v in a
         if stage in ("sparsify", "evaluate") and v.split(".")[1] in CALIBRATED
     }
+    assert changed == {
+        ("calibrate", "llama_micro"), ("calibrate", "opt_micro"), *composed, *decomposed, *calibrated
+    }  # fmt: skip
+    assert len([k for k in decomposed if k[0] == "decompose"]) == 5
     assert ("sparsify", "llama_micro.topk.s50") not in changed  # top-K needs no statistics
     assert ("evaluate", "llama_micro.dense") not in changed
+
+
+def test_a_decompose_change_touches_that_entry_and_what_is_built_on_it():
+    a, b = _hashes(), _hashes("decompose.methods.svdllm.ridge_eps=1e-8")
+    changed = sorted(k for k in a if a[k] != b[k])
+    assert changed == sorted(
+        [("decompose", "llama_micro.svdllm.r30"), ("evaluate", "llama_micro.svdllm.r30")]
+        + [k for k in a if k[1].startswith("llama_micro_svdllm")]
+    )
+
+
+def test_decomposed_variants_read_calibration_and_are_judged_against_their_base():
+    plan = StudyPlan(compose_study(["experiment=smoke"]))
+    dec = plan.decompose("llama_micro", "nsvd", 0.3)
+    assert dec.spec["inputs"] == {
+        "model": plan.model_path("llama_micro"),
+        "calibration": plan.calibrate("llama_micro").out_dir,
+    }
+    assert dec.spec["config"]["method"]["k1_fraction"] == 0.95
+    ev = plan.evaluate_decomposed("llama_micro", "nsvd", 0.3)
+    assert ev.spec["inputs"]["model"] == f"{dec.out_dir}/model"
+    assert ev.spec["inputs"]["reference"] == plan.model_path("llama_micro")
+    assert ev.spec["config"]["level"] == 0.3
+    # the eval corpus is tokenized with the study data job's BPE
+    pydoc = plan.data("pydoc")
+    assert pydoc.spec["inputs"] == {"tokenizer": plan.data("stdlib").out_dir}
+    assert ev.spec["inputs"]["data.pydoc"] == pydoc.out_dir
+    # composition: the decomposed model is a model of the study
+    assert plan.model_path("llama_micro_svdllm") == (
+        f"{plan.decompose('llama_micro', 'svdllm', 0.3).out_dir}/model"
+    )
+    sp = plan.sparsify("llama_micro_svdllm", "threshold", 0.5)
+    assert sp.spec["inputs"]["calibration"] == plan.calibrate("llama_micro_svdllm").out_dir
+    assert plan.calibrate("llama_micro_svdllm").spec["inputs"]["model"] == plan.model_path(
+        "llama_micro_svdllm"
+    )
 
 
 def test_a_sparsify_change_touches_only_that_entrys_jobs():
@@ -54,6 +91,7 @@ def test_a_sparsify_change_touches_only_that_entrys_jobs():
 def test_a_train_change_touches_train_and_everything_downstream():
     assert _changed(_hashes(), _hashes("train.grad_clip=0.5")) == [
         "calibrate",
+        "decompose",
         "evaluate",
         "sparsify",
         "train",
@@ -63,6 +101,7 @@ def test_a_train_change_touches_train_and_everything_downstream():
 def test_a_seed_change_touches_every_job_but_data():
     assert _changed(_hashes(), _hashes("study.seed=1")) == [
         "calibrate",
+        "decompose",
         "evaluate",
         "sparsify",
         "train",
@@ -73,6 +112,7 @@ def test_a_data_change_touches_every_job():
     assert _changed(_hashes(), _hashes("data.tokenizer.vocab_size=300")) == [
         "calibrate",
         "data",
+        "decompose",
         "evaluate",
         "sparsify",
         "train",
@@ -89,8 +129,12 @@ def test_loading_options_do_not_retrain():
     a, b = _hashes(), _hashes("models.llama_micro.dtype=bfloat16")
     changed = sorted(k for k in a if a[k] != b[k])
     assert ("train", "llama_micro") not in changed
+    # its decompositions and the model built on one load with the same dtype
     assert changed == sorted(
-        k for k in a if k[1].split(".")[0] == "llama_micro" and k[0] not in ("data", "train")
+        k
+        for k in a
+        if k[1].split(".")[0] in ("llama_micro", "llama_micro_svdllm")
+        and k[0] not in ("data", "train")
     )
 
 

@@ -1,6 +1,8 @@
 # Corpus -> tokenizer -> token shards + manifest (actsparse.stages.data).
 
 rule data:
+    input:
+        inputs_of("data"),  # an extra evaluation corpus reads the study's tokenizer
     output:
         directory(f"{ROOT}/data/{{variant}}-{{hash}}"),
     params:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -39,3 +39,17 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def parse_entry(schema: type, raw: dict[str, Any], where: str) -> Any:
+    """A method entry's typed config (the method's dataclass merged with `raw`);
+    ValueError naming `where.<key>` on an unknown key, a wrong type or a missing value."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), raw))
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "") or ""
+        msg = str(getattr(e, "msg", e)).splitlines()[0]
+        raise ValueError(f"{where}.{key}: {msg}") from None

@@ -158,9 +158,19 @@ def adapter_for(model_type: str) -> FamilyAdapter:
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:
-    """(in_features, out_features) of nn.Linear or transformers' Conv1D (wrapped or not)."""
+    """(in_features, out_features) of nn.Linear, a LowRankLinear or transformers' Conv1D
+    (wrapped by a sparsity wrapper or not)."""
     module = getattr(module, "inner", module)  # a sparsity wrapper: the linear inside
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return int(module.in_features), int(module.out_features)
     weight = module.weight  # Conv1D stores (in, out)
     return int(weight.shape[0]), int(weight.shape[1])
+
+
+def linear_params(module: nn.Module) -> int:
+    """Weights a linear holds (and reads per token): `n m`, or `k (n + m)` when low-rank."""
+    module = getattr(module, "inner", module)
+    if hasattr(module, "n_params"):
+        return int(module.n_params())
+    n_in, n_out = linear_shape(module)
+    return n_in * n_out

@@ -10,6 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from actsparse.config import local_model_path_problem
 from actsparse.models.adapters import FamilyAdapter, adapter_for
+from actsparse.models.lowrank import is_lowrank, load_lowrank
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -61,14 +62,17 @@ def load_model(
     )
     adapter = adapter_for(config.model_type)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            path,
-            revision=revision,
-            trust_remote_code=trust_remote_code,
-            local_files_only=local,
-            dtype=DTYPES[dtype],
-            use_safetensors=True if local else None,
-        )
+        if local and is_lowrank(path):  # a decompose job's output: factors swapped in
+            model = load_lowrank(path, DTYPES[dtype])
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                path,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+                local_files_only=local,
+                dtype=DTYPES[dtype],
+                use_safetensors=True if local else None,
+            )
     except Exception as e:  # noqa: BLE001 - say which checkpoint, whatever the library raised
         if not local:
             raise

@@ -131,7 +131,11 @@ def write_shards(
 def run(cfg: DataJob, inputs: dict[str, str], out: Path) -> StageResult:
     corpus: Corpus = load_corpus(cfg.data)
     log.info("corpus %s: %s", corpus.description, {s: corpus.n_chars(s) for s in SPLITS})
-    if cfg.data.tokenizer.kind == "bpe":
+    if "tokenizer" in inputs:  # an extra evaluation corpus: the study's own tokenizer
+        from transformers import PreTrainedTokenizerFast
+
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(Path(inputs["tokenizer"]) / "tokenizer")
+    elif cfg.data.tokenizer.kind == "bpe":
         tokenizer = train_bpe(
             corpus.docs["train"], cfg.data.tokenizer.vocab_size, cfg.data.tokenizer.min_frequency
         )
@@ -144,7 +148,9 @@ def run(cfg: DataJob, inputs: dict[str, str], out: Path) -> StageResult:
 
     rows, metrics = [], []
     for split in SPLITS:
-        ids = encode_split(tokenizer, corpus.docs[split], separate_docs=corpus.source == "stdlib")
+        ids = encode_split(
+            tokenizer, corpus.docs[split], separate_docs=corpus.source in ("stdlib", "pydoc")
+        )
         if len(ids) < 2:
             raise ValueError(f"data: the {split} split has {len(ids)} tokens; need at least 2")
         sha = corpus.sha256(split)

@@ -203,35 +203,41 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
         reference = model  # the dense baseline is its own reference
     else:
         reference, _ = load_model_as(inputs["reference"], cfg.load, device=dev)
-    data = TokenData(inputs["data"])
     seq_len = e.seq_len or int(model.config.max_position_embeddings)
-    wins = windows(data.tokens(e.split), seq_len, e.max_tokens)
     vocab = int(model.config.vocab_size)
-    unigram = unigram_logprobs(data.tokens("train"), vocab)
-    r = evaluate_lm(model, wins, e.batch_size, unigram, reference, e.fidelity_tokens, dev)
-    log.info(
-        "perplexity %.3f (unigram %.3f) over %d tokens",
-        r.perplexity,
-        math.exp(r.unigram_nll),
-        r.n_predicted,
-    )
-
-    corpus, m, level = data.corpus, cfg.method, cfg.level
-    kw = dict(corpus=corpus, split=e.split)
+    m, level = cfg.method, cfg.level
     mk = dict(method=m, level=level)
-    metrics = [
-        Metric("perplexity", r.perplexity, **mk, **kw),
-        Metric("nll", r.nll, **mk, **kw),
-        Metric("perplexity", math.exp(r.unigram_nll), method="unigram", **kw),
-        Metric("nll", r.unigram_nll, method="unigram", **kw),
-        Metric("eval_tokens", r.n_predicted, **mk, **kw),
-        Metric("seq_len", seq_len, **mk, **kw),
-        Metric("tokens_per_s", r.tokens_per_s, **mk, **kw),
-        Metric("hidden_rel_err", r.hidden_rel_err, **mk, **kw),
-        Metric("hidden_cosine", r.hidden_cosine, **mk, **kw),
-        Metric("kl_div", r.kl, **mk, **kw),
-        Metric("n_params", sum(p.numel() for p in model.parameters()), **mk),
-    ]
+
+    def measure(data: TokenData, max_tokens: int | None) -> list[Metric]:
+        """Perplexity, the unigram baseline and fidelity on one corpus's held-out split."""
+        wins = windows(data.tokens(e.split), seq_len, max_tokens)
+        unigram = unigram_logprobs(data.tokens("train"), vocab)
+        r = evaluate_lm(model, wins, e.batch_size, unigram, reference, e.fidelity_tokens, dev)
+        log.info(
+            "%s: perplexity %.3f (unigram %.3f) over %d tokens",
+            data.corpus,
+            r.perplexity,
+            math.exp(r.unigram_nll),
+            r.n_predicted,
+        )
+        kw = dict(corpus=data.corpus, split=e.split)
+        return [
+            Metric("perplexity", r.perplexity, **mk, **kw),
+            Metric("nll", r.nll, **mk, **kw),
+            Metric("perplexity", math.exp(r.unigram_nll), method="unigram", **kw),
+            Metric("nll", r.unigram_nll, method="unigram", **kw),
+            Metric("eval_tokens", r.n_predicted, **mk, **kw),
+            Metric("seq_len", seq_len, **mk, **kw),
+            Metric("tokens_per_s", r.tokens_per_s, **mk, **kw),
+            Metric("hidden_rel_err", r.hidden_rel_err, **mk, **kw),
+            Metric("hidden_cosine", r.hidden_cosine, **mk, **kw),
+            Metric("kl_div", r.kl, **mk, **kw),
+        ]
+
+    data = TokenData(inputs["data"])
+    kw = dict(corpus=data.corpus, split=e.split)
+    metrics = measure(data, e.max_tokens)
+    metrics.append(Metric("n_params", sum(p.numel() for p in model.parameters()), **mk))
     artifacts = []
     achieved = None
     if handle is not None:
@@ -251,6 +257,9 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
     metrics.append(
         Metric("flops_ratio", cost["flops_per_token"] / cost["dense_flops_per_token"], **mk)
     )
+    # extra corpora (eval_data) after the zeros above were counted on the study's own
+    for key in sorted(k for k in inputs if k.startswith("data.")):
+        metrics += measure(TokenData(inputs[key]), e.eval_data_max_tokens or e.max_tokens)
     return StageResult(metrics, artifacts)
 
 

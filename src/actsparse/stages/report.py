@@ -41,9 +41,25 @@ def _html(frame: pd.DataFrame) -> str:
     return frame.to_html(index=False, float_format=lambda v: f"{v:.4g}", na_rep="", border=0)
 
 
+def main_corpus(summary: pd.DataFrame) -> str:
+    """The study's own corpus: the one its models were calibrated on."""
+    cal = summary[(summary.stage == "calibrate") & (summary.corpus.fillna("") != "")]
+    return str(cal.corpus.iloc[0]) if not cal.empty else ""
+
+
+def on_corpus(summary: pd.DataFrame, corpus: str | None = None) -> pd.DataFrame:
+    """Evaluate rows measured on `corpus` (default: the study's own) plus the rows that
+    belong to no corpus (costs, parameter counts)."""
+    corpus = corpus if corpus is not None else main_corpus(summary)
+    ev = summary[summary.stage == "evaluate"]
+    c = ev.corpus.fillna("")
+    return ev[(c == corpus) | (c == "")] if corpus else ev
+
+
 def evaluate_wide(summary: pd.DataFrame) -> pd.DataFrame:
-    """Evaluate rows as one row per (model, method, level); level '' for dense and unigram."""
-    ev = summary[summary.stage == "evaluate"].copy()
+    """Evaluate rows (the study's corpus) as one row per (model, method, level); level ''
+    for dense and unigram."""
+    ev = on_corpus(summary).copy()
     ev["level"] = ev["level"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
     wide = ev.pivot_table(
         index=["model", "method", "level"], columns="metric", values="value", aggfunc="first"
@@ -116,7 +132,8 @@ def sparsity_sweep(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per sparsified variant: level, perplexity increase over the dense model on the
     same tokens, measured effective sparsity, FLOPs ratio, fidelity, and the worst error of
     achieved against target sparsity (over sites and layers, in points)."""
-    ev = summary[(summary.stage == "evaluate") & (summary.method != "unigram")]
+    ev = on_corpus(summary)
+    ev = ev[(ev.method != "unigram") & ~ev.variant.isin(decomposed_variants(summary))]
     wide = ev.pivot_table(
         index=["model", "method", "variant"], columns="metric", values="value", aggfunc="first"
     ).reset_index()
@@ -191,6 +208,67 @@ def plot_sparsity_sweep(sweep: pd.DataFrame, out: Path) -> str | None:
     return _save(fig, out / "sparsity_vs_perplexity.png")
 
 
+def decomposed_variants(summary: pd.DataFrame) -> set[str]:
+    return set(summary[summary.stage == "decompose"].variant)
+
+
+def lowrank_sweep(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (decomposition, corpus): ratio removed, fraction kept, perplexity and its
+    increase over the model it came from on the same corpus and tokens, fidelity, and the
+    decompose job's parameter count and errors."""
+    dec = summary[summary.stage == "decompose"]
+    if dec.empty:
+        return pd.DataFrame()
+    d = dec.pivot_table(index="variant", columns="metric", values="value", aggfunc="first")
+    ev = summary[(summary.stage == "evaluate") & (summary.corpus.fillna("") != "")]
+    ev = ev[ev.method != "unigram"]
+    wide = ev.pivot_table(
+        index=["model", "method", "variant", "corpus"], columns="metric", values="value",
+        aggfunc="first",
+    ).reset_index()  # fmt: skip
+    dense = wide[wide.method == "dense"].set_index(["model", "corpus"]).perplexity
+    sw = wide[wide.variant.isin(d.index)].copy()
+    if sw.empty:
+        return pd.DataFrame()
+    sw["ratio_removed"] = sw.variant.map(d.ratio_removed)
+    sw["fraction_kept"] = sw.variant.map(d.fraction_kept)
+    base = [dense.get((m, c), math.nan) for m, c in zip(sw.model, sw.corpus, strict=True)]
+    sw["ppl_increase_%"] = 100 * (sw.perplexity / pd.Series(base, index=sw.index) - 1)
+    for col in ("n_params", "params_err_pct", "act_rel_err_mean", "decompose_s"):
+        sw[col] = sw.variant.map(d[col]) if col in d else math.nan
+    cols = [
+        "model", "method", "corpus", "ratio_removed", "fraction_kept", "perplexity",
+        "ppl_increase_%", "kl_div", "hidden_cosine", "n_params", "params_err_pct",
+        "act_rel_err_mean", "decompose_s",
+    ]  # fmt: skip
+    return (
+        sw[cols].sort_values(["model", "corpus", "method", "ratio_removed"]).reset_index(drop=True)
+    )
+
+
+def plot_lowrank_sweep(sweep: pd.DataFrame, out: Path) -> str | None:
+    """Perplexity against the ratio removed, one line per method, one panel per (model,
+    corpus): calibrated on the study's corpus, evaluated on each."""
+    if sweep.empty:
+        return None
+    panels = sorted(set(zip(sweep.model, sweep.corpus, strict=True)))
+    color = {m: f"C{i}" for i, m in enumerate(sorted(sweep.method.unique()))}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (model, corpus) in zip(axes[0], panels, strict=True):
+        g = sweep[(sweep.model == model) & (sweep.corpus == corpus)]
+        for method, m in g.groupby("method", sort=True):
+            m = m.sort_values("ratio_removed")
+            ax.plot(m.ratio_removed, m.perplexity, "o-", label=method, color=color[method])
+        ax.set_yscale("log")
+        ax.set(xlabel="fraction of parameters removed (R)", ylabel="perplexity (log)",
+               title=f"{model} on {corpus}")  # fmt: skip
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        "Low-rank decomposition: perplexity vs compression (calibrated on the study corpus)"
+    )
+    return _save(fig, out / "lowrank_vs_perplexity.png")
+
+
 def plot_natural_sparsity(calibrate_dirs: list[Path], out: Path) -> str | None:
     if not calibrate_dirs:
         return None
@@ -229,11 +307,13 @@ def build(root: Path, out: Path) -> Path:
         if p.is_dir() and not p.name.endswith(".partial")
     )
     sweep = sparsity_sweep(summary)
+    lowrank = lowrank_sweep(summary)
     figures = [
         ("Training", plot_loss_curves(train_dirs, staging)),
         ("Perplexity", plot_perplexity(board[board.method.isin(["dense", "unigram"])], staging)),
         ("Natural activation sparsity", plot_natural_sparsity(cal_dirs, staging)),
         ("Sparsity vs perplexity", plot_sparsity_sweep(sweep, staging)),
+        ("Low-rank decomposition vs perplexity", plot_lowrank_sweep(lowrank, staging)),
     ]
     board.to_csv(staging / "leaderboard.csv", index=False)
     table = _html(board)
@@ -247,6 +327,13 @@ def build(root: Path, out: Path) -> Path:
             + _html(frontier)
             + "\n<h2>Sparsity sweep (worst_err_pts: achieved minus target, worst site and "
             "layer, on the evaluation tokens)</h2>\n" + _html(sweep)
+        )
+    if not lowrank.empty:
+        lowrank.to_csv(staging / "lowrank_sweep.csv", index=False)
+        tables += (
+            "\n<h2>Low-rank sweep (ratio_removed: fraction of the target linears' parameters "
+            "removed; perplexity on each corpus against the undecomposed model)</h2>\n"
+            + _html(lowrank)
         )
     sections = "\n".join(
         f'<h2>{html.escape(title)}</h2>\n<img src="{name}" alt="{html.escape(title)}">'

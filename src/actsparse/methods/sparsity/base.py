@@ -9,10 +9,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 
 from actsparse.activation_stats import histogram_quantile
+from actsparse.methods.registry import parse_entry
 from actsparse.methods.sparsity.mechanism import SparsityPlan
 from actsparse.models.adapters import LINEAR_SITES, SITES, FamilyAdapter, linear_shape
 from actsparse.tables import CHANNEL_STATS, HISTOGRAMS, LINEARS, read_table
@@ -131,13 +131,7 @@ class SparsityMethod(ABC):
     @classmethod
     def parse(cls, raw: dict[str, Any], where: str) -> SparsityMethodCfg:
         """The typed config of one entry; ValueError naming `where.<key>` on a bad one."""
-        try:
-            cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Config), raw))
-        except OmegaConfBaseException as e:
-            key = getattr(e, "full_key", "") or ""
-            msg = str(getattr(e, "msg", e)).splitlines()[0]
-            raise ValueError(f"{where}.{key}: {msg}") from None
-        return cfg  # type: ignore[return-value]
+        return parse_entry(cls.Config, raw, where)  # type: ignore[no-any-return]
 
     def plan(self, cfg: Any, level: float, ctx: BuildContext, entry: str = "") -> SparsityPlan:
         """Check the level and the model's sites, then `build`; errors name the method."""

@@ -24,7 +24,7 @@ from torch import nn
 
 from actsparse.io import write_text
 from actsparse.methods.sparsity import ops
-from actsparse.models.adapters import LINEAR_SITES, FamilyAdapter, linear_shape
+from actsparse.models.adapters import LINEAR_SITES, FamilyAdapter, linear_params, linear_shape
 from actsparse.tables import ACHIEVED_SPARSITY, ALLOCATION, read_table, write_table
 
 RULES = ("threshold", "topk", "stat_topk", "head_topk")
@@ -360,7 +360,16 @@ def linear_inventory(model: nn.Module, adapter: FamilyAdapter) -> pd.DataFrame:
         for site in LINEAR_SITES:
             for name, module in adapter.site_linears(model, layer)[site]:
                 n_in, n_out = linear_shape(module)  # unwraps a sparsity wrapper
-                rows.append(dict(layer=layer, site=site, module=name, n_in=n_in, n_out=n_out))
+                rows.append(
+                    dict(
+                        layer=layer,
+                        site=site,
+                        module=name,
+                        n_in=n_in,
+                        n_out=n_out,
+                        params=linear_params(module),
+                    )
+                )
     return pd.DataFrame(rows)
 
 
@@ -377,7 +386,7 @@ def cost_per_token(
     A linear with input sparsity `s_in` (the zero fraction fed to it, or that of the module
     named in `input_skips` when it is not wrapped itself) and output-row
     sparsity `s_out` (rows a method knows in advance it can skip) costs
-    `2 n_in n_out (1 - s_in)(1 - s_out)` FLOPs and reads that fraction of its weights.
+    `2 P (1 - s_in)(1 - s_out)` FLOPs (`P = n_in n_out`, or `k (n_in + n_out)` low-rank) and reads that fraction of its weights.
     Attention scores (QK^T, AV) depend on the context length and are not counted.
     """
     inv = linear_inventory(model, adapter)
@@ -387,7 +396,7 @@ def cost_per_token(
     skips, in_skips = output_skips or {}, input_skips or {}
     s_in = inv.module.map(lambda m: zero.get(m, zero.get(in_skips.get(m, ""), 0.0)))
     s_out = inv.module.map(lambda m: zero.get(skips[m], 0.0) if m in skips else 0.0)
-    dense_params = (inv.n_in * inv.n_out).astype(float)
+    dense_params = inv.params.astype(float)  # k (n + m) for a low-rank linear
     active = dense_params * (1 - s_in) * (1 - s_out)
     head = model.get_output_embeddings()
     head_params = float(head.weight.numel()) if head is not None else 0.0

@@ -1,0 +1,13 @@
+"""Low-rank decomposition methods: one file each, registered in `LOWRANK`.
+
+Each method turns a layer's weight `W (m, n)` and the calibration statistics of its input
+into rank-k factors `A (m, k)`, `B (k, n)`; the decompose stage swaps the linear for a
+`LowRankLinear` holding them and saves a model the one loader reloads.
+"""
+
+from actsparse.methods.registry import Registry
+
+LOWRANK: Registry = Registry("low-rank")
+
+# importing the method files registers them
+from actsparse.methods.lowrank import asvd, nsvd, svd, svdllm  # noqa: E402, F401

@@ -1,0 +1,79 @@
+"""What every low-rank method is: a config dataclass and `factorize(W, stats, k) -> (A, B)`."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from omegaconf import MISSING
+
+from actsparse.methods.registry import parse_entry
+
+# which block linears a decomposition touches, by the site they read
+TARGETS = {
+    "attention": ("attn_in", "o_proj_in"),  # q, k, v and o
+    "ffn": ("ffn_in", "ffn_intermediate"),  # gate, up (fc1) and down (fc2)
+}
+
+
+@dataclass
+class LowRankMethodCfg:
+    """Keys every method's config has (`conf/decompose/<method>.yaml`)."""
+
+    method: str = MISSING  # the registered method this entry runs
+    targets: list[str] = field(default_factory=lambda: ["attention", "ffn"])
+    ratios: list[float] | None = None  # null: the study's decompose.ratios
+    models: list[str] | None = None  # null: every model of the study
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = ratio_problems(self.ratios or [])
+        bad = [t for t in self.targets if t not in TARGETS]
+        if bad or not self.targets:
+            out.append(
+                ("targets", f"must be a non-empty subset of {list(TARGETS)}, got {self.targets}")
+            )
+        return out
+
+    def sites(self) -> list[str]:
+        return [s for t in self.targets for s in TARGETS.get(t, ())]
+
+
+def ratio_problems(ratios: list[float]) -> list[tuple[str, str]]:
+    """(key, message) for each compression ratio outside (0, 1)."""
+    return [
+        (
+            "ratios",
+            f"compression ratios (fraction of parameters removed) must be in (0, 1), got {r}",
+        )
+        for r in ratios
+        if not 0.0 < r < 1.0
+    ]
+
+
+@dataclass
+class LayerStats:
+    """Calibration statistics of one linear's input, in float64."""
+
+    gram: torch.Tensor  # (n, n): X^T X / T, the input's second moment
+    mean_abs: torch.Tensor  # (n,): mean_t |X_jt|
+    n_tokens: int
+
+
+class LowRankMethod(ABC):
+    """A registered method. Subclasses set `Config` and implement `factorize`."""
+
+    Config: ClassVar[type[LowRankMethodCfg]] = LowRankMethodCfg
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any], where: str) -> LowRankMethodCfg:
+        return parse_entry(cls.Config, raw, where)  # type: ignore[return-value]
+
+    @abstractmethod
+    def factorize(
+        self, cfg: Any, W: torch.Tensor, stats: LayerStats, k: int, where: str, cache: dict
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Rank-k factors `(A (m, k), B (k, n))` of the float64 weight `W (m, n)`, and
+        per-layer diagnostics. `cache` is shared by the linears reading the same input
+        (q, k and v): a whitening factor is computed once per site."""

@@ -1,0 +1,14 @@
+"""Plain truncated SVD: `W' = [W]_k`, blind to the activations (the baseline that collapses)."""
+
+from __future__ import annotations
+
+from actsparse.methods.lowrank import LOWRANK
+from actsparse.methods.lowrank.base import LowRankMethod
+from actsparse.methods.lowrank.linalg import truncated
+
+
+@LOWRANK.register("svd")
+class PlainSVD(LowRankMethod):
+    def factorize(self, cfg, W, stats, k, where, cache):
+        A, B = truncated(W, k, where)
+        return A, B, {}
