@@ -104,10 +104,13 @@ def cmd_sparsity(args: argparse.Namespace) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print("Largest evaluated level within a perplexity budget (NaN: none):")
         print(sparsity_frontier(sweep).round(4).to_string(index=False))
-        print("\nEvery variant (worst_err_pts: |achieved - max(target, natural)|, worst layer):")
+        print(
+            "\nEvery variant (err_pts: |achieved - max(target, natural)| over every wrapped "
+            "module, in points; worst_err_pts: in the worst site and layer):"
+        )
         cols = [
             "model", "method", "level", "perplexity", "ppl_increase_%", "effective_sparsity",
-            "flops_ratio", "kl_div", "worst_err_pts", "worst_site", "worst_layer",
+            "flops_ratio", "kl_div", "err_pts", "worst_err_pts", "worst_site", "worst_layer",
         ]  # fmt: skip
         print(sweep[[c for c in cols if c in sweep]].round(4).to_string(index=False))
         gauss = summary[summary.metric == "gaussian_kept_error"]
@@ -118,6 +121,29 @@ def cmd_sparsity(args: argparse.Namespace) -> None:
                 .round(4)
                 .to_string(index=False)
             )
+
+
+def cmd_lowrank(args: argparse.Namespace) -> None:
+    """The low-rank sweep of a finished study: per decomposition and corpus, the ratio
+    removed, perplexity and its increase over the undecomposed model, fidelity, parameters."""
+    import pandas as pd
+
+    from actsparse.plan import StudyPlan
+    from actsparse.stages.report import lowrank_sweep
+    from actsparse.tables import METRICS, read_table
+
+    plan = StudyPlan(compose_study(_overrides(args)))
+    sweep = lowrank_sweep(read_table(plan.summary_path, METRICS))
+    if sweep.empty:
+        raise SystemExit(f"actsparse: {plan.summary_path} has no decomposed variants")
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(
+            "Low-rank decompositions (ratio_removed: fraction of the target linears' parameters "
+            "removed; perplexity on each corpus; ppl_increase_% over the undecomposed model):"
+        )
+        for corpus, g in sweep.groupby("corpus", sort=False):
+            print(f"\n{corpus}:")
+            print(g.drop(columns="corpus").round(4).to_string(index=False))
 
 
 def cmd_relog(args: argparse.Namespace) -> None:
@@ -177,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         ("plan", cmd_plan, "list the study's jobs, their config hashes and output folders"),
         ("show", cmd_show, "print the evaluation results of a finished study"),
         ("sparsity", cmd_sparsity, "print a study's sparsity sweep and frontier"),
+        ("lowrank", cmd_lowrank, "print a study's low-rank sweep on every corpus"),
         ("relog", cmd_relog, "record a study's finished jobs in MLflow from their files"),
     ):
         p = sub.add_parser(name, help=help_)

@@ -310,6 +310,17 @@ class StudyPlan:
         method = {"method": entry, "level": level}
         return self._evaluate(model, sparsify.variant, method, {"sparsity": sparsify.out_dir})
 
+    @property
+    def calibrated_models(self) -> list[str]:
+        """Every trained or pretrained model (its statistics are a result of the study), and
+        a decomposed model when a calibrated sparsity method runs on it."""
+        needed = {
+            m
+            for m, entry, _ in self.sparse_variants
+            if SPARSITY.get(self.cfg.sparsify.methods[entry]["method"]).needs_calibration
+        }
+        return [m for m in self.models if m in self.base_models or m in needed]
+
     # ----------------------------------------------------------------- all jobs
     def job(self, stage: str, variant: str) -> Job:
         try:
@@ -325,7 +336,7 @@ class StudyPlan:
         out = [self.data(v) for v in self.data_variants]
         out += [self.train(m) for m in self.trained_models]
         out += [self.data(v) for _, v in self.eval_data_variants]
-        out += [self.calibrate(m) for m in self.models]
+        out += [self.calibrate(m) for m in self.calibrated_models]
         decomposed = {self.decompose(*v).out_dir: v for v in self.decomposed_variants}
         for m in self.cfg.models.values():  # decomposed models outside the sweep
             job = self.decompose(m.base, m.entry, m.ratio) if m.source == "decompose" else None

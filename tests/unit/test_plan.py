@@ -41,7 +41,7 @@ def test_a_calibrate_change_touches_calibrate_and_what_reads_statistics_only():
     assert changed == {
         ("calibrate", "llama_micro"), ("calibrate", "opt_micro"), *composed, *decomposed, *calibrated
     }  # fmt: skip
-    assert len([k for k in decomposed if k[0] == "decompose"]) == 5
+    assert len([k for k in decomposed if k[0] == "decompose"]) == 4
     assert ("sparsify", "llama_micro.topk.s50") not in changed  # top-K needs no statistics
     assert ("evaluate", "llama_micro.dense") not in changed
 
@@ -75,7 +75,15 @@ def test_decomposed_variants_read_calibration_and_are_judged_against_their_base(
     assert plan.model_path("llama_micro_svdllm") == (
         f"{plan.decompose('llama_micro', 'svdllm', 0.3).out_dir}/model"
     )
-    sp = plan.sparsify("llama_micro_svdllm", "threshold", 0.5)
+    sp = plan.sparsify("llama_micro_svdllm", "topk", 0.5)
+    assert sp.spec["inputs"] == {"model": plan.model_path("llama_micro_svdllm")}
+    # a decomposed model is calibrated only when a calibrated method runs on it
+    assert plan.calibrated_models == ["llama_micro", "opt_micro"]
+    plan = StudyPlan(
+        compose_study(["experiment=smoke", "sparsify.methods.teal.models=[llama_micro_svdllm]"])
+    )
+    assert plan.calibrated_models == ["llama_micro", "opt_micro", "llama_micro_svdllm"]
+    sp = plan.sparsify("llama_micro_svdllm", "teal", 0.5)
     assert sp.spec["inputs"]["calibration"] == plan.calibrate("llama_micro_svdllm").out_dir
     assert plan.calibrate("llama_micro_svdllm").spec["inputs"]["model"] == plan.model_path(
         "llama_micro_svdllm"

@@ -171,10 +171,17 @@ class DenseView:
 
 
 def sparsity_metrics(achieved: pd.DataFrame, **kw) -> list[Metric]:
-    """Achieved sparsity per site, and its worst error (over modules, so layers) against
-    what the rule can reach: its target, or the activation's own zeros where those are
-    more (a ReLU FFN already sparser than the target)."""
-    out = []
+    """Achieved sparsity overall and per site, its error overall (`sparsity_err`), and its
+    worst error (over modules, so layers) per site, against what the rule can reach: its
+    target, or the activation's own zeros where those are more (a ReLU FFN already sparser
+    than the target)."""
+    reach = achieved[["target", "natural"]].max(axis=1)
+    share = achieved.total / achieved.total.sum()
+    overall = achieved.zeros.sum() / achieved.total.sum()
+    out = [  # the method as a whole: every wrapped module, weighted by its entries
+        Metric("sparsity.all", overall, **kw),
+        Metric("sparsity_err", abs(overall - float((reach * share).sum())), **kw),
+    ]
     for site, g in achieved.groupby("site", sort=True):
         reachable = g[["target", "natural"]].max(axis=1)
         err = (g.achieved - reachable).abs()

@@ -130,8 +130,9 @@ def plot_perplexity(board: pd.DataFrame, out: Path) -> str | None:
 
 def sparsity_sweep(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per sparsified variant: level, perplexity increase over the dense model on the
-    same tokens, measured effective sparsity, FLOPs ratio, fidelity, and the worst error of
-    achieved against target sparsity (over sites and layers, in points)."""
+    same tokens, measured effective sparsity, FLOPs ratio, fidelity, and the error of
+    achieved against target sparsity in points: over every wrapped module (`err_pts`) and
+    in the worst site and layer (`worst_err_pts`)."""
     ev = on_corpus(summary)
     ev = ev[(ev.method != "unigram") & ~ev.variant.isin(decomposed_variants(summary))]
     wide = ev.pivot_table(
@@ -145,6 +146,7 @@ def sparsity_sweep(summary: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     sw.insert(2, "level", sw.variant.map(levels))
     sw["ppl_increase_%"] = 100 * (sw.perplexity / sw.model.map(dense) - 1)
+    sw["err_pts"] = 100 * sw["sparsity_err"] if "sparsity_err" in sw else math.nan
     err_cols = [c for c in sw if c.startswith("sparsity_err_max.")]
     sw["worst_err_pts"] = 100 * sw[err_cols].max(axis=1)
     sw["worst_site"] = sw[err_cols].idxmax(axis=1).str.removeprefix("sparsity_err_max.")
@@ -154,7 +156,8 @@ def sparsity_sweep(summary: pd.DataFrame) -> pd.DataFrame:
     ]
     cols = [
         "model", "method", "level", "perplexity", "ppl_increase_%", "effective_sparsity",
-        "flops_ratio", "kl_div", "hidden_cosine", "worst_err_pts", "worst_site", "worst_layer",
+        "flops_ratio", "kl_div", "hidden_cosine", "err_pts", "worst_err_pts", "worst_site",
+        "worst_layer",
     ]  # fmt: skip
     return (
         sw[[c for c in cols if c in sw]]
@@ -325,8 +328,9 @@ def build(root: Path, out: Path) -> Path:
         tables = (
             "<h2>Sparsity: the largest level within a perplexity budget</h2>\n"
             + _html(frontier)
-            + "\n<h2>Sparsity sweep (worst_err_pts: achieved minus target, worst site and "
-            "layer, on the evaluation tokens)</h2>\n" + _html(sweep)
+            + "\n<h2>Sparsity sweep (err_pts: |achieved - target| over every wrapped module; "
+            "worst_err_pts: in the worst site and layer; on the evaluation tokens)</h2>\n"
+            + _html(sweep)
         )
     if not lowrank.empty:
         lowrank.to_csv(staging / "lowrank_sweep.csv", index=False)
