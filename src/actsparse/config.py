@@ -493,8 +493,17 @@ class StudyConfig:
             out += [(f"{group}.{k}", m) for k, m in getattr(self, group).problems()]
         for name, corpus in self.eval_data.items():
             out += [(f"eval_data.{name}.{k}", m) for k, m in corpus.problems()]
-            if corpus.name == self.data.name:
+            if name == self.data.name or corpus.name == self.data.name:
                 out.append((f"eval_data.{name}.name", f"{corpus.name!r} is the study's corpus"))
+            elif corpus.name != name:  # the key names the data job, the name the table rows
+                out.append(
+                    (f"eval_data.{name}.name", f"must equal its key {name!r}, got {corpus.name!r}")
+                )
+        both = set(self.decompose.methods) & set(self.sparsify.methods)
+        if both:  # entries name the variants and the `method` column of the study table
+            out.append(
+                ("decompose.methods", f"entry names also used by sparsify.methods: {sorted(both)}")
+            )
         if not self.models:
             out.append(("models", "the study needs at least one model"))
         for name, model in self.models.items():
@@ -524,16 +533,16 @@ class StudyConfig:
                                 f"{seq_len} exceeds models.{name}.arch.max_position_embeddings={limit}",
                             )
                         )
-                    elif (
-                        key == "evaluate.seq_len"
-                        and (self.evaluate.max_tokens or seq_len) < seq_len
-                    ):
-                        out.append(
-                            (
-                                "evaluate.max_tokens",
-                                f"{self.evaluate.max_tokens} does not fill one window of {seq_len} tokens ({name})",
-                            )
-                        )
+                    elif key == "evaluate.seq_len":
+                        for k in ("max_tokens", "eval_data_max_tokens"):
+                            v = getattr(self.evaluate, k)
+                            if (v or seq_len) < seq_len:
+                                out.append(
+                                    (
+                                        f"evaluate.{k}",
+                                        f"{v} does not fill one window of {seq_len} tokens ({name})",
+                                    )
+                                )
             elif model.source == "pretrained" and self.evaluate.seq_len is None:
                 out.append(
                     (

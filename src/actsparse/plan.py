@@ -186,8 +186,13 @@ class StudyPlan:
         return self._job("calibrate", model, config, inputs, model)
 
     def evaluate(self, model: str) -> Job:
-        """The dense baseline: the model evaluated against itself as the fidelity reference."""
-        return self._evaluate(model, f"{model}.dense", {"method": "dense"}, {})
+        """The dense baseline: the model evaluated against itself as the fidelity reference;
+        a decomposed model against the model it was made from (so that composed variants,
+        measured against it, add up to an error against the original)."""
+        inputs = {}
+        if self.cfg.models[model].source == "decompose":
+            inputs["reference"] = self.model_path(self.root_model(model))
+        return self._evaluate(model, f"{model}.dense", {"method": "dense"}, inputs)
 
     def _evaluate(
         self,

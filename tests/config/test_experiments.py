@@ -161,6 +161,18 @@ def test_real_model_preset_uses_the_checkpoint_tokenizer_per_model():
             ["experiment=smoke", "eval_data.pydoc.name=stdlib"],
             r"eval_data\.pydoc\.name: 'stdlib' is the study's corpus",
         ),
+        (
+            ["experiment=smoke", "eval_data.pydoc.name=prose"],
+            r"eval_data\.pydoc\.name: must equal its key 'pydoc', got 'prose'",
+        ),
+        (
+            ["experiment=smoke", "+decompose.methods.topk.method=svd"],
+            r"decompose\.methods: entry names also used by sparsify\.methods: \['topk'\]",
+        ),
+        (
+            ["experiment=smoke", "evaluate.eval_data_max_tokens=10"],
+            r"evaluate\.eval_data_max_tokens: 10 does not fill one window of 64",
+        ),
     ],
 )
 def test_bad_config_is_refused_naming_the_key(overrides, pattern):

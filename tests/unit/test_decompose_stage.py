@@ -78,6 +78,26 @@ def test_decomposed_models_reload_with_the_same_logits(family, method, tmp_path)
     )
 
 
+def test_a_manifest_that_does_not_match_the_weights_is_refused(tmp_path):
+    model = tiny_model("qwen2")
+    adapter = adapter_for("qwen2")
+    cfg = DecomposeJob(entry="svd", method={"method": "svd"}, ratio=0.5)
+    decompose_model(model, adapter, cfg, RandomStats(model, adapter))
+    save_lowrank(model, tmp_path, {"method": "svd"})
+    manifest = json.loads((tmp_path / "lowrank.json").read_text())
+    name = next(iter(manifest["modules"]))
+    manifest["modules"][name]["rank"] += 1
+    (tmp_path / "lowrank.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        ValueError, match=r"(?s)could not load the model weights in .*size mismatch"
+    ):
+        load_model(tmp_path)
+    del manifest["modules"][name]
+    (tmp_path / "lowrank.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"weights do not match lowrank\.json: .*unexpected \["):
+        load_model(tmp_path)
+
+
 def test_targets_choose_attention_or_ffn():
     model = tiny_model("llama")
     adapter = adapter_for("llama")
@@ -87,12 +107,12 @@ def test_targets_choose_attention_or_ffn():
 
 
 def test_parameter_count_is_within_one_percent_of_the_target_at_quickstart_width():
-    """The quickstart Llama's shapes (d=128, FFN 344, 4 blocks): rank floors lose < 1%."""
+    """The quickstart Llama's shapes (d=192, FFN 512, 4 blocks): rank floors lose < 1%."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(
-        LlamaConfig(vocab_size=4096, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
+        LlamaConfig(vocab_size=4096, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
                     num_attention_heads=4, max_position_embeddings=256)
     ).eval()  # fmt: skip
     adapter = adapter_for("llama")
@@ -174,6 +194,10 @@ def test_svdllm_on_the_micro_llama_from_its_calibration(calibrated):
     assert set(ppl.index) == {"stdlib", "pydoc"}  # calibrated on one, evaluated on both
     kl = e[(e.metric == "kl_div")].set_index("corpus").value
     assert (kl > 0).all()
+    f = e[e.method == "svdllm"].set_index("metric").value
+    # FLOPs against the undecomposed model's (the LM head is not decomposed: above 1 - R)
+    assert 0.7 < f["flops_ratio"] < 0.9
+    assert f["flops_ratio"] == f["flops_per_token"] / f["dense_flops_per_token"]
 
 
 def test_a_covariance_from_another_model_is_refused(calibrated):
@@ -190,3 +214,24 @@ def test_a_covariance_from_another_model_is_refused(calibrated):
         r"\(128, 128\), the linear reads width 64 \(shape mismatch",
     ):
         run_job(spec, DecomposeJob, decompose.run)
+
+
+def test_the_cost_model_counts_low_rank_factors_and_input_zeros():
+    """A low-rank linear reads k (n + m) weights; zeros at its input skip only k n of them."""
+    import pandas as pd
+
+    from actsparse.methods.sparsity.mechanism import cost_per_token
+
+    model = tiny_model("llama")
+    adapter = adapter_for("llama")
+    dense = cost_per_token(model, adapter)
+    cfg = DecomposeJob(entry="svd", method={"method": "svd", "targets": ["ffn"]}, ratio=0.5)
+    table = decompose_model(model, adapter, cfg, RandomStats(model, adapter))
+    low = cost_per_token(model, adapter)
+    saved = (table.params_dense - table.params_lowrank).sum()
+    assert dense["flops_per_token"] - low["flops_per_token"] == 2 * saved
+    down = table[table.site == "ffn_intermediate"].iloc[0]  # k x (40 + 16)
+    achieved = pd.DataFrame({"module": [down.linear], "achieved": [0.5]})
+    sparse = cost_per_token(model, adapter, achieved)
+    skipped = down["rank"] * down.in_features * 0.5  # columns of `down` only
+    assert low["flops_per_token"] - sparse["flops_per_token"] == 2 * skipped

@@ -17,12 +17,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 from smk import SMOKE_BUDGET_S, copy_workflow, planned, snakemake
 
+from actsparse.methods.lowrank import LOWRANK
 from actsparse.methods.sparsity import SPARSITY
 from actsparse.tables import (
     ACHIEVED_SPARSITY,
     ALLOCATION,
     CHANNEL_STATS,
     DATA_MANIFEST,
+    DECOMPOSITION,
     HISTOGRAMS,
     LINEARS,
     LOSS_CURVE,
@@ -31,7 +33,11 @@ from actsparse.tables import (
 )
 
 pytestmark = pytest.mark.workflow
-N_SPARSE = 8  # sparsified variants in the smoke experiment (conf/experiment/smoke.yaml)
+# the smoke experiment (conf/experiment/smoke.yaml): sparsified variants (one of them of
+# the decomposed model), decompositions, models evaluated dense (two trained, one decomposed)
+N_SPARSE, N_LOWRANK, N_DENSE = 9, 4, 3
+N_EVALUATE = N_DENSE + N_LOWRANK + N_SPARSE
+N_JOBS = 2 + 2 + 2 + N_LOWRANK + N_SPARSE + N_EVALUATE  # data (code, prose), train, calibrate x2
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +69,9 @@ def test_every_output_validates_against_its_schema(smoke_run):
     summary = read_table(root / "summary.parquet", METRICS)
     jobs = sorted(p for p in root.glob("*/*-*") if p.is_dir())
     stages = [p.parent.name for p in jobs]
-    assert (stages.count("sparsify"), stages.count("evaluate")) == (N_SPARSE, 2 + N_SPARSE)
-    assert len(jobs) == 7 + 2 * N_SPARSE and not list(root.glob("*/*.partial"))
+    assert (stages.count("sparsify"), stages.count("evaluate")) == (N_SPARSE, N_EVALUATE)
+    assert stages.count("decompose") == N_LOWRANK
+    assert len(jobs) == N_JOBS and not list(root.glob("*/*.partial"))
     for job in jobs:
         assert (job / "config.yaml").is_file()
         run_id = (job / "mlflow_run_id").read_text().strip()
@@ -88,9 +95,25 @@ def test_every_output_validates_against_its_schema(smoke_run):
         if "greedy" not in sp.name:  # greedy allocates per projection
             assert (allocation.level == 0.5).all(), sp
         assert json.loads((sp / "sparsity.json").read_text())["level"] == 0.5
+    # the smoke study exercises every registered low-rank method, and reloads each model
+    lowrank = set()
+    for d in root.glob("decompose/*-*"):
+        manifest = json.loads((d / "model" / "lowrank.json").read_text())
+        lowrank.add(manifest["method"])
+        table = read_table(d / "decomposition.parquet", DECOMPOSITION)
+        assert len(table) == 2 * 7 and len(manifest["modules"]) == 14, d
+        assert (table.act_rel_err > 0).all() and (table.act_rel_err < 1).all(), d
+    assert lowrank == set(LOWRANK.names())
     ev = summary[summary.stage == "evaluate"]
     ppl = ev[ev.metric == "perplexity"].set_index(["variant", "method"])["value"]
-    dense = {(v, m) for v in ("llama_micro.dense", "opt_micro.dense") for m in ("dense", "unigram")}
+    # calibrated on the stdlib code, every model and decomposition is also evaluated on prose
+    corpora = ev[ev.metric == "perplexity"].groupby("variant").corpus.agg(set)
+    assert (corpora == {"stdlib", "pydoc"}).all() and len(corpora) == N_EVALUATE
+    dense = {
+        (v, m)
+        for v in ("llama_micro.dense", "opt_micro.dense", "llama_micro_svdllm.dense")
+        for m in ("dense", "unigram")
+    }
     assert dense <= set(ppl.index) and (ppl > 1).all()
     # the smoke study exercises every registered sparsity method
     methods = {
@@ -106,7 +129,10 @@ def test_every_output_validates_against_its_schema(smoke_run):
     assert (sparse.level == 0.5).all()
     eff = sparse[sparse.metric == "effective_sparsity"].set_index("variant").value
     assert ((eff > 0.05) & (eff < 0.8)).all() and len(eff) == N_SPARSE
-    assert set(summary.stage) == {"data", "train", "calibrate", "sparsify", "evaluate"}
+    assert set(summary.stage) == {"data", "train", "calibrate", "decompose", "sparsify", "evaluate"}
+    # composition: top-K on the decomposed model, measured against that model
+    comp = ev[(ev.variant == "llama_micro_svdllm.topk.s50") & (ev.metric == "sparsity.all")]
+    assert abs(comp.value.iloc[0] - 0.5) < 0.01
     assert (root / "benchmarks" / "train").is_dir() and (root / "logs" / "train").is_dir()
 
 
@@ -143,6 +169,7 @@ def test_the_report_shows_the_leaderboard_and_plots(smoke_run):
         "perplexity.png",
         "natural_sparsity.png",
         "sparsity_vs_perplexity.png",
+        "lowrank_vs_perplexity.png",
     ):
         assert f'src="{name}"' in page and (report / name).stat().st_size > 10_000
     board = pd.read_csv(report / "leaderboard.csv")
@@ -155,6 +182,9 @@ def test_the_report_shows_the_leaderboard_and_plots(smoke_run):
     assert len(frontier) == N_SPARSE and "max_level_ppl+1%" in frontier
     assert (board[board.method == "dense"]["ppl_vs_dense_%"] == 0).all()
     assert "llama_micro" in page and "<table" in page
+    lowrank = pd.read_csv(report / "lowrank_sweep.csv")
+    assert len(lowrank) == 2 * N_LOWRANK and set(lowrank.corpus) == {"stdlib", "pydoc"}
+    assert (lowrank.ratio_removed == 0.3).all() and lowrank["ppl_increase_%"].notna().all()
 
 
 def test_every_job_is_an_mlflow_run_on_the_server(smoke_run, mlflow_server):
@@ -175,7 +205,9 @@ def test_every_job_is_an_mlflow_run_on_the_server(smoke_run, mlflow_server):
         assert tags["git_commit"]
     stages = sorted(t["stage"] for t in by_id.values())
     assert stages == sorted(
-        ["data", "train", "train", "calibrate", "calibrate", "evaluate", "evaluate", "report"]
+        ["data", "data", "train", "train", "calibrate", "calibrate", "report"]
+        + ["evaluate"] * N_DENSE
+        + ["decompose", "evaluate"] * N_LOWRANK
         + ["sparsify", "evaluate"] * N_SPARSE
     )
     report = next(i for i, t in by_id.items() if t["stage"] == "report")
@@ -220,7 +252,7 @@ def test_the_runs_page_shows_every_run(smoke_run, mlflow_server, chromium, tmp_p
         timeout=180,
     ).stdout
     names = [r["info"]["run_name"] for r in runs]
-    assert len(names) == 8 + 2 * N_SPARSE
+    assert len(names) == N_JOBS + 1  # and the report
     missing = [n for n in names if n not in dom]
     assert not missing, f"runs not rendered on {url}: {missing}"
     assert shot.is_file() and shot.stat().st_size > 20_000
@@ -242,7 +274,7 @@ def test_reruns_follow_config_changes(smoke_run):
     original = _edit(evaluate, "batch_size: 8", "batch_size: 5")
     try:
         assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {
-            "evaluate": 2 + N_SPARSE,
+            "evaluate": N_EVALUATE,
             "summary": 1,
             "report": 1,
             "all": 1,
@@ -256,8 +288,9 @@ def test_reruns_follow_config_changes(smoke_run):
         assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {
             "train": 2,
             "calibrate": 2,
+            "decompose": N_LOWRANK,
             "sparsify": N_SPARSE,
-            "evaluate": 2 + N_SPARSE,
+            "evaluate": N_EVALUATE,
             "summary": 1,
             "report": 1,
             "all": 1,
@@ -277,6 +310,19 @@ def test_reruns_follow_config_changes(smoke_run):
         }
     finally:
         teal.write_text(original)
+
+    nsvd = wd / "conf" / "decompose" / "nsvd.yaml"
+    original = _edit(nsvd, "k1_fraction: 0.95", "k1_fraction: 0.9")
+    try:
+        assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {
+            "decompose": 1,
+            "evaluate": 1,
+            "summary": 1,
+            "report": 1,
+            "all": 1,
+        }
+    finally:
+        nsvd.write_text(original)
     assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {}
 
 

@@ -167,6 +167,11 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
     return int(weight.shape[0]), int(weight.shape[1])
 
 
+def linear_rank(module: nn.Module) -> int:
+    """The rank of a low-rank linear; 0 for a dense one."""
+    return int(getattr(getattr(module, "inner", module), "rank", 0))
+
+
 def linear_params(module: nn.Module) -> int:
     """Weights a linear holds (and reads per token): `n m`, or `k (n + m)` when low-rank."""
     module = getattr(module, "inner", module)

@@ -114,11 +114,16 @@ def decompose_model(
                 seconds = time.perf_counter() - t0
                 check_finite(A, "the left factor", where)
                 check_finite(B, "the right factor", where)
-                E = Wd - A @ B
+                low = LowRankLinear.from_factors(A, B, bias, W)
+                check_finite(low.up.weight, "the left factor in the model's dtype", where)
+                check_finite(low.down.weight, "the right factor in the model's dtype", where)
+                # the errors of the factors as stored (the model's dtype), in float64
+                up, down = (t.detach().double().cpu() for t in (low.up.weight, low.down.weight))
+                E = Wd - up @ down
                 act_err = float(
                     (E @ st.gram * E).sum() / (Wd @ st.gram * Wd).sum().clamp_min(1e-300)
                 )
-                replace(model, name, LowRankLinear.from_factors(A, B, bias, W))
+                replace(model, name, low)
                 rows.append(
                     dict(
                         layer=layer,

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from actsparse.config import EvaluateCfg
 from actsparse.data import TokenData
 from actsparse.methods.sparsity.mechanism import Sparsified, SparsityPlan, apply, cost_per_token
-from actsparse.models import LoadCfg, default_device, load_model_as, synchronize
+from actsparse.models import LoadCfg, adapter_for, default_device, load_model_as, synchronize
 from actsparse.stages.job import Metric, StageResult, main
 from actsparse.tables import ACHIEVED_SPARSITY, write_table
 
@@ -260,6 +260,10 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
         bytes_per_param=next(model.parameters()).element_size(),
         input_skips=handle.plan.input_skips if handle is not None else None,
     )
+    if reference is not model and not isinstance(reference, DenseView):
+        # other weights (a decomposition): FLOPs against the model they were made from
+        ref = cost_per_token(reference, adapter_for(reference.config.model_type))
+        cost["dense_flops_per_token"] = ref["dense_flops_per_token"]
     metrics += [Metric(k, v, **mk) for k, v in cost.items()]
     metrics.append(
         Metric("flops_ratio", cost["flops_per_token"] / cost["dense_flops_per_token"], **mk)

@@ -84,8 +84,9 @@ class Whitening:
 def whitening(G: torch.Tensor, kind: str, where: str, eps: float = 1e-10) -> Whitening:
     """The whitening factor of a second-moment matrix `G` (float64).
 
-    Cholesky first; when `G` is not positive definite, the ridge `δ = -λ_min + eps·mean(diag G)`
-    is added and the choice is logged and recorded, never silent.
+    Cholesky first; when `G` is not positive definite, the ridge
+    `δ = -λ_min + max(eps·mean(diag G), n·ε·λ_max)` is added (up to 1000x that margin on
+    retries) and the choice is logged and recorded, never silent.
     """
     check_finite(G, "the calibration covariance", where)
     G = G.double()
@@ -95,14 +96,21 @@ def whitening(G: torch.Tensor, kind: str, where: str, eps: float = 1e-10) -> Whi
         L, info = torch.linalg.cholesky_ex(G)
         ridge = 0.0
         if int(info) != 0:
-            lam_min = float(torch.linalg.eigvalsh(G)[0])
-            ridge = max(-lam_min, 0.0) + eps * scale
-            log.warning(
-                "%s: covariance not positive definite (lambda_min %.3g); ridge %.3g added",
-                where, lam_min, ridge,
-            )  # fmt: skip
-            L, info = torch.linalg.cholesky_ex(G + ridge * torch.eye(len(G), dtype=G.dtype))
-            if int(info) != 0:
+            lam = torch.linalg.eigvalsh(G)
+            lam_min, lam_max = float(lam[0]), float(lam[-1])
+            # eigvalsh itself errs by ~ n eps lambda_max: the margin covers it
+            margin = max(eps * scale, len(G) * torch.finfo(G.dtype).eps * abs(lam_max))
+            eye = torch.eye(len(G), dtype=G.dtype, device=G.device)
+            for attempt in range(4):  # each retry: 10x the margin, logged
+                ridge = max(-lam_min, 0.0) + margin * 10**attempt
+                log.warning(
+                    "%s: covariance not positive definite (lambda_min %.3g); ridge %.3g added",
+                    where, lam_min, ridge,
+                )  # fmt: skip
+                L, info = torch.linalg.cholesky_ex(G + ridge * eye)
+                if int(info) == 0:
+                    break
+            else:
                 raise FactorizationError(
                     f"{where}: Cholesky failed even with ridge {ridge:.3g} (lambda_min {lam_min:.3g})"
                 )

@@ -50,6 +50,8 @@ class NSVD(LowRankMethod):
             wh = site_whitening(cfg, stats, where, cache)
             A1, B1, _ = whitened_truncation(W, wh, k1, where)
             ridge = wh.ridge
+            k1 = A1.shape[1]  # below the request only when G's rank is (eigh whitening)
+            k2 = k - k1
         A2, B2 = (
             truncated(W - A1 @ B1, k2, where) if k2 > 0 else (W.new_zeros(m, 0), W.new_zeros(0, n))
         )

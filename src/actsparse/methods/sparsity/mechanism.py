@@ -24,7 +24,13 @@ from torch import nn
 
 from actsparse.io import write_text
 from actsparse.methods.sparsity import ops
-from actsparse.models.adapters import LINEAR_SITES, FamilyAdapter, linear_params, linear_shape
+from actsparse.models.adapters import (
+    LINEAR_SITES,
+    FamilyAdapter,
+    linear_params,
+    linear_rank,
+    linear_shape,
+)
 from actsparse.tables import ACHIEVED_SPARSITY, ALLOCATION, read_table, write_table
 
 RULES = ("threshold", "topk", "stat_topk", "head_topk")
@@ -368,6 +374,7 @@ def linear_inventory(model: nn.Module, adapter: FamilyAdapter) -> pd.DataFrame:
                         n_in=n_in,
                         n_out=n_out,
                         params=linear_params(module),
+                        rank=linear_rank(module),
                     )
                 )
     return pd.DataFrame(rows)
@@ -386,7 +393,8 @@ def cost_per_token(
     A linear with input sparsity `s_in` (the zero fraction fed to it, or that of the module
     named in `input_skips` when it is not wrapped itself) and output-row
     sparsity `s_out` (rows a method knows in advance it can skip) costs
-    `2 P (1 - s_in)(1 - s_out)` FLOPs (`P = n_in n_out`, or `k (n_in + n_out)` low-rank) and reads that fraction of its weights.
+    `2 n_in n_out (1 - s_in)(1 - s_out)` FLOPs (low-rank, rank k:
+    `2 k (n_in (1 - s_in) + n_out (1 - s_out))`) and reads that fraction of its weights.
     Attention scores (QK^T, AV) depend on the context length and are not counted.
     """
     inv = linear_inventory(model, adapter)
@@ -397,7 +405,12 @@ def cost_per_token(
     s_in = inv.module.map(lambda m: zero.get(m, zero.get(in_skips.get(m, ""), 0.0)))
     s_out = inv.module.map(lambda m: zero.get(skips[m], 0.0) if m in skips else 0.0)
     dense_params = inv.params.astype(float)  # k (n + m) for a low-rank linear
-    active = dense_params * (1 - s_in) * (1 - s_out)
+    # a low-rank linear up(down(x)): input zeros skip columns of down (k n), skipped output
+    # rows skip rows of up (k m)
+    low = inv["rank"] > 0
+    active = (dense_params * (1 - s_in) * (1 - s_out)).where(
+        ~low, inv["rank"] * (inv.n_in * (1 - s_in) + inv.n_out * (1 - s_out))
+    )
     head = model.get_output_embeddings()
     head_params = float(head.weight.numel()) if head is not None else 0.0
     return {
