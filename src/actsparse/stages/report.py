@@ -245,23 +245,34 @@ def lowrank_sweep(summary: pd.DataFrame) -> pd.DataFrame:
         "act_rel_err_mean", "decompose_s",
     ]  # fmt: skip
     return (
-        sw[cols].sort_values(["model", "corpus", "method", "ratio_removed"]).reset_index(drop=True)
+        sw[[c for c in cols if c in sw]]  # fidelity columns are absent with fidelity_tokens: 0
+        .sort_values(["model", "corpus", "method", "ratio_removed"])
+        .reset_index(drop=True)
     )
 
 
 def plot_lowrank_sweep(sweep: pd.DataFrame, out: Path) -> str | None:
-    """Perplexity against the ratio removed, one line per method, one panel per (model,
-    corpus): calibrated on the study's corpus, evaluated on each."""
+    """Perplexity against the ratio removed, one line per method; a column per corpus (the
+    study's, on which it was calibrated, and each eval_data corpus), a row per model."""
     if sweep.empty:
         return None
-    panels = sorted(set(zip(sweep.model, sweep.corpus, strict=True)))
+    models, corpora = sorted(sweep.model.unique()), sorted(sweep.corpus.unique())
     color = {m: f"C{i}" for i, m in enumerate(sorted(sweep.method.unique()))}
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-    for ax, (model, corpus) in zip(axes[0], panels, strict=True):
+    fig, axes = plt.subplots(
+        len(models), len(corpora), figsize=(5.5 * len(corpora), 3.8 * len(models)), squeeze=False
+    )
+    for ax, (model, corpus) in zip(
+        axes.flat, [(m, c) for m in models for c in corpora], strict=True
+    ):
         g = sweep[(sweep.model == model) & (sweep.corpus == corpus)]
+        if g.empty:
+            ax.set_visible(False)
+            continue
         for method, m in g.groupby("method", sort=True):
             m = m.sort_values("ratio_removed")
             ax.plot(m.ratio_removed, m.perplexity, "o-", label=method, color=color[method])
+        dense = (g.perplexity / (1 + g["ppl_increase_%"] / 100)).iloc[0]
+        ax.axhline(dense, color="gray", lw=0.8, ls="--", label="undecomposed")
         ax.set_yscale("log")
         ax.set(xlabel="fraction of parameters removed (R)", ylabel="perplexity (log)",
                title=f"{model} on {corpus}")  # fmt: skip
