@@ -70,7 +70,9 @@ def main() -> None:
     print(pd.DataFrame([row]).to_string(index=False))
     print()
     dense = ev[ev.method.isin(["dense", "unigram"])]  # other variants: see the report
-    print(dense.pivot_table(index=["model", "corpus"], columns="method", values="value").to_string())
+    print(
+        dense.pivot_table(index=["model", "corpus"], columns="method", values="value").to_string()
+    )
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "study_time.parquet"
     old = pd.read_parquet(out) if out.exists() else pd.DataFrame()
