@@ -504,8 +504,8 @@ class StudyConfig:
             out.append(
                 ("decompose.methods", f"entry names also used by sparsify.methods: {sorted(both)}")
             )
-        if not self.models:
-            out.append(("models", "the study needs at least one model"))
+        if not any(m.source != "decompose" for m in self.models.values()):
+            out.append(("models", "the study needs at least one model (trained or pretrained)"))
         for name, model in self.models.items():
             if not re.fullmatch(r"[A-Za-z0-9_]+", name):
                 out.append((f"models.{name}", "model names may use only letters, digits and _"))
