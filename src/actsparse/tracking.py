@@ -50,9 +50,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def metric_key(metric: str, method: str, split: str) -> str:
-    """The MLflow metric name of a study-table row: `metric[.method][.split]`."""
-    parts = [metric] + [p for p in (method if method != "dense" else "", split) if p]
+def metric_key(metric: str, method: str, split: str, corpus: str = "") -> str:
+    """The MLflow metric name of a study-table row: `metric[.method][.corpus][.split]`
+    (an evaluate job measures each corpus: the study's and its eval_data corpora)."""
+    parts = [metric] + [p for p in (method if method != "dense" else "", corpus, split) if p]
     return "".join(ch if ch.isalnum() or ch in "._-/ " else "_" for ch in ".".join(parts))
 
 
@@ -220,7 +221,10 @@ def relog_job(job_dir: str | Path, output_root: str | Path) -> tuple[str, str]:
         action = "new run"
     else:
         run.run_id, action = run_id, "completed run"
-    values = {metric_key(r.metric, r.method, r.split): r.value for r in metrics.itertuples()}
+    values = {
+        metric_key(r.metric, r.method, r.split, r.corpus or ""): r.value
+        for r in metrics.itertuples()
+    }
     artifacts = [job_dir / "metrics.parquet", job_dir / "config.yaml"] + sorted(
         job_dir.glob("*.png")
     )

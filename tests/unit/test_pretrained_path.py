@@ -21,6 +21,11 @@ def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_p
                 f"study.output_root={tmp_path}",
                 "~models.llama_micro",
                 "~models.opt_micro",
+                "~models.llama_micro_svdllm",
+                *(
+                    f"decompose.methods.{e}.models=[local]"
+                    for e in ("svd", "asvd", "svdllm", "nsvd")
+                ),
                 "+models.local.source=pretrained",
                 f"+models.local.path={checkpoint}",
                 "evaluate.seq_len=64",
@@ -31,6 +36,8 @@ def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_p
     )
     assert plan.trained_models == [] and plan.data_variants == ["stdlib.local"]
     data_dir = run_job(plan.data("stdlib.local").spec, data.DataJob, data.run)
+    assert plan.eval_data_variants == [("pydoc", "pydoc.local")]  # the checkpoint's tokenizer too
+    run_job(plan.data("pydoc.local").spec, data.DataJob, data.run)
     cal = run_job(plan.calibrate("local").spec, calibrate.CalibrateJob, calibrate.run)
     ev = run_job(plan.evaluate("local").spec, evaluate.EvaluateJob, evaluate.run)
     # the checkpoint's tokenizer re-tokenizes the same corpus to the same ids as the study's BPE
@@ -42,7 +49,9 @@ def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_p
     np.testing.assert_array_equal(TokenData(data_dir).tokens("test"), same.tokens("test"))
     assert (cal / "gram" / "layer_001.safetensors").is_file()
     m = read_table(ev / "metrics.parquet", METRICS)
-    ppl = m[(m.metric == "perplexity") & (m.method == "dense")].value.item()
+    ppl = m[
+        (m.metric == "perplexity") & (m.method == "dense") & (m.corpus == "stdlib")
+    ].value.item()
     assert math.isfinite(ppl) and ppl > 1
     # a sparsified variant of the checkpoint (the gate site: checked on the loaded family)
     sp = run_job(plan.sparsify("local", "cats", 0.5).spec, sparsify.SparsifyJob, sparsify.run)

@@ -130,7 +130,7 @@ def run_job(
     ]
     write_table(pd.DataFrame(rows, columns=METRICS.names), staging / "metrics.parquet", METRICS)
     tracker.finish(
-        {metric_key(m.metric, m.method, m.split): m.value for m in result.metrics},
+        {metric_key(m.metric, m.method, m.split, m.corpus): m.value for m in result.metrics},
         [staging / "metrics.parquet", staging / "config.yaml", *result.artifacts],
     )
     kill_point("job.before_commit")
