@@ -23,7 +23,14 @@ from pathlib import Path
 import pandas as pd
 from provenance import RESULTS, provenance
 
-METHODS = {"svd": {}, "asvd": {}, "svdllm": {}, "svdllm_eigh": {"whitening": "eigh"}, "nsvd": {}}
+# entry -> its method config (svdllm_eigh: svdllm with the eigendecomposition square root)
+METHODS = {
+    "svd": {"method": "svd"},
+    "asvd": {"method": "asvd"},
+    "svdllm": {"method": "svdllm"},
+    "svdllm_eigh": {"method": "svdllm", "whitening": "eigh"},
+    "nsvd": {"method": "nsvd"},
+}
 
 MATRIX_CHILD = """
 import json, sys, time, torch
@@ -80,56 +87,30 @@ def main() -> None:
     p.add_argument("--shape", default="11008,4096,8192", help="m,n,tokens of the matrix test")
     args = p.parse_args()
     rows = []
+
+    def measure(what: str, child: str, *argv: str, name: str, rank: float = float("nan")) -> None:
+        """One method in a fresh process: its JSON line, peak RSS and wall time, as a row."""
+        res, rss, wall = run_child([sys.executable, "-c", child, *argv])
+        rows.append(
+            dict(what=what, method=name, seconds=res["seconds"], wall_s=wall,
+                 peak_rss_mb=rss, rank=res.get("rank", rank))
+        )  # fmt: skip
+        print(rows[-1], file=sys.stderr)
+
     if not args.skip_matrix:
         m, n, t = args.shape.split(",")
-        for name, extra in METHODS.items():
-            extra = {"method": "svdllm", **extra} if name == "svdllm_eigh" else dict(extra)
-            res, rss, wall = run_child(
-                [sys.executable, "-c", MATRIX_CHILD, name, json.dumps(extra), m, n, t]
-            )
-            rows.append(
-                dict(
-                    what=f"matrix {m}x{n}",
-                    method=name,
-                    seconds=res["seconds"],
-                    wall_s=wall,
-                    peak_rss_mb=rss,
-                    rank=res["rank"],
-                )
-            )
-            print(rows[-1], file=sys.stderr)
+        for name, method in METHODS.items():
+            measure(f"matrix {m}x{n}", MATRIX_CHILD, name, json.dumps(method), m, n, t, name=name)
     root = Path(args.root)
-    cal = sorted(
-        d for d in (root / "calibrate").glob(f"{args.model}-*") if not d.name.endswith(".partial")
+    done = lambda stage: sorted(  # noqa: E731
+        d for d in (root / stage).glob(f"{args.model}-*") if not d.name.endswith(".partial")
     )
-    train = sorted(
-        d for d in (root / "train").glob(f"{args.model}-*") if not d.name.endswith(".partial")
-    )
+    cal, train = done("calibrate"), done("train")
     if cal and train:
-        for name, extra in METHODS.items():
-            extra = {"method": "svdllm", **extra} if name == "svdllm_eigh" else dict(extra)
-            res, rss, wall = run_child(
-                [
-                    sys.executable,
-                    "-c",
-                    STUDY_CHILD,
-                    str(train[-1] / "model"),
-                    str(cal[-1]),
-                    name,
-                    json.dumps(extra),
-                ]
-            )
-            rows.append(
-                dict(
-                    what=f"{root.name} {args.model}",
-                    method=name,
-                    seconds=res["seconds"],
-                    wall_s=wall,
-                    peak_rss_mb=rss,
-                    rank=float("nan"),
-                )
-            )
-            print(rows[-1], file=sys.stderr)
+        model = str(train[-1] / "model")
+        for name, method in METHODS.items():
+            measure(f"{root.name} {args.model}", STUDY_CHILD, model, str(cal[-1]), name,
+                    json.dumps(method), name=name)  # fmt: skip
     else:
         print(f"no finished study at {root}: the study rows are skipped", file=sys.stderr)
     frame = pd.DataFrame(rows).assign(**provenance())

@@ -53,3 +53,14 @@ def parse_entry(schema: type, raw: dict[str, Any], where: str) -> Any:
         key = getattr(e, "full_key", "") or ""
         msg = str(getattr(e, "msg", e)).splitlines()[0]
         raise ValueError(f"{where}.{key}: {msg}") from None
+
+
+def checked_entry(registry: Registry, raw: dict[str, Any], where: str, who: str) -> tuple[Any, Any]:
+    """(method instance, typed config) of a job's method entry; ValueError naming `who` and
+    every problem of the config."""
+    method = registry.get(str(raw.get("method")))()
+    cfg = method.parse(raw, where)
+    problems = cfg.problems()
+    if problems:
+        raise ValueError(f"{who}: " + "; ".join(f"{k}: {m}" for k, m in problems))
+    return method, cfg

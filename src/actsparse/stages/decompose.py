@@ -25,6 +25,7 @@ from actsparse.io import load_tensors, read_safetensors_metadata
 from actsparse.methods.lowrank import LOWRANK
 from actsparse.methods.lowrank.base import LayerStats
 from actsparse.methods.lowrank.linalg import check_finite, rank_for_ratio
+from actsparse.methods.registry import checked_entry
 from actsparse.models import LoadCfg, default_device, load_model_as
 from actsparse.models.adapters import FamilyAdapter, linear_shape
 from actsparse.models.lowrank import LowRankLinear, dense_weight, replace, save_lowrank
@@ -77,13 +78,9 @@ def decompose_model(
     model, adapter: FamilyAdapter, cfg: DecomposeJob, calib: CalibrationReader
 ) -> pd.DataFrame:
     """Swap every target linear of `model` for its low-rank factors; one row per linear."""
-    method = LOWRANK.get(str(cfg.method.get("method")))()
-    mcfg = method.parse(cfg.method, f"decompose.methods.{cfg.entry}")
-    problems = mcfg.problems()
-    if problems:
-        raise ValueError(
-            f"low-rank method {cfg.entry!r}: " + "; ".join(f"{k}: {m}" for k, m in problems)
-        )
+    method, mcfg = checked_entry(
+        LOWRANK, cfg.method, f"decompose.methods.{cfg.entry}", f"low-rank method {cfg.entry!r}"
+    )
     n_layers = len(adapter.layers(model))
     if calib.n_layers() != n_layers:
         raise ValueError(

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from actsparse.data import TokenData
+from actsparse.methods.registry import checked_entry
 from actsparse.methods.sparsity import SPARSITY
 from actsparse.methods.sparsity.base import BuildContext, CalibrationStats
 from actsparse.methods.sparsity.ops import gaussian_kept_error
@@ -38,13 +39,9 @@ class SparsifyJob:
 
 
 def build_plan(cfg: SparsifyJob, inputs: dict[str, str], model, adapter, dev: torch.device):
-    method = SPARSITY.get(str(cfg.method.get("method")))()
-    mcfg = method.parse(cfg.method, f"sparsify.methods.{cfg.entry}")
-    problems = mcfg.problems()
-    if problems:
-        raise ValueError(
-            f"sparsity method {cfg.entry!r}: " + "; ".join(f"{k}: {m}" for k, m in problems)
-        )
+    method, mcfg = checked_entry(
+        SPARSITY, cfg.method, f"sparsify.methods.{cfg.entry}", f"sparsity method {cfg.entry!r}"
+    )
     stats = CalibrationStats(inputs["calibration"]) if method.needs_calibration else None
     tokens = (
         torch.from_numpy(TokenData(inputs["data"]).tokens("train")) if "data" in inputs else None
