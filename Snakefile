@@ -14,8 +14,11 @@
 #   <root>/data/<eval corpus>-<hash>/     the same for each eval_data corpus (study tokenizer)
 #   <root>/decompose/<model>.<entry>.r<pct>-<hash>/  model/ (+ lowrank.json), decomposition.parquet
 #   <root>/sparsify/<model>.<entry>.s<pct>-<hash>/  allocation.parquet, sparsity.json
+#   <root>/predictors/<model>.<entry>-<hash>/  predictors.json, weights/, predictor_metrics.parquet
+#                  (hotcold: neuron_frequency.parquet, hotcold.parquet)
 #   <root>/evaluate/<model>.dense-<hash>/, <model>.<entry>.s<pct>-<hash>/  (+ achieved_sparsity.parquet),
-#                  <model>.<entry>.r<pct>-<hash>/  (a decomposition, against the model it came from)
+#                  <model>.<entry>.r<pct>-<hash>/  (a decomposition, against the model it came from),
+#                  <model>.<predictor entry>.s<pct>-<hash>/  (predicted masks; the oracle beside)
 #   <root>/summary.parquet                every job's metrics.parquet, long format
 #   <root>/report/index.html              plots and the leaderboard
 #   <root>/logs/, <root>/benchmarks/      one log and one Snakemake benchmark per job
@@ -33,6 +36,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/calibrate.smk"
 include: "workflow/rules/decompose.smk"
 include: "workflow/rules/sparsify.smk"
+include: "workflow/rules/predictors.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/summary.smk"
 include: "workflow/rules/report.smk"

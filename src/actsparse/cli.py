@@ -146,6 +146,33 @@ def cmd_lowrank(args: argparse.Namespace) -> None:
             print(g.drop(columns="corpus").round(4).to_string(index=False))
 
 
+def cmd_predictors(args: argparse.Namespace) -> None:
+    """The predictors of a finished study: held-out recall, precision, matching rate and
+    cost per predictor; predicted masks against the oracle at the same level; hot/cold."""
+    import pandas as pd
+
+    from actsparse.plan import StudyPlan
+    from actsparse.stages.report import predicted_sweep, predictor_scores
+    from actsparse.tables import METRICS, read_table
+
+    plan = StudyPlan(compose_study(_overrides(args)))
+    summary = read_table(plan.summary_path, METRICS)
+    scores = predictor_scores(summary)
+    if scores.empty:
+        raise SystemExit(f"actsparse: {plan.summary_path} has no predictors jobs")
+    with pd.option_context("display.width", 220, "display.max_columns", 40):
+        print(
+            "Predictors on held-out tokens (recall/precision of logit > 0; recall_at_k@s: "
+            "recall of the top-K kept at level s; matching_rate@s: share of that top-K the "
+            "oracle keeps too; flops_pct: % of the FFN's (heads: attention's) FLOPs):"
+        )
+        print(scores.round(4).to_string(index=False))
+        predicted = predicted_sweep(summary)
+        if not predicted.empty:
+            print("\nPredicted masks vs the oracle at the same level (same windows):")
+            print(predicted.round(4).to_string(index=False))
+
+
 def cmd_relog(args: argparse.Namespace) -> None:
     """Rebuild the tracking store's view of a study from its files (after the store was down)."""
     from actsparse.plan import StudyPlan
@@ -204,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
         ("show", cmd_show, "print the evaluation results of a finished study"),
         ("sparsity", cmd_sparsity, "print a study's sparsity sweep and frontier"),
         ("lowrank", cmd_lowrank, "print a study's low-rank sweep on every corpus"),
+        ("predictors", cmd_predictors, "print a study's predictor scores and predicted masks"),
         ("relog", cmd_relog, "record a study's finished jobs in MLflow from their files"),
     ):
         p = sub.add_parser(name, help=help_)

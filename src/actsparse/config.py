@@ -405,6 +405,39 @@ class DecomposeCfg:
         return out + entry_problems(LOWRANK, self.methods, "decompose")
 
 
+@dataclass
+class PredictorsCfg:
+    """The predictors sweep: every entry of `methods` (a predictor config from
+    `conf/predictors/<method>.yaml`, keyed by an entry name) on every model; its predicted
+    masks are evaluated at every level (null: the sparsify sweep's levels)."""
+
+    levels: list[float] | None = None
+    methods: dict[str, Any] = field(default_factory=dict)
+
+    def entries(self) -> dict[str, Any]:
+        from actsparse.methods.predictors import PREDICTORS
+
+        return {
+            name: PREDICTORS.get(raw["method"]).parse(raw, f"predictors.methods.{name}")
+            for name, raw in self.methods.items()
+        }
+
+    def levels_of(self, entry: Any, default: list[float]) -> list[float]:
+        if entry.levels is not None:
+            return list(entry.levels)
+        return list(self.levels if self.levels is not None else default)
+
+    def problems(self) -> list[tuple[str, str]]:
+        from actsparse.methods.predictors import PREDICTORS
+        from actsparse.methods.sparsity.base import level_problems
+
+        levels = self.levels or []
+        out = level_problems(levels)
+        if len(set(levels)) != len(levels):
+            out.append(("levels", f"levels repeat: {levels}"))
+        return out + entry_problems(PREDICTORS, self.methods, "predictors")
+
+
 def entry_problems(registry: Any, methods: dict[str, Any], group: str) -> list[tuple[str, str]]:
     """(key, message) for each method entry of a sweep that names no registered method or
     whose config is invalid."""
@@ -460,12 +493,14 @@ class ResourcesCfg:
     calibrate: RuleResources = field(default_factory=RuleResources)
     decompose: RuleResources = field(default_factory=RuleResources)
     sparsify: RuleResources = field(default_factory=RuleResources)
+    predictors: RuleResources = field(default_factory=RuleResources)
     evaluate: RuleResources = field(default_factory=RuleResources)
 
     def problems(self) -> list[tuple[str, str]]:
+        rules = ("data", "train", "calibrate", "decompose", "sparsify", "predictors", "evaluate")
         return [
             (f"{rule}.{k}", m)
-            for rule in ("data", "train", "calibrate", "decompose", "sparsify", "evaluate")
+            for rule in rules
             for k, m in getattr(self, rule).problems()
         ]
 
@@ -479,6 +514,7 @@ class StudyConfig:
     calibrate: CalibrateCfg = field(default_factory=CalibrateCfg)
     decompose: DecomposeCfg = field(default_factory=DecomposeCfg)
     sparsify: SparsifyCfg = field(default_factory=SparsifyCfg)
+    predictors: PredictorsCfg = field(default_factory=PredictorsCfg)
     evaluate: EvaluateCfg = field(default_factory=EvaluateCfg)
     # more corpora every evaluate job also measures (held-out split), tokenized with the
     # study's tokenizer (their own `tokenizer` key is ignored): calibrate on `data`,
@@ -488,7 +524,10 @@ class StudyConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
-        groups = ("study", "data", "train", "calibrate", "decompose", "sparsify", "evaluate")
+        groups = (
+            "study", "data", "train", "calibrate", "decompose", "sparsify", "predictors",
+            "evaluate",
+        )  # fmt: skip
         for group in (*groups, "resources"):
             out += [(f"{group}.{k}", m) for k, m in getattr(self, group).problems()]
         for name, corpus in self.eval_data.items():
@@ -499,11 +538,15 @@ class StudyConfig:
                 out.append(
                     (f"eval_data.{name}.name", f"must equal its key {name!r}, got {corpus.name!r}")
                 )
-        both = set(self.decompose.methods) & set(self.sparsify.methods)
-        if both:  # entries name the variants and the `method` column of the study table
-            out.append(
-                ("decompose.methods", f"entry names also used by sparsify.methods: {sorted(both)}")
-            )
+        # entries name the variants and the `method` column of the study table: unique
+        sweeps = ("sparsify", "decompose", "predictors")
+        for i, a in enumerate(sweeps):
+            for b in sweeps[i + 1 :]:
+                both = set(getattr(self, a).methods) & set(getattr(self, b).methods)
+                if both:
+                    out.append(
+                        (f"{b}.methods", f"entry names also used by {a}.methods: {sorted(both)}")
+                    )
         if not any(m.source != "decompose" for m in self.models.values()):
             out.append(("models", "the study needs at least one model (trained or pretrained)"))
         for name, model in self.models.items():
@@ -554,6 +597,7 @@ class StudyConfig:
         if not out:  # needs valid entries and models
             out += self._sparsify_model_problems()
             out += self._decompose_model_problems()
+            out += self._predictor_model_problems()
         return out
 
     def _decomposed_model_problems(self, name: str, model: ModelCfg) -> list[tuple[str, str]]:
@@ -597,7 +641,7 @@ class StudyConfig:
             for model in entry.models or []:
                 if model not in self.models:
                     out.append((key, f"unknown model {model!r}; models: {', '.join(self.models)}"))
-            for model in entry.models or list(self.models):
+            for model in list(self.models) if entry.models is None else entry.models:
                 family = self.family_of(model) if model in self.models else None
                 if family is None:
                     continue
@@ -608,6 +652,17 @@ class StudyConfig:
                     except ValueError as e:
                         out.append((key, f"{e}; restrict the entry with `models:`"))
         return out
+
+
+    def _predictor_model_problems(self) -> list[tuple[str, str]]:
+        """Predictor entries name models of the study."""
+        return [
+            (f"predictors.methods.{name}.models",
+             f"unknown model {model!r}; models: {', '.join(self.models)}")
+            for name, entry in self.predictors.entries().items()
+            for model in entry.models or []
+            if model not in self.models
+        ]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- composition

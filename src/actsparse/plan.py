@@ -16,9 +16,10 @@ from functools import cached_property
 from typing import Any
 
 from actsparse.config import StudyConfig, to_dict
+from actsparse.methods.predictors import PREDICTORS
 from actsparse.methods.sparsity import SPARSITY
 
-STAGES = ("data", "train", "calibrate", "decompose", "sparsify", "evaluate")
+STAGES = ("data", "train", "calibrate", "decompose", "sparsify", "predictors", "evaluate")
 
 
 def config_hash(obj: Any, n: int = 8) -> str:
@@ -238,7 +239,7 @@ class StudyPlan:
         """(model, entry, ratio) of every decomposition in the sweep, in config order."""
         out = []
         for name, entry in self.decompose_entries.items():
-            for model in entry.models or self.base_models:
+            for model in self.base_models if entry.models is None else entry.models:
                 out += [(model, name, r) for r in self.cfg.decompose.ratios_of(entry)]
         return out
 
@@ -277,7 +278,7 @@ class StudyPlan:
         sp = self.cfg.sparsify
         out = []
         for name, entry in self.sparsity_entries.items():
-            for model in entry.models or self.models:
+            for model in self.models if entry.models is None else entry.models:
                 out += [(model, name, level) for level in sp.levels_of(entry)]
         return out
 
@@ -315,15 +316,72 @@ class StudyPlan:
         method = {"method": entry, "level": level}
         return self._evaluate(model, sparsify.variant, method, {"sparsity": sparsify.out_dir})
 
+    # ----------------------------------------------------------------- predictors
+    @cached_property
+    def predictor_entries(self) -> dict:
+        return self.cfg.predictors.entries()
+
+    @property
+    def predictor_jobs(self) -> list[tuple[str, str]]:
+        """(model, entry) of every predictors job, in config order."""
+        return [
+            (model, name)
+            for name, entry in self.predictor_entries.items()
+            for model in (self.models if entry.models is None else entry.models)
+        ]
+
+    def predictor_levels(self, entry: str) -> list[float]:
+        return self.cfg.predictors.levels_of(self.predictor_entries[entry], self.cfg.sparsify.levels)
+
+    @property
+    def predicted_variants(self) -> list[tuple[str, str, float]]:
+        """(model, entry, level) of every evaluation with predicted masks."""
+        return [
+            (model, entry, level)
+            for model, entry in self.predictor_jobs
+            if PREDICTORS.get(self.predictor_entries[entry].method).evaluated
+            for level in self.predictor_levels(entry)
+        ]
+
+    def _labels_need_calibration(self, entry: str) -> bool:
+        return getattr(self.predictor_entries[entry], "label", "") == "threshold"
+
+    def predictors(self, model: str, entry: str) -> Job:
+        method_cfg = to_dict(self.predictor_entries[entry])
+        method_cfg.pop("levels"), method_cfg.pop("models")  # not this job's identity
+        config = {
+            "entry": entry,
+            "method": method_cfg,
+            "levels": self.predictor_levels(entry),
+            "window": self.cfg.evaluate.seq_len,
+            "load": self._model_load(model),
+            "seed": self.cfg.study.seed,
+        }
+        inputs = {
+            "model": self.model_path(model),
+            "data": self.data(self.data_variant(model)).out_dir,
+        }
+        if self._labels_need_calibration(entry):
+            inputs["calibration"] = self.calibrate(model).out_dir
+        return self._job("predictors", f"{model}.{entry}", config, inputs, model)
+
+    def evaluate_predicted(self, model: str, entry: str, level: float) -> Job:
+        """The model with predicted masks at `level` (and the oracle at the same level)."""
+        pred = self.predictors(model, entry)
+        method = {"method": entry, "level": level}
+        variant = f"{model}.{entry}.{self.level_tag(level)}"
+        return self._evaluate(model, variant, method, {"predictors": pred.out_dir})
+
     @property
     def calibrated_models(self) -> list[str]:
         """Every trained or pretrained model (its statistics are a result of the study), and
-        a decomposed model when a calibrated sparsity method runs on it."""
+        a decomposed model when a calibrated sparsity method (or threshold labels) runs on it."""
         needed = {
             m
             for m, entry, _ in self.sparse_variants
             if SPARSITY.get(self.cfg.sparsify.methods[entry]["method"]).needs_calibration
         }
+        needed |= {m for m, e in self.predictor_jobs if self._labels_need_calibration(e)}
         return [m for m in self.models if m in self.base_models or m in needed]
 
     # ----------------------------------------------------------------- all jobs
@@ -349,9 +407,11 @@ class StudyPlan:
                 decomposed[job.out_dir] = (m.base, m.entry, m.ratio)
         out += [self.decompose(*v) for v in decomposed.values()]
         out += [self.sparsify(*v) for v in self.sparse_variants]
+        out += [self.predictors(*v) for v in self.predictor_jobs]
         out += [self.evaluate(m) for m in self.models]
         out += [self.evaluate_decomposed(*v) for v in self.decomposed_variants]
         out += [self.evaluate_sparse(*v) for v in self.sparse_variants]
+        out += [self.evaluate_predicted(*v) for v in self.predicted_variants]
         return out
 
     def upstream_dirs(self, job: Job) -> list[str]:

@@ -139,6 +139,44 @@ DECOMPOSITION = pa.schema(
     ]
 )
 
+# A predictors job's scores on held-out tokens (long format; layer -1: every layer)
+PREDICTOR_METRICS = pa.schema(
+    [
+        ("layer", pa.int32()),
+        ("rank", pa.int64()),  # the predictor's rank (Spark: r, the input dims it reuses)
+        ("level", pa.float64()),  # top-K scores (recall_at_k, matching_rate); else null
+        ("metric", pa.string()),  # recall, precision, recall_at_k, matching_rate, flops_pct, ...
+        ("value", pa.float64()),
+    ]
+)
+
+# Hot/cold neurons: each FFN neuron's activation frequency on the training labels
+NEURON_FREQUENCY = pa.schema(
+    [
+        ("layer", pa.int32()),
+        ("neuron", pa.int64()),
+        ("frequency", pa.float64()),  # share of tokens on which the neuron is active
+        ("rank", pa.int64()),  # 1: the most frequent neuron of its layer
+    ]
+)
+
+HOTCOLD = pa.schema(
+    [
+        ("layer", pa.int32()),
+        ("mean_frequency", pa.float64()),
+        ("dead", pa.float64()),  # share of neurons never active
+        ("hot", pa.float64()),  # share of neurons active on at least half the tokens
+        ("power_law_b", pa.float64()),  # f(rank) = c rank^-b, log-log least squares
+        ("power_law_c", pa.float64()),
+        ("power_law_r2", pa.float64()),
+        ("top1pct_share", pa.float64()),  # share of activations of the top 1% neurons
+        ("top5pct_share", pa.float64()),
+        ("top10pct_share", pa.float64()),
+        ("top20pct_share", pa.float64()),
+        ("top50pct_share", pa.float64()),
+    ]
+)
+
 SCHEMAS = {
     "metrics": METRICS,
     "data_manifest": DATA_MANIFEST,
@@ -149,6 +187,9 @@ SCHEMAS = {
     "allocation": ALLOCATION,
     "achieved_sparsity": ACHIEVED_SPARSITY,
     "decomposition": DECOMPOSITION,
+    "predictor_metrics": PREDICTOR_METRICS,
+    "neuron_frequency": NEURON_FREQUENCY,
+    "hotcold": HOTCOLD,
 }
 
 

@@ -170,6 +170,30 @@ def test_real_model_preset_uses_the_checkpoint_tokenizer_per_model():
             r"decompose\.methods: entry names also used by sparsify\.methods: \['topk'\]",
         ),
         (
+            ["experiment=smoke", "predictors.methods.dejavu_mlp.rank=0"],
+            r"predictors\.methods\.dejavu_mlp\.rank: ranks must be >= 1, got 0",
+        ),
+        (
+            ["experiment=smoke", "+predictors.methods.x.method=oracle"],
+            r"predictors\.methods\.x\.method: unknown predictor method 'oracle'",
+        ),
+        (
+            ["experiment=smoke", "predictors.methods.spark.label=sign"],
+            r"predictors\.methods\.spark\.label: must be one of auto, positive, topk, threshold",
+        ),
+        (
+            ["experiment=smoke", "predictors.methods.hotcold.models=[gpt]"],
+            r"predictors\.methods\.hotcold\.models: unknown model 'gpt'",
+        ),
+        (
+            ["experiment=smoke", "predictors.levels=[1.5]"],
+            r"predictors\.levels: sparsity levels must be in \[0, 1\), got 1\.5",
+        ),
+        (
+            ["experiment=smoke", "+predictors.methods.topk.method=spark"],
+            r"predictors\.methods: entry names also used by sparsify\.methods: \['topk'\]",
+        ),
+        (
             ["experiment=smoke", "evaluate.eval_data_max_tokens=10"],
             r"evaluate\.eval_data_max_tokens: 10 does not fill one window of 64",
         ),

@@ -96,11 +96,39 @@ def test_a_sparsify_change_touches_only_that_entrys_jobs():
     assert changed == [("evaluate", "llama_micro.cats.s50"), ("sparsify", "llama_micro.cats.s50")]
 
 
+def test_a_predictor_change_touches_that_entrys_jobs_only():
+    a, b = _hashes(), _hashes("predictors.methods.dejavu_heads.epochs=2")
+    assert sorted(k for k in a if a[k] != b[k]) == [
+        ("evaluate", "opt_micro.dejavu_heads.s50"),
+        ("predictors", "opt_micro.dejavu_heads"),
+    ]
+
+
+def test_predicted_masks_are_evaluated_per_level_with_the_predictors_as_input():
+    plan = StudyPlan(compose_study(["experiment=smoke", "predictors.levels=[0.5,0.9]"]))
+    assert ("opt_micro", "dejavu_heads", 0.9) in plan.predicted_variants
+    assert not any(e == "hotcold" for _, e, _ in plan.predicted_variants)  # a report
+    job = plan.evaluate_predicted("opt_micro", "dejavu_heads", 0.9)
+    assert job.spec["inputs"]["predictors"] == plan.predictors("opt_micro", "dejavu_heads").out_dir
+    assert job.variant == "opt_micro.dejavu_heads.s90" and job.spec["config"]["level"] == 0.9
+    # the recall-at-K levels are part of the predictors job, so they rerun it
+    assert plan.predictors("opt_micro", "dejavu_heads").spec["config"]["levels"] == [0.5, 0.9]
+    pred = plan.predictors("opt_micro", "dejavu_heads").spec["inputs"]
+    assert set(pred) == {"model", "data"}  # norm-ranked labels read no statistics
+    thr = StudyPlan(compose_study(["experiment=smoke", "predictors.methods.spark.label=threshold"]))
+    assert thr.predictors("llama_micro", "spark").spec["inputs"]["calibration"] == (
+        thr.calibrate("llama_micro").out_dir
+    )
+    none = StudyPlan(compose_study(["experiment=smoke", "predictors.methods.spark.models=[]"]))
+    assert ("llama_micro", "spark") not in none.predictor_jobs  # []: no model
+
+
 def test_a_train_change_touches_train_and_everything_downstream():
     assert _changed(_hashes(), _hashes("train.grad_clip=0.5")) == [
         "calibrate",
         "decompose",
         "evaluate",
+        "predictors",
         "sparsify",
         "train",
     ]
@@ -111,6 +139,7 @@ def test_a_seed_change_touches_every_job_but_data():
         "calibrate",
         "decompose",
         "evaluate",
+        "predictors",
         "sparsify",
         "train",
     ]
@@ -122,6 +151,7 @@ def test_a_data_change_touches_every_job():
         "data",
         "decompose",
         "evaluate",
+        "predictors",
         "sparsify",
         "train",
     ]

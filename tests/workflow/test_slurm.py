@@ -79,11 +79,14 @@ def test_smoke_study_runs_through_sbatch(slurm_cluster, tmp_path, repo):
         "slurm_partition=debug",
         "--config",
         "experiment=smoke",
-        # one sparsified and one decomposed variant (sparsify, decompose and their evaluate
-        # jobs go through sbatch too); the whole sweep runs locally in the other workflow tests
+        # one sparsified and one decomposed variant and one predictors job (sparsify,
+        # decompose, predictors and evaluate go through sbatch too); the whole sweep runs
+        # locally in the other workflow tests
         "overrides=[sparsify.levels=[],sparsify.methods.topk.levels=[0.5],"
         "sparsify.methods.topk.models=[llama_micro],~models.llama_micro_svdllm,"
-        "decompose.ratios=[],decompose.methods.svdllm.ratios=[0.3]]",
+        "decompose.ratios=[],decompose.methods.svdllm.ratios=[0.3],"
+        "predictors.methods.dejavu_mlp.models=[],predictors.methods.spark.models=[],"
+        "predictors.methods.hotcold.models=[]]",
     ]
     r = subprocess.run(
         cmd, cwd=wd, env=env, capture_output=True, text=True, timeout=SLURM_BUDGET_S + 60
@@ -94,14 +97,15 @@ def test_smoke_study_runs_through_sbatch(slurm_cluster, tmp_path, repo):
     root = wd / "data" / "smoke"
     read_table(root / "summary.parquet", METRICS)
     jobs = sorted(p for p in root.glob("*/*-*") if p.is_dir())
-    assert len(jobs) == 12 and {p.parent.name for p in jobs} >= {"decompose", "sparsify"}
+    assert len(jobs) == 13
+    assert {p.parent.name for p in jobs} >= {"decompose", "sparsify", "predictors"}
     client = MlflowClient(uri)
     slurm_ids = set()
     for job in jobs:
         run = client.get_run((job / "mlflow_run_id").read_text().strip())
         assert run.data.tags["stage"] == job.parent.name
         slurm_ids.add(run.data.tags["slurm_job_id"])  # KeyError: the job did not go through sbatch
-    assert len(slurm_ids) == 12
+    assert len(slurm_ids) == 13
     accounted = subprocess.run(
         ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(sorted(slurm_ids))],
         capture_output=True,

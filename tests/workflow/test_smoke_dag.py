@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from smk import SMOKE_BUDGET_S, copy_workflow, planned, snakemake
 
 from actsparse.methods.lowrank import LOWRANK
+from actsparse.methods.predictors import PREDICTORS
 from actsparse.methods.sparsity import SPARSITY
 from actsparse.tables import (
     ACHIEVED_SPARSITY,
@@ -28,16 +29,21 @@ from actsparse.tables import (
     HISTOGRAMS,
     LINEARS,
     LOSS_CURVE,
+    HOTCOLD,
     METRICS,
+    PREDICTOR_METRICS,
     read_table,
 )
 
 pytestmark = pytest.mark.workflow
 # the smoke experiment (conf/experiment/smoke.yaml): sparsified variants (one of them of
-# the decomposed model), decompositions, models evaluated dense (two trained, one decomposed)
+# the decomposed model), decompositions, models evaluated dense (two trained, one decomposed),
+# predictors jobs (one of them the hot/cold report) and evaluations with predicted masks
 N_SPARSE, N_LOWRANK, N_DENSE = 9, 4, 3
-N_EVALUATE = N_DENSE + N_LOWRANK + N_SPARSE
-N_JOBS = 2 + 2 + 2 + N_LOWRANK + N_SPARSE + N_EVALUATE  # data (code, prose), train, calibrate x2
+N_PREDICTORS, N_PREDICTED = 5, 4
+N_EVALUATE = N_DENSE + N_LOWRANK + N_SPARSE + N_PREDICTED
+# data (code, prose), train, calibrate x2
+N_JOBS = 2 + 2 + 2 + N_LOWRANK + N_SPARSE + N_PREDICTORS + N_EVALUATE
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +77,7 @@ def test_every_output_validates_against_its_schema(smoke_run):
     stages = [p.parent.name for p in jobs]
     assert (stages.count("sparsify"), stages.count("evaluate")) == (N_SPARSE, N_EVALUATE)
     assert stages.count("decompose") == N_LOWRANK
+    assert stages.count("predictors") == N_PREDICTORS
     assert len(jobs) == N_JOBS and not list(root.glob("*/*.partial"))
     for job in jobs:
         assert (job / "config.yaml").is_file()
@@ -120,7 +127,8 @@ def test_every_output_validates_against_its_schema(smoke_run):
         json.loads((p / "sparsity.json").read_text())["method"] for p in root.glob("sparsify/*-*")
     }
     assert methods == set(SPARSITY.names())
-    for e in root.glob("evaluate/*.s50-*"):
+    sparsified = {p.name.rsplit("-", 1)[0] for p in root.glob("sparsify/*-*")}
+    for e in (p for p in root.glob("evaluate/*.s50-*") if p.name.rsplit("-", 1)[0] in sparsified):
         achieved = read_table(e / "achieved_sparsity.parquet", ACHIEVED_SPARSITY)
         reachable = achieved[["target", "natural"]].max(axis=1)  # greedy: per-module targets
         assert (achieved.total > 0).all(), e
@@ -128,8 +136,30 @@ def test_every_output_validates_against_its_schema(smoke_run):
     sparse = ev[ev.variant.str.endswith(".s50") & (ev.method != "unigram")]
     assert (sparse.level == 0.5).all()
     eff = sparse[sparse.metric == "effective_sparsity"].set_index("variant").value
-    assert ((eff > 0.05) & (eff < 0.8)).all() and len(eff) == N_SPARSE
-    assert set(summary.stage) == {"data", "train", "calibrate", "decompose", "sparsify", "evaluate"}
+    assert ((eff > 0.05) & (eff < 0.8)).all() and len(eff) == N_SPARSE + N_PREDICTED
+    assert set(summary.stage) == {
+        "data", "train", "calibrate", "decompose", "sparsify", "predictors", "evaluate"
+    }  # fmt: skip
+    # every registered predictor runs; trained ones are saved per layer and scored
+    methods = set()
+    for d in root.glob("predictors/*-*"):
+        if (d / "hotcold.parquet").is_file():
+            methods.add("hotcold")
+            hot = read_table(d / "hotcold.parquet", HOTCOLD)
+            assert len(hot) == 2 and hot.top50pct_share.between(0.5, 1).all()
+            continue
+        meta = json.loads((d / "predictors.json").read_text())
+        methods.add(meta["method"])
+        scores = read_table(d / "predictor_metrics.parquet", PREDICTOR_METRICS)
+        assert set(scores.layer) == {-1, 0, 1} and scores.value.notna().all(), d
+        assert len(list((d / "weights").glob("layer_*.safetensors"))) == (
+            2 if meta["method"] != "spark" else 0
+        )
+        assert not (d / "labels").exists()  # streamed to disk, removed after training
+    assert methods == set(PREDICTORS.names())
+    # predicted masks: perplexity next to the oracle's at the same level, on the same windows
+    oracle = ev[ev.metric == "oracle_gap_pct"]
+    assert len(oracle) == N_PREDICTED and oracle.value.abs().lt(50).all()
     # composition: top-K on the decomposed model, measured against that model
     comp = ev[(ev.variant == "llama_micro_svdllm.topk.s50") & (ev.metric == "sparsity.all")]
     assert abs(comp.value.iloc[0] - 0.5) < 0.01
@@ -170,6 +200,9 @@ def test_the_report_shows_the_leaderboard_and_plots(smoke_run):
         "natural_sparsity.png",
         "sparsity_vs_perplexity.png",
         "lowrank_vs_perplexity.png",
+        "predictor_recall_vs_cost.png",
+        "predicted_vs_oracle.png",
+        "hot_cold_neurons.png",
     ):
         assert f'src="{name}"' in page and (report / name).stat().st_size > 10_000
     board = pd.read_csv(report / "leaderboard.csv")
@@ -177,9 +210,13 @@ def test_the_report_shows_the_leaderboard_and_plots(smoke_run):
         zip(board.model, board.method, strict=True)
     )
     sweep = pd.read_csv(report / "sparsity_sweep.csv")
-    assert len(sweep) == N_SPARSE and sweep["ppl_increase_%"].notna().all()
+    # predicted masks are sparsity methods too: they join the sweep and the frontier
+    assert len(sweep) == N_SPARSE + N_PREDICTED and sweep["ppl_increase_%"].notna().all()
     frontier = pd.read_csv(report / "sparsity_frontier.csv")
-    assert len(frontier) == N_SPARSE and "max_level_ppl+1%" in frontier
+    assert len(frontier) == N_SPARSE + N_PREDICTED and "max_level_ppl+1%" in frontier
+    predictors = pd.read_csv(report / "predictors.csv")
+    assert len(predictors) == N_PREDICTORS and "recall_at_k@0.5" in predictors
+    assert len(pd.read_csv(report / "predicted_vs_oracle.csv")) == N_PREDICTED
     assert (board[board.method == "dense"]["ppl_vs_dense_%"] == 0).all()
     assert "llama_micro" in page and "<table" in page
     lowrank = pd.read_csv(report / "lowrank_sweep.csv")
@@ -209,6 +246,8 @@ def test_every_job_is_an_mlflow_run_on_the_server(smoke_run, mlflow_server):
         + ["evaluate"] * N_DENSE
         + ["decompose", "evaluate"] * N_LOWRANK
         + ["sparsify", "evaluate"] * N_SPARSE
+        + ["predictors"] * N_PREDICTORS
+        + ["evaluate"] * N_PREDICTED
     )
     report = next(i for i, t in by_id.items() if t["stage"] == "report")
     assert "sparsity_vs_perplexity.png" in {
@@ -290,6 +329,7 @@ def test_reruns_follow_config_changes(smoke_run):
             "calibrate": 2,
             "decompose": N_LOWRANK,
             "sparsify": N_SPARSE,
+            "predictors": N_PREDICTORS,
             "evaluate": N_EVALUATE,
             "summary": 1,
             "report": 1,
@@ -323,6 +363,19 @@ def test_reruns_follow_config_changes(smoke_run):
         }
     finally:
         nsvd.write_text(original)
+
+    heads = wd / "conf" / "predictors" / "dejavu_heads.yaml"
+    original = _edit(heads, "stop_recall: 0.99", "stop_recall: 0.98")
+    try:
+        assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {
+            "predictors": 1,
+            "evaluate": 1,
+            "summary": 1,
+            "report": 1,
+            "all": 1,
+        }
+    finally:
+        heads.write_text(original)
     assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {}
 
 

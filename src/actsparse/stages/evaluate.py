@@ -15,7 +15,11 @@ Protocol (METHODS.md, "Evaluation protocol"):
   model): the zeros each wrapped module fed on, counted on these evaluation tokens
   (`achieved_sparsity.parquet`), their error against the target per site (worst layer),
   and FLOPs and weight bytes read per token by the linear layers. The dense model with the
-  plan switched off is the fidelity reference, on the same tokens.
+  plan switched off is the fidelity reference, on the same tokens;
+- for predicted masks (input `predictors`: a predictors job): the same, with the masks
+  chosen by the predictors (their FLOPs added to the cost), then the oracle at the same
+  sites and level on the same windows: `oracle_perplexity`, `oracle_gap_pct` (perplexity
+  with predicted masks over the oracle's, in %) and `oracle_sparsity`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from tqdm import tqdm
 
 from actsparse.config import EvaluateCfg
 from actsparse.data import TokenData
+from actsparse.methods.predictors.apply import apply_predicted, load_predictors, oracle_plan
 from actsparse.methods.sparsity.mechanism import Sparsified, SparsityPlan, apply, cost_per_token
 from actsparse.models import LoadCfg, adapter_for, default_device, load_model_as, synchronize
 from actsparse.stages.job import Metric, StageResult, main
@@ -201,10 +206,16 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
     e = cfg.evaluate
     dev = default_device()
     model, adapter = load_model_as(inputs["model"], cfg.load, device=dev)
-    handle = None
+    handle, pset = None, None
     if "sparsity" in inputs:
         plan = SparsityPlan.load(inputs["sparsity"])
         handle = apply(model, adapter, plan)
+        reference = DenseView(model, handle)
+    elif "predictors" in inputs:
+        if cfg.level is None:
+            raise ValueError("evaluate: predicted masks need a level")
+        pset = load_predictors(inputs["predictors"], model, adapter, dev)
+        handle = apply_predicted(model, adapter, pset, cfg.level)
         reference = DenseView(model, handle)
     elif inputs.get("reference", inputs["model"]) == inputs["model"]:
         reference = model  # the dense baseline is its own reference
@@ -260,6 +271,9 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
         bytes_per_param=next(model.parameters()).element_size(),
         input_skips=handle.plan.input_skips if handle is not None else None,
     )
+    if pset is not None:  # the predictors run too
+        cost["predictor_flops_per_token"] = float(pset.flops_per_token)
+        cost["flops_per_token"] += pset.flops_per_token
     if reference is not model and not isinstance(reference, DenseView):
         # other weights (a decomposition): FLOPs against the model they were made from
         ref = cost_per_token(reference, adapter_for(reference.config.model_type))
@@ -271,6 +285,21 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
     # extra corpora (eval_data) after the zeros above were counted on the study's own
     for key in sorted(k for k in inputs if k.startswith("data.")):
         metrics += measure(TokenData(inputs[key]), e.eval_data_max_tokens or e.max_tokens)
+    if pset is not None and handle is not None:
+        ppl = next(m.value for m in metrics if m.metric == "perplexity" and m.method == cfg.method)
+        handle.remove()
+        oracle = apply(model, adapter, oracle_plan(pset, model, adapter, float(cfg.level)))
+        wins = windows(data.tokens(e.split), seq_len, e.max_tokens)
+        unigram = unigram_logprobs(data.tokens("train"), vocab)
+        r = evaluate_lm(model, wins, e.batch_size, unigram, None, 0, dev)
+        oracle_sparsity = sparsity_metrics(oracle.achieved())[0].value
+        oracle.remove()
+        log.info("oracle at the same level: perplexity %.3f (predicted %.3f)", r.perplexity, ppl)
+        metrics += [
+            Metric("oracle_perplexity", r.perplexity, **mk, **kw),
+            Metric("oracle_gap_pct", 100 * (ppl / r.perplexity - 1), **mk, **kw),
+            Metric("oracle_sparsity", oracle_sparsity, **mk, **kw),
+        ]
     return StageResult(metrics, artifacts)
 
 

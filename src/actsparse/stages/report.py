@@ -6,8 +6,10 @@ beside the page. Sections appear as their stages land: now the training curves, 
 perplexity of every dense model next to the unigram baseline, the natural activation
 sparsity per layer found by calibration, and the sparsity sweep: perplexity against
 sparsity (one line per method), the largest level each method reaches within +1% and +5%
-perplexity, and how far achieved sparsity landed from its target. The plots and tables are
-also logged as one MLflow run (stage `report`).
+perplexity, and how far achieved sparsity landed from its target; the low-rank sweep
+(perplexity vs ratio, per corpus); predictors (recall vs cost over rank, predicted masks
+vs the oracle, hot and cold neurons). The plots and tables are also logged as one MLflow
+run (stage `report`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,14 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from actsparse.io import atomic_path, commit_dir, partial_dir, write_text  # noqa: E402
-from actsparse.tables import CHANNEL_STATS, LOSS_CURVE, METRICS, read_table  # noqa: E402
+from actsparse.tables import (  # noqa: E402
+    CHANNEL_STATS,
+    LOSS_CURVE,
+    METRICS,
+    NEURON_FREQUENCY,
+    PREDICTOR_METRICS,
+    read_table,
+)
 
 
 def _save(fig, path: Path) -> str:
@@ -283,6 +292,115 @@ def plot_lowrank_sweep(sweep: pd.DataFrame, out: Path) -> str | None:
     return _save(fig, out / "lowrank_vs_perplexity.png")
 
 
+def predictor_scores(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per predictors job: its rank and held-out scores over every layer (recall,
+    precision, FLOPs as % of the block part it predicts for; recall at the top-K used at
+    inference and the matching rate, per level)."""
+    pr = summary[(summary.stage == "predictors") & (summary.metric != "wall_time_s")].copy()
+    if pr.empty:
+        return pd.DataFrame()
+    pr["key"] = [
+        m if pd.isna(lv) else f"{m}@{lv:g}" for m, lv in zip(pr.metric, pr.level, strict=True)
+    ]
+    wide = pr.pivot_table(
+        index=["model", "method"], columns="key", values="value", aggfunc="first"
+    ).reset_index()
+    wide.columns.name = None
+    first = ["model", "method", "predictor_rank", "recall", "precision", "flops_pct"]
+    ranked = [c for c in wide if c.startswith(("recall_at_k@", "matching_rate@"))]
+    return wide[[c for c in first + sorted(ranked) if c in wide]]
+
+
+def predicted_sweep(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per evaluation with predicted masks: perplexity next to the oracle's at the
+    same level (same windows), the gap, achieved sparsity and FLOPs ratio."""
+    ev = on_corpus(summary)
+    variants = set(ev[ev.metric == "oracle_perplexity"].variant)
+    if not variants:
+        return pd.DataFrame()
+    ev = ev[ev.variant.isin(variants) & (ev.method != "unigram")]
+    wide = ev.pivot_table(
+        index=["model", "method", "variant"], columns="metric", values="value", aggfunc="first"
+    ).reset_index()
+    wide.columns.name = None
+    wide.insert(2, "level", wide.variant.map(ev.groupby("variant")["level"].first()))
+    cols = ["model", "method", "level", "perplexity", "oracle_perplexity", "oracle_gap_pct",
+            "sparsity.all", "oracle_sparsity", "flops_ratio"]  # fmt: skip
+    return wide[[c for c in cols if c in wide]].sort_values(["model", "method", "level"])
+
+
+def plot_predictor_cost(pred_dirs: list[Path], out: Path) -> str | None:
+    """Recall (threshold, and at the inference top-K of each level) against the predictor's
+    cost, one line per (model, predictor) over its ranks: the recall-vs-cost curve."""
+    frames = []
+    for d in pred_dirs:
+        if (d / "predictor_metrics.parquet").is_file():
+            f = read_table(d / "predictor_metrics.parquet", PREDICTOR_METRICS)
+            frames.append(f[f.layer == -1].assign(job=d.name.rsplit("-", 1)[0]))
+    if not frames:
+        return None
+    allm = pd.concat(frames, ignore_index=True)
+    levels = sorted(allm.level.dropna().unique())
+    fig, axes = plt.subplots(1, 1 + len(levels), figsize=(5 * (1 + len(levels)), 4), squeeze=False)
+    for i, (job, g) in enumerate(allm.groupby("job", sort=True)):
+        cost = g[g.metric == "flops_pct"].set_index("rank").value
+        panels = [("recall", None)] + [("recall_at_k", lv) for lv in levels]
+        for ax, (metric, lv) in zip(axes[0], panels, strict=True):
+            m = g[(g.metric == metric) & ((g.level == lv) if lv is not None else g.level.isna())]
+            m = m.set_index("rank").value.sort_index()
+            if m.empty:
+                continue
+            ax.plot(cost.loc[m.index], m.values, "o-", color=f"C{i}", label=job)
+            for r, y in m.items():
+                ax.annotate(f"r={r}", (cost.loc[r], y), fontsize=6, alpha=0.7)
+    for ax, title in zip(axes[0], ["recall (logit > 0)"] + [f"recall at top-K, level {lv:g}"
+                                                           for lv in levels], strict=True):  # fmt: skip
+        ax.set(xlabel="predictor FLOPs (% of the block part predicted)", ylabel="recall",
+               title=title)  # fmt: skip
+        ax.axhline(0.95, color="gray", lw=0.6, ls="--")
+        ax.axvline(10, color="gray", lw=0.6, ls=":")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Predictors: recall vs cost on held-out tokens (dashed: 0.95, dotted: 10%)")
+    return _save(fig, out / "predictor_recall_vs_cost.png")
+
+
+def plot_predicted_vs_oracle(sweep: pd.DataFrame, out: Path) -> str | None:
+    if sweep.empty:
+        return None
+    models = sorted(sweep.model.unique())
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        g = sweep[sweep.model == model]
+        for i, (method, m) in enumerate(g.groupby("method", sort=True)):
+            m = m.sort_values("level")
+            ax.plot(m.level, m.perplexity, "o-", color=f"C{i}", label=f"{method} (predicted)")
+            ax.plot(m.level, m.oracle_perplexity, "x--", color=f"C{i}", label=f"{method}: oracle")
+        ax.set_yscale("log")
+        ax.set(xlabel="sparsity level (top-K kept: 1 - level)", ylabel="perplexity (log)",
+               title=model)  # fmt: skip
+        ax.legend(fontsize=7)
+    fig.suptitle("Predicted masks vs the oracle at the same level (same windows)")
+    return _save(fig, out / "predicted_vs_oracle.png")
+
+
+def plot_hotcold(pred_dirs: list[Path], out: Path) -> str | None:
+    """Neuron activation frequency against its rank (log-log), one line per layer."""
+    dirs = [d for d in pred_dirs if (d / "neuron_frequency.parquet").is_file()]
+    if not dirs:
+        return None
+    fig, axes = plt.subplots(1, len(dirs), figsize=(5.5 * len(dirs), 4), squeeze=False)
+    for ax, d in zip(axes[0], dirs, strict=True):
+        f = read_table(d / "neuron_frequency.parquet", NEURON_FREQUENCY)
+        for layer, g in f.groupby("layer"):
+            g = g.sort_values("rank")
+            ax.loglog(g["rank"], g.frequency.clip(lower=1e-6), lw=1, label=f"layer {layer}")
+        ax.set(xlabel="neuron rank (most active first)", ylabel="activation frequency",
+               title=d.name.rsplit("-", 1)[0])  # fmt: skip
+        ax.legend(fontsize=7)
+    fig.suptitle("Hot and cold FFN neurons (training split; a power law is a straight line)")
+    return _save(fig, out / "hot_cold_neurons.png")
+
+
 def plot_natural_sparsity(calibrate_dirs: list[Path], out: Path) -> str | None:
     if not calibrate_dirs:
         return None
@@ -320,14 +438,24 @@ def build(root: Path, out: Path) -> Path:
         for p in (root / "calibrate").glob("*-*")
         if p.is_dir() and not p.name.endswith(".partial")
     )
+    pred_dirs = sorted(
+        p
+        for p in (root / "predictors").glob("*-*")
+        if p.is_dir() and not p.name.endswith(".partial")
+    )
     sweep = sparsity_sweep(summary)
     lowrank = lowrank_sweep(summary)
+    predictors = predictor_scores(summary)
+    predicted = predicted_sweep(summary)
     figures = [
         ("Training", plot_loss_curves(train_dirs, staging)),
         ("Perplexity", plot_perplexity(board[board.method.isin(["dense", "unigram"])], staging)),
         ("Natural activation sparsity", plot_natural_sparsity(cal_dirs, staging)),
         ("Sparsity vs perplexity", plot_sparsity_sweep(sweep, staging)),
         ("Low-rank decomposition vs perplexity", plot_lowrank_sweep(lowrank, staging)),
+        ("Predictors: recall vs cost", plot_predictor_cost(pred_dirs, staging)),
+        ("Predicted masks vs the oracle", plot_predicted_vs_oracle(predicted, staging)),
+        ("Hot and cold neurons", plot_hotcold(pred_dirs, staging)),
     ]
     board.to_csv(staging / "leaderboard.csv", index=False)
     table = _html(board)
@@ -349,6 +477,19 @@ def build(root: Path, out: Path) -> Path:
             "\n<h2>Low-rank sweep (ratio_removed: fraction of the target linears' parameters "
             "removed; perplexity on each corpus against the undecomposed model)</h2>\n"
             + _html(lowrank)
+        )
+    if not predictors.empty:
+        predictors.to_csv(staging / "predictors.csv", index=False)
+        tables += (
+            "\n<h2>Predictors on held-out tokens (recall_at_k@s: recall of the top-K kept at "
+            "level s; matching_rate@s: share of that top-K the oracle keeps too)</h2>\n"
+            + _html(predictors)
+        )
+    if not predicted.empty:
+        predicted.to_csv(staging / "predicted_vs_oracle.csv", index=False)
+        tables += (
+            "\n<h2>Predicted masks vs the oracle (oracle_gap_pct: perplexity with predicted "
+            "masks over the oracle's at the same level, in %)</h2>\n" + _html(predicted)
         )
     sections = "\n".join(
         f'<h2>{html.escape(title)}</h2>\n<img src="{name}" alt="{html.escape(title)}">'

@@ -25,7 +25,7 @@ class LowRankMethodCfg:
     method: str = MISSING  # the registered method this entry runs
     targets: list[str] = field(default_factory=lambda: ["attention", "ffn"])
     ratios: list[float] | None = None  # null: the study's decompose.ratios
-    models: list[str] | None = None  # null: every model of the study
+    models: list[str] | None = None  # null: every model of the study; []: none
 
     def problems(self) -> list[tuple[str, str]]:
         out = ratio_problems(self.ratios or [])

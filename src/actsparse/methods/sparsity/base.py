@@ -24,7 +24,7 @@ class SparsityMethodCfg:
 
     method: str = MISSING  # the registered method this entry runs
     levels: list[float] | None = None  # null: the study's sparsify.levels
-    models: list[str] | None = None  # null: every model of the study
+    models: list[str] | None = None  # null: every model of the study; []: none
 
     def sites_used(self) -> list[str]:
         """The sites this entry places rules at (checked against each model's family)."""

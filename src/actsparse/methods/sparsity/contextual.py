@@ -51,12 +51,18 @@ class Contextual(SparsityMethod):
         if cfg.heads:
             rule = Rule("head_topk", head_level, n_heads=n_heads(model))
             placed += placed_for_sites(model, adapter, ["heads"], lambda *_: rule)
-        skips = {}
-        for p in placed:
-            linears = adapter.site_linears(model, p.layer)
-            if p.site == "ffn_intermediate":  # gate/up (fc1) rows of dropped neurons
-                for name, _ in linears["ffn_in"]:
-                    skips[name] = p.module
-            elif len(linears["attn_in"]) == 3:  # q rows of dropped heads; k/v feed the cache
-                skips[linears["attn_in"][0][0]] = p.module
-        return SparsityPlan(cfg.method, "", level, placed, skips)
+        return SparsityPlan(cfg.method, "", level, placed, known_skips(model, adapter, placed))
+
+
+def known_skips(model, adapter, placed: list) -> dict[str, str]:
+    """The output rows a mask known in advance lets a kernel skip: gate/up (fc1) rows of
+    dropped neurons, q rows of dropped heads (k/v feed the cache; fused qkv is dense)."""
+    skips = {}
+    for p in placed:
+        linears = adapter.site_linears(model, p.layer)
+        if p.site == "ffn_intermediate":
+            for name, _ in linears["ffn_in"]:
+                skips[name] = p.module
+        elif p.site == "heads" and len(linears["attn_in"]) == 3:
+            skips[linears["attn_in"][0][0]] = p.module
+    return skips

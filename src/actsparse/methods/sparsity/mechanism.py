@@ -33,7 +33,9 @@ from actsparse.models.adapters import (
 )
 from actsparse.tables import ACHIEVED_SPARSITY, ALLOCATION, read_table, write_table
 
-RULES = ("threshold", "topk", "stat_topk", "head_topk")
+# predicted: the top-K neurons (or heads) by a predictor's scores, computed from another
+# module's input before this one runs (the predictors stage; `PredictedInput`)
+RULES = ("threshold", "topk", "stat_topk", "head_topk", "predicted")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class Rule:
     threshold: float | None = None  # threshold: keep |x| > threshold
     soft: bool = True  # stat_topk: ReLU(x - theta) rather than the hard cut
     rescale: bool = False  # topk: restore each row's L2 norm
-    n_heads: int | None = None  # head_topk
+    n_heads: int | None = None  # head_topk, and a predicted rule over heads
     pre_activation: bool = False  # at the gate: act(rule(g)) instead of rule(act(g))
 
     def __post_init__(self) -> None:
@@ -56,7 +58,14 @@ class Rule:
         if self.kind == "head_topk" and not self.n_heads:
             raise ValueError("a head_topk rule needs n_heads")
 
+    @property
+    def per_head(self) -> bool:
+        """Whether the rule keeps or drops whole heads (counted in heads, not entries)."""
+        return self.kind == "head_topk" or (self.kind == "predicted" and bool(self.n_heads))
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "predicted":
+            raise ValueError("a predicted rule takes its mask from a predictor (PredictedInput)")
         if self.kind == "threshold":
             return ops.threshold(x, float(self.threshold))  # type: ignore[arg-type]
         if self.kind == "topk":
@@ -68,11 +77,11 @@ class Rule:
     def exact_target(self, width: int) -> float:
         """The fraction of zeros the rule is built to give: top-K rules keep
         `int((1 - level) n)` of `n` entries (or heads), thresholds aim at `level`."""
-        if self.kind == "topk":
-            return 1.0 - ops.keep_count(width, self.level) / width
-        if self.kind == "head_topk":
+        if self.per_head:
             h = int(self.n_heads)  # type: ignore[arg-type]
             return 1.0 - ops.keep_count(h, self.level) / h
+        if self.kind in ("topk", "predicted"):
+            return 1.0 - ops.keep_count(width, self.level) / width
         return self.level
 
     def on_gate(self, g: torch.Tensor, act: nn.Module) -> torch.Tensor:
@@ -178,7 +187,7 @@ class _Counted(nn.Module):
         self.total = 0
 
     def _zeros(self, y: torch.Tensor) -> torch.Tensor:
-        if self.placed.rule.kind == "head_topk":
+        if self.placed.rule.per_head:
             h = int(self.placed.rule.n_heads)  # type: ignore[arg-type]
             return (y.reshape(*y.shape[:-1], h, y.shape[-1] // h) == 0).all(dim=-1).sum()
         return (y == 0).sum()
@@ -187,7 +196,7 @@ class _Counted(nn.Module):
         self.natural = self.natural + self._zeros(before)
         self.zeros = self.zeros + self._zeros(after)
         rule = self.placed.rule
-        per_token = int(rule.n_heads) if rule.kind == "head_topk" else after.shape[-1]  # type: ignore[arg-type]
+        per_token = int(rule.n_heads) if rule.per_head else after.shape[-1]  # type: ignore[arg-type]
         self.total += after[..., 0].numel() * per_token
 
     def extra_repr(self) -> str:
@@ -213,6 +222,30 @@ class SparseInput(_Counted):
         return self.inner(x, *args, **kwargs)
 
 
+class PredictedInput(SparseInput):
+    """A linear whose input keeps only what a predictor chose: the boolean `mask` (..., n)
+    over entries, or (..., H) over heads, set by a hook on the predictor's input module
+    earlier in the same forward pass (`methods.predictors.apply`), used once."""
+
+    def __init__(self, inner: nn.Module, placed: Placed):
+        super().__init__(inner, placed)
+        self.mask: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if self.active:
+            mask, self.mask = self.mask, None
+            if mask is None or mask.shape[:-1] != x.shape[:-1]:
+                raise RuntimeError(
+                    f"{self.placed.module}: no predicted mask for this input (the "
+                    "predictor's input module did not run first in this forward pass)"
+                )
+            if self.placed.rule.per_head:
+                mask = mask.repeat_interleave(x.shape[-1] // mask.shape[-1], dim=-1)
+            before, x = x, x * mask.to(x.dtype)
+            self.count(before, x)
+        return self.inner(x, *args, **kwargs)
+
+
 class SparseGate(_Counted):
     """The FFN nonlinearity of a gated FFN whose output (the gate branch) is sparsified."""
 
@@ -227,8 +260,15 @@ class SparseGate(_Counted):
 class Sparsified:
     """Handle on a model with a plan applied: toggle it, count what it did, remove it."""
 
-    def __init__(self, model: nn.Module, plan: SparsityPlan, wrappers: dict[str, _Counted]):
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: SparsityPlan,
+        wrappers: dict[str, _Counted],
+        hooks: list | None = None,
+    ):
         self.model, self.plan, self.wrappers = model, plan, wrappers
+        self.hooks = hooks or []  # hook handles that feed the wrappers (predictors)
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
@@ -264,6 +304,9 @@ class Sparsified:
         return pd.DataFrame(rows, columns=ACHIEVED_SPARSITY.names)
 
     def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []
         for name, w in self.wrappers.items():
             _set_module(self.model, name, w.inner)
         self.wrappers = {}
@@ -314,7 +357,10 @@ def apply(model: nn.Module, adapter: FamilyAdapter, plan: SparsityPlan) -> Spars
             )
         if p.module in wrappers:
             raise ValueError(f"{where}: {p.module} has two rules")
-        cls = SparseGate if p.site == "gate" else SparseInput
+        if p.rule.kind == "predicted":
+            cls: type[_Counted] = PredictedInput
+        else:
+            cls = SparseGate if p.site == "gate" else SparseInput
         wrappers[p.module] = cls(module, p)
     for name, w in wrappers.items():
         _set_module(model, name, w)

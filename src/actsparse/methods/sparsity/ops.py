@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import torch
-from scipy.special import ndtri
 
 
 def threshold(x: torch.Tensor, t: float) -> torch.Tensor:
@@ -22,15 +21,20 @@ def keep_count(d: int, level: float) -> int:
     return int((1.0 - level) * d)
 
 
-def topk_mask(x: torch.Tensor, level: float) -> torch.Tensor:
-    """Boolean mask of the `k = int((1 - level) d)` largest |x| along the last dim."""
-    d = x.shape[-1]
-    k = keep_count(d, level)
-    mask = torch.zeros_like(x, dtype=torch.bool)
+def top_scores_mask(scores: torch.Tensor, level: float) -> torch.Tensor:
+    """Boolean mask of the `k = int((1 - level) d)` largest *scores* along the last dim
+    (predictor logits: the neurons or heads a predictor ranks first)."""
+    k = keep_count(scores.shape[-1], level)
+    mask = torch.zeros_like(scores, dtype=torch.bool)
     if k > 0:
-        idx = torch.topk(x.abs(), k, dim=-1, sorted=False).indices
+        idx = torch.topk(scores, k, dim=-1, sorted=False).indices
         mask.scatter_(-1, idx, True)
     return mask
+
+
+def topk_mask(x: torch.Tensor, level: float) -> torch.Tensor:
+    """Boolean mask of the `k = int((1 - level) d)` largest |x| along the last dim."""
+    return top_scores_mask(x.abs(), level)
 
 
 def topk(x: torch.Tensor, level: float, rescale: bool = False) -> torch.Tensor:
@@ -57,7 +61,8 @@ def stat_threshold(x: torch.Tensor, level: float) -> torch.Tensor:
 
     For Gaussian rows a fraction `1 - level` of entries exceeds it; no sort is needed.
     """
-    z = float(ndtri(level))  # PhiInv(1 - k/d) with k/d = 1 - level
+    # PhiInv(1 - k/d) with k/d = 1 - level (torch's ndtri: no scipy import in every job)
+    z = float(torch.special.ndtri(torch.tensor(level, dtype=torch.float64)))
     xf = x.float()
     mean = xf.mean(dim=-1, keepdim=True)
     std = xf.std(dim=-1, keepdim=True, correction=0)

@@ -1,0 +1,18 @@
+"""Deja Vu's attention-head predictor with lookahead: per layer `l`, a low-rank
+`d -> r -> H` map from the *previous* layer's attention input (layer 0: its own) to one
+logit per head, trained with the weighted BCE on the top-fraction-by-output-norm labels
+(`labels.py`), so it can run ahead of block `l`."""
+
+from __future__ import annotations
+
+from actsparse.methods.predictors import PREDICTORS
+from actsparse.methods.predictors.base import PredictorMethod, TrainedCfg, fit_lowrank
+
+
+@PREDICTORS.register("dejavu_heads")
+class DejaVuHeads(PredictorMethod):
+    Config = TrainedCfg
+    target = "heads"
+
+    def fit(self, cfg, model, adapter, labels, layer, rank, seed, device, where):
+        return fit_lowrank(cfg, labels, layer, rank, seed, device, where)

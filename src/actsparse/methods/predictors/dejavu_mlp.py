@@ -1,0 +1,17 @@
+"""Deja Vu's MLP predictor: per layer, a low-rank `d -> r -> d_ff` map from the FFN's input
+to one logit per neuron, trained with the weighted BCE on labels of active neurons
+(`labels.py`); at inference the top-K logits choose the neurons computed."""
+
+from __future__ import annotations
+
+from actsparse.methods.predictors import PREDICTORS
+from actsparse.methods.predictors.base import PredictorMethod, TrainedCfg, fit_lowrank
+
+
+@PREDICTORS.register("dejavu_mlp")
+class DejaVuMLP(PredictorMethod):
+    Config = TrainedCfg
+    target = "mlp"
+
+    def fit(self, cfg, model, adapter, labels, layer, rank, seed, device, where):
+        return fit_lowrank(cfg, labels, layer, rank, seed, device, where)
