@@ -5,7 +5,7 @@ import math
 
 from actsparse.config import compose_study
 from actsparse.plan import StudyPlan
-from actsparse.stages import calibrate, data, evaluate, sparsify
+from actsparse.stages import calibrate, data, evaluate, predictors, sparsify
 from actsparse.stages.job import run_job
 from actsparse.tables import METRICS, read_table
 
@@ -31,6 +31,10 @@ def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_p
                 "evaluate.seq_len=64",
                 "data.tokenizer.kind=model",
                 *(f"sparsify.methods.{e}.models=[local]" for e in ENTRIES),
+                *(
+                    f"predictors.methods.{e}.models=[local]"
+                    for e in ("dejavu_mlp", "dejavu_heads", "spark", "hotcold")
+                ),
             ]
         )
     )
@@ -61,3 +65,14 @@ def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_p
     m = read_table(ev / "metrics.parquet", METRICS).set_index("metric")
     assert abs(m.loc["sparsity.gate", "value"] - 0.5) < 0.05
     assert (sp / "allocation.parquet").is_file()
+    # predictors for the checkpoint (labels from its own tokenizer's tokens), then its
+    # predicted masks beside the oracle
+    pr = run_job(
+        plan.predictors("local", "dejavu_mlp").spec, predictors.PredictorsJob, predictors.run
+    )
+    assert len(list((pr / "weights").glob("layer_*.safetensors"))) == 2
+    ev = run_job(
+        plan.evaluate_predicted("local", "dejavu_mlp", 0.5).spec, evaluate.EvaluateJob, evaluate.run
+    )
+    m = read_table(ev / "metrics.parquet", METRICS).set_index("metric").value
+    assert math.isfinite(m["oracle_gap_pct"]) and m["predictor_flops_per_token"] > 0
