@@ -306,6 +306,8 @@ def predictor_scores(summary: pd.DataFrame) -> pd.DataFrame:
         index=["model", "method"], columns="key", values="value", aggfunc="first"
     ).reset_index()
     wide.columns.name = None
+    if "recall" in wide:  # predictors only (the hot/cold report has its own plot)
+        wide = wide[wide.recall.notna()]
     first = ["model", "method", "predictor_rank", "recall", "precision", "flops_pct"]
     ranked = [c for c in wide if c.startswith(("recall_at_k@", "matching_rate@"))]
     return wide[[c for c in first + sorted(ranked) if c in wide]]
