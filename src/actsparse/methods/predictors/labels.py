@@ -17,8 +17,8 @@ token, with the input a predictor reads, collected from the model and streamed t
 Per layer and split, `<split>/layer_XXX_x.npy` holds the inputs (float16), `_y.npy` the
 labels as packed bits (`np.packbits` along the unit axis) and, for held-out splits,
 `_m.npy` the magnitudes the oracle ranks by (|a| or head norms, float16). Files are
-`np.lib.format.open_memmap` arrays written one batch at a time: memory holds one batch
-of activations, never the split.
+written by appending one batch at a time (`NpyWriter`) and read back as memory maps:
+memory holds one batch of activations, never the split.
 """
 
 from __future__ import annotations
@@ -149,6 +149,27 @@ class LabelSet:
                 )
 
 
+class NpyWriter:
+    """An `.npy` file of a known shape written by appending rows: its header first, then
+    each batch's bytes (no memory map: written pages are not held by the process)."""
+
+    def __init__(self, path: Path, dtype: np.dtype, shape: tuple[int, int]):
+        self.path, self.dtype, self.shape, self.rows = path, dtype, shape, 0
+        self.f = open(path, "wb")  # noqa: SIM115 (closed in close())
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                  "shape": shape}  # fmt: skip
+        np.lib.format.write_array_header_1_0(self.f, header)
+
+    def write(self, rows: np.ndarray) -> None:
+        self.f.write(np.ascontiguousarray(rows, dtype=self.dtype).tobytes())
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        self.f.close()
+        if self.rows != self.shape[0]:
+            raise RuntimeError(f"{self.path}: wrote {self.rows} rows of {self.shape[0]}")
+
+
 @torch.no_grad()
 def collect(
     model,
@@ -168,18 +189,14 @@ def collect(
     n_rows = windows.numel()
     out = folder / split
     out.mkdir(parents=True, exist_ok=True)
-    files: dict[tuple[int, str], np.ndarray] = {}
+    files: dict[tuple[int, str], NpyWriter] = {}
     for layer, (d_in, units) in enumerate(widths):
-        files[(layer, "x")] = np.lib.format.open_memmap(
-            out / f"layer_{layer:03d}_x.npy", "w+", np.float16, (n_rows, d_in)
-        )
-        files[(layer, "y")] = np.lib.format.open_memmap(
-            out / f"layer_{layer:03d}_y.npy", "w+", np.uint8, (n_rows, (units + 7) // 8)
-        )
+        parts = {"x": (np.float16, d_in), "y": (np.uint8, (units + 7) // 8)}
         if magnitudes:
-            files[(layer, "m")] = np.lib.format.open_memmap(
-                out / f"layer_{layer:03d}_m.npy", "w+", np.float16, (n_rows, units)
-            )
+            parts["m"] = (np.float16, units)
+        for part, (dtype, width) in parts.items():
+            path = out / f"layer_{layer:03d}_{part}.npy"
+            files[(layer, part)] = NpyWriter(path, np.dtype(dtype), (n_rows, width))
     cache: dict[tuple[str, int], torch.Tensor] = {}
     hooks = []
 
@@ -219,17 +236,16 @@ def collect(
                 else:
                     mag = head_norms(act, heads)
                     lab = topk_mask(mag, spec.level)
-                files[(layer, "x")][row : row + n] = inp.float().cpu().numpy()
-                files[(layer, "y")][row : row + n] = np.packbits(lab.cpu().numpy(), axis=-1)
+                files[(layer, "x")].write(inp.float().cpu().numpy())
+                files[(layer, "y")].write(np.packbits(lab.cpu().numpy(), axis=-1))
                 if magnitudes:
-                    files[(layer, "m")][row : row + n] = mag.float().cpu().numpy()
+                    files[(layer, "m")].write(mag.float().cpu().numpy())
             row += n
     finally:
         for h in hooks:
             h.remove()
     for f in files.values():
-        f.flush()
-    del files
+        f.close()
     meta_path = folder / "labels.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     meta.update({**asdict(spec), "widths": [list(w) for w in widths]})
