@@ -498,11 +498,7 @@ class ResourcesCfg:
 
     def problems(self) -> list[tuple[str, str]]:
         rules = ("data", "train", "calibrate", "decompose", "sparsify", "predictors", "evaluate")
-        return [
-            (f"{rule}.{k}", m)
-            for rule in rules
-            for k, m in getattr(self, rule).problems()
-        ]
+        return [(f"{rule}.{k}", m) for rule in rules for k, m in getattr(self, rule).problems()]
 
 
 @dataclass
@@ -652,7 +648,6 @@ class StudyConfig:
                     except ValueError as e:
                         out.append((key, f"{e}; restrict the entry with `models:`"))
         return out
-
 
     def _predictor_model_problems(self) -> list[tuple[str, str]]:
         """Predictor entries name models of the study."""

@@ -331,7 +331,9 @@ class StudyPlan:
         ]
 
     def predictor_levels(self, entry: str) -> list[float]:
-        return self.cfg.predictors.levels_of(self.predictor_entries[entry], self.cfg.sparsify.levels)
+        return self.cfg.predictors.levels_of(
+            self.predictor_entries[entry], self.cfg.sparsify.levels
+        )
 
     @property
     def predicted_variants(self) -> list[tuple[str, str, float]]:

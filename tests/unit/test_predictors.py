@@ -89,7 +89,10 @@ def test_weighted_bce_matches_deja_vu_weights_in_float64():
 # --------------------------------------------------------------------------- a planted rule
 def write_labels(folder, x_train, y_train, x_held, y_held, mag_held):
     """A labels folder in the collector's format, from arrays."""
-    for split, x, y, m in (("train", x_train, y_train, None), ("heldout", x_held, y_held, mag_held)):
+    for split, x, y, m in (
+        ("train", x_train, y_train, None),
+        ("heldout", x_held, y_held, mag_held),
+    ):
         (folder / split).mkdir(parents=True, exist_ok=True)
         np.save(folder / split / "layer_000_x.npy", x.astype(np.float16))
         np.save(folder / split / "layer_000_y.npy", np.packbits(y, axis=-1))
@@ -166,7 +169,10 @@ def test_lookahead_inputs_are_the_previous_layers_attention_input(family, tmp_pa
     heads = LabelSpec("heads", "topk", 0.5)
     collect(model, adapter, x, heads, tmp_path / "h", "heldout", 2, magnitudes=True)
     lab = LabelSet(tmp_path / "h")
-    stored = [torch.from_numpy(np.asarray(lab.array("heldout", i, "x"), dtype=np.float32)) for i in range(2)]
+    stored = [
+        torch.from_numpy(np.asarray(lab.array("heldout", i, "x"), dtype=np.float32))
+        for i in range(2)
+    ]
     tol = dict(rtol=1e-3, atol=1e-3)  # float16 storage
     assert torch.allclose(stored[1], seen[(0, "attn_in")], **tol)  # layer 1 reads layer 0's
     assert not torch.allclose(stored[1], seen[(1, "attn_in")], **tol)
@@ -297,7 +303,9 @@ def test_a_rank_larger_than_the_width_is_refused_naming_the_layer(method):
     model = tiny_model("llama")
     m = PREDICTORS.get(method)()
     cfg = m.parse({"method": method, "rank": 17}, "predictors.methods.x")
-    with pytest.raises(ValueError, match=r"rank 17 is larger than the predictor's input width 16 at layer 0"):
+    with pytest.raises(
+        ValueError, match=r"rank 17 is larger than the predictor's input width 16 at layer 0"
+    ):
         m.check(cfg, model, adapter_for("llama"), "predictor 'x'")
 
 

@@ -185,9 +185,7 @@ def run(cfg: PredictorsJob, inputs: dict[str, str], out: Path) -> StageResult:
             Metric("predictor_params", sum(int(p) for p in _params(out, n_layers, method)), **kw),
             Metric("fit_s", fit_s, **kw),
         ]
-        log.info(
-            "%s: overall (rank %d)\n%s", cfg.entry, saved_r, own.to_string(index=False)
-        )
+        log.info("%s: overall (rank %d)\n%s", cfg.entry, saved_r, own.to_string(index=False))
     if not mcfg.keep_labels:
         shutil.rmtree(out / "labels")
     return StageResult(metrics, artifacts)

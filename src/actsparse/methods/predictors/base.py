@@ -35,7 +35,7 @@ from torch import nn
 from actsparse.methods.predictors.labels import LABEL_RULES, LabelSet, layer_widths
 from actsparse.methods.registry import parse_entry
 from actsparse.methods.sparsity.base import level_problems
-from actsparse.methods.sparsity.ops import keep_count, top_scores_mask
+from actsparse.methods.sparsity.ops import top_scores_mask
 from actsparse.models.adapters import FamilyAdapter, linear_params
 
 log = logging.getLogger("actsparse.predictors")
@@ -273,9 +273,7 @@ def fit_lowrank(
             break
     assert best_state is not None
     model.load_state_dict(best_state)
-    info = dict(
-        pos_rate=pos_rate, val_recall=best_recall, best_epoch=best_epoch, epochs=epochs_run
-    )
+    info = dict(pos_rate=pos_rate, val_recall=best_recall, best_epoch=best_epoch, epochs=epochs_run)
     return model, info
 
 
@@ -287,9 +285,8 @@ def block_flops(model, adapter: FamilyAdapter, layer: int, target: str) -> int:
     return 2 * sum(linear_params(m) for s in sites for _, m in linears[s])
 
 
-class PredictorMethod(ABC):
-    """A registered predictor. Subclasses set `Config`, `target` and implement `fit` (and
-    `load` for predictors with weights) or override `run`."""
+class MethodBase:
+    """What every registered entry of `PREDICTORS` has: its config and its labels."""
 
     Config: ClassVar[type[PredictorCfg]] = PredictorCfg
     target: ClassVar[str] = "mlp"  # mlp | heads: what its labels are
@@ -316,6 +313,25 @@ class PredictorMethod(ABC):
                         f"at layer {layer}"
                     )
 
+
+class ReportMethod(MethodBase, ABC):
+    """A statistics report from the labels (no predictor, nothing evaluated)."""
+
+    evaluated = False
+    has_weights = False
+
+    def ranks(self, cfg: Any) -> list[int]:
+        return []
+
+    @abstractmethod
+    def tables(self, labels: LabelSet) -> tuple[Any, ...]:
+        """The report's tables (written by the stage)."""
+
+
+class PredictorMethod(MethodBase, ABC):
+    """A registered predictor. Subclasses set `Config`, `target` and implement `fit` (and
+    `load` for predictors without saved weights)."""
+
     @abstractmethod
     def fit(
         self, cfg: Any, model, adapter, labels: LabelSet, layer: int, rank: int, seed: int,
@@ -340,3 +356,12 @@ class PredictorMethod(ABC):
         module = LowRankPredictor(d_in, down.shape[0], units)
         module.load_state_dict(tensors)
         return module
+
+
+class LowRankTrained(PredictorMethod):
+    """Deja Vu's predictors: a `LowRankPredictor` trained on the labels (`fit_lowrank`)."""
+
+    Config = TrainedCfg
+
+    def fit(self, cfg, model, adapter, labels, layer, rank, seed, device, where):
+        return fit_lowrank(cfg, labels, layer, rank, seed, device, where)

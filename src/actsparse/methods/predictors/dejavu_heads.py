@@ -6,13 +6,9 @@ logit per head, trained with the weighted BCE on the top-fraction-by-output-norm
 from __future__ import annotations
 
 from actsparse.methods.predictors import PREDICTORS
-from actsparse.methods.predictors.base import PredictorMethod, TrainedCfg, fit_lowrank
+from actsparse.methods.predictors.base import LowRankTrained
 
 
 @PREDICTORS.register("dejavu_heads")
-class DejaVuHeads(PredictorMethod):
-    Config = TrainedCfg
+class DejaVuHeads(LowRankTrained):
     target = "heads"
-
-    def fit(self, cfg, model, adapter, labels, layer, rank, seed, device, where):
-        return fit_lowrank(cfg, labels, layer, rank, seed, device, where)

@@ -5,13 +5,9 @@ to one logit per neuron, trained with the weighted BCE on labels of active neuro
 from __future__ import annotations
 
 from actsparse.methods.predictors import PREDICTORS
-from actsparse.methods.predictors.base import PredictorMethod, TrainedCfg, fit_lowrank
+from actsparse.methods.predictors.base import LowRankTrained
 
 
 @PREDICTORS.register("dejavu_mlp")
-class DejaVuMLP(PredictorMethod):
-    Config = TrainedCfg
+class DejaVuMLP(LowRankTrained):
     target = "mlp"
-
-    def fit(self, cfg, model, adapter, labels, layer, rank, seed, device, where):
-        return fit_lowrank(cfg, labels, layer, rank, seed, device, where)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from actsparse.methods.predictors import PREDICTORS
-from actsparse.methods.predictors.base import PredictorCfg, PredictorMethod
+from actsparse.methods.predictors.base import PredictorCfg, ReportMethod
 from actsparse.methods.predictors.labels import LabelSet
 
 TOP_PCTS = (1, 5, 10, 20, 50)
@@ -49,17 +49,9 @@ def coverage(freq: np.ndarray, pct: float) -> float:
 
 
 @PREDICTORS.register("hotcold")
-class HotCold(PredictorMethod):
+class HotCold(ReportMethod):
     Config = PredictorCfg
     target = "mlp"
-    evaluated = False
-    has_weights = False
-
-    def ranks(self, cfg):
-        return []
-
-    def fit(self, cfg, model, adapter, labels, layer, rank, seed, device, where):
-        raise NotImplementedError("hotcold is a report: it trains no predictor")
 
     def tables(self, labels: LabelSet) -> tuple[pd.DataFrame, pd.DataFrame]:
         """(per-neuron frequencies, per-layer power law and coverage) (schemas in tables.py)."""
@@ -71,8 +63,12 @@ class HotCold(PredictorMethod):
             rank[order] = np.arange(1, len(freq) + 1)
             neurons.append(
                 pd.DataFrame(
-                    {"layer": layer, "neuron": np.arange(len(freq)), "frequency": freq,
-                     "rank": rank}  # fmt: skip
+                    {
+                        "layer": layer,
+                        "neuron": np.arange(len(freq)),
+                        "frequency": freq,
+                        "rank": rank,
+                    }  # fmt: skip
                 )
             )
             b, c, r2 = power_law(freq)

@@ -208,8 +208,10 @@ def collect(
 
     for layer in range(n_layers):
         # heads: every layer's own attention input is hooked; layer l reads layer l-1's
-        src = predictor_io(model, adapter, "mlp", layer)[0] if spec.target == "mlp" else (
-            adapter.site_linears(model, layer)["attn_in"][0][0]
+        src = (
+            predictor_io(model, adapter, "mlp", layer)[0]
+            if spec.target == "mlp"
+            else (adapter.site_linears(model, layer)["attn_in"][0][0])
         )
         dst = predictor_io(model, adapter, spec.target, layer)[1]
         hooks.append(model.get_submodule(src).register_forward_pre_hook(grab(("x", layer))))
