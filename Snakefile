@@ -19,6 +19,9 @@
 #   <root>/evaluate/<model>.dense-<hash>/, <model>.<entry>.s<pct>-<hash>/  (+ achieved_sparsity.parquet),
 #                  <model>.<entry>.r<pct>-<hash>/  (a decomposition, against the model it came from),
 #                  <model>.<predictor entry>.s<pct>-<hash>/  (predicted masks; the oracle beside)
+#   <root>/scaling/train/<size>.<precision>[.<variant>].s<pct>-<hash>/  a scaling-grid point:
+#                  model/, loss_curve.parquet, sparse_training.json, achieved_sparsity.parquet
+#   <root>/scaling/fit-<hash>/            scaling_points/_fit/_compare.parquet, plots
 #   <root>/summary.parquet                every job's metrics.parquet, long format
 #   <root>/report/index.html              plots and the leaderboard
 #   <root>/logs/, <root>/benchmarks/      one log and one Snakemake benchmark per job
@@ -38,6 +41,7 @@ include: "workflow/rules/decompose.smk"
 include: "workflow/rules/sparsify.smk"
 include: "workflow/rules/predictors.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/scaling.smk"
 include: "workflow/rules/summary.smk"
 include: "workflow/rules/report.smk"
 

@@ -173,6 +173,36 @@ def cmd_predictors(args: argparse.Namespace) -> None:
             print(predicted.round(4).to_string(index=False))
 
 
+def cmd_scaling(args: argparse.Namespace) -> None:
+    """The scaling-law fit of a finished study: the constants, S* (closed form and
+    numerical) and N/N_a per precision with bootstrap intervals; sparse vs dense points."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from actsparse.plan import StudyPlan
+    from actsparse.tables import SCALING_COMPARE, SCALING_FIT, SCALING_POINTS, read_table
+
+    plan = StudyPlan(compose_study(_overrides(args)))
+    if not plan.cfg.scaling.sizes:
+        raise SystemExit("actsparse: the study has no scaling grid (scaling.sizes is empty)")
+    fit = Path(plan.scaling_fit().out_dir)
+    if not fit.is_dir():
+        raise SystemExit(f"actsparse: the scaling fit has not run yet ({fit} is missing)")
+    law = read_table(fit / "scaling_fit.parquet", SCALING_FIT)
+    points = read_table(fit / "scaling_points.parquet", SCALING_POINTS)
+    compare = read_table(fit / "scaling_compare.parquet", SCALING_COMPARE)
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print("Scaling law L(N, S) = E + (B + C exp(beta/(1-S))) N^-alpha per precision "
+              f"(estimate, {100 * plan.cfg.scaling.fit.ci:g}% bootstrap interval):")  # fmt: skip
+        print(law.pivot(index="param", columns="precision", values=["estimate", "lo", "hi"])
+              .reindex(law.param.unique()).to_string(float_format=lambda v: f"{v:.5g}"))  # fmt: skip
+        print("\nGrid points (final held-out loss, nats/token):")
+        print(points.round(4).to_string(index=False))
+        print("\nSparse against dense at the same size and precision:")
+        print(compare.round(4).to_string(index=False))
+
+
 def cmd_relog(args: argparse.Namespace) -> None:
     """Rebuild the tracking store's view of a study from its files (after the store was down)."""
     from actsparse.plan import StudyPlan
@@ -232,6 +262,7 @@ def main(argv: list[str] | None = None) -> None:
         ("sparsity", cmd_sparsity, "print a study's sparsity sweep and frontier"),
         ("lowrank", cmd_lowrank, "print a study's low-rank sweep on every corpus"),
         ("predictors", cmd_predictors, "print a study's predictor scores and predicted masks"),
+        ("scaling", cmd_scaling, "print a study's scaling-law fit, S* and grid points"),
         ("relog", cmd_relog, "record a study's finished jobs in MLflow from their files"),
     ):
         p = sub.add_parser(name, help=help_)

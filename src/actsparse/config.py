@@ -69,7 +69,8 @@ class HFDatasetCfg:
     revision: str | None = None
     text_field: str = "text"
     data_files: dict[str, str] | None = None
-    splits: dict[str, str] = field(
+    # split -> the dataset's split name; null: carved from the tail of train
+    splits: dict[str, str | None] = field(
         default_factory=lambda: {"train": "train", "valid": "validation", "test": "test"}
     )
 
@@ -148,6 +149,43 @@ class ArchCfg:
     intermediate_size: int = 344
     max_position_embeddings: int = 256
     tie_word_embeddings: bool = False
+    # the FFN nonlinearity; null: the family's own (llama: silu, i.e. SwiGLU; opt: relu).
+    # relu2 on a llama: Q-Sparse's squared-ReLU gated FFN (X W_up^T) * ReLU(X W_gate^T)^2
+    hidden_act: str | None = None
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        for key in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+        ):
+            if getattr(self, key) < 1:
+                out.append((key, f"must be >= 1, got {getattr(self, key)}"))
+        if self.num_attention_heads >= 1 and self.hidden_size % self.num_attention_heads:
+            out.append(
+                (
+                    "hidden_size",
+                    f"must be divisible by num_attention_heads ({self.num_attention_heads}), "
+                    f"got {self.hidden_size}",
+                )
+            )
+        kv = self.num_key_value_heads
+        if kv is not None and (kv < 1 or self.num_attention_heads % kv):
+            out.append(("num_key_value_heads", f"must divide num_attention_heads, got {kv}"))
+        if self.hidden_act is not None and self.hidden_act not in HIDDEN_ACTS:
+            out.append(
+                (
+                    "hidden_act",
+                    f"must be one of {', '.join(HIDDEN_ACTS)} or null; got {self.hidden_act!r}",
+                )
+            )
+        return out
+
+
+HIDDEN_ACTS = ("silu", "gelu", "relu", "relu2")
 
 
 MODEL_SOURCES = ("train", "pretrained", "decompose")
@@ -184,28 +222,7 @@ class ModelCfg:
                         f"must be one of {', '.join(TRAINABLE_FAMILIES)}; got {self.family!r}",
                     )
                 )
-            a = self.arch
-            for key in (
-                "hidden_size",
-                "num_hidden_layers",
-                "num_attention_heads",
-                "intermediate_size",
-                "max_position_embeddings",
-            ):
-                if getattr(a, key) < 1:
-                    out.append((f"arch.{key}", f"must be >= 1, got {getattr(a, key)}"))
-            if a.num_attention_heads >= 1 and a.hidden_size % a.num_attention_heads:
-                out.append(
-                    (
-                        "arch.hidden_size",
-                        f"must be divisible by num_attention_heads ({a.num_attention_heads}), got {a.hidden_size}",
-                    )
-                )
-            kv = a.num_key_value_heads
-            if kv is not None and (kv < 1 or a.num_attention_heads % kv):
-                out.append(
-                    ("arch.num_key_value_heads", f"must divide num_attention_heads, got {kv}")
-                )
+            out += [(f"arch.{k}", m) for k, m in self.arch.problems()]
         if self.source == "decompose":
             for key in ("base", "entry", "ratio"):
                 if getattr(self, key) is None:
@@ -278,6 +295,172 @@ class TrainCfg:
         if self.grad_clip <= 0:
             out.append(("grad_clip", f"must be > 0, got {self.grad_clip}"))
         return out
+
+
+TRAIN_OPERATORS = ("none", "topk", "block_topk", "stat_topk")
+PRECISIONS = ("fp", "b1.58")
+
+
+@dataclass
+class SparseTrainCfg:
+    """Training-time operators of one train job (`methods.training`): Q-Sparse top-K with
+    the STE, Block Q-Sparse, Spark's statistical top-k, and BitNet b1.58 weights."""
+
+    operator: str = "none"  # none | topk | block_topk | stat_topk
+    level: float = 0.0  # S: the fraction of zeros the operator keeps out
+    sites: list[str] | None = (
+        None  # null: topk/block_topk every projection input; stat_topk the gate
+    )
+    rescale: bool = True  # topk/block_topk: restore each row's L2 norm (Q-Sparse from scratch)
+    block: int = 4  # block_topk: sequences of the batch sharing one pattern per position
+    precision: str = "fp"  # fp | b1.58 (ternary weights, 8-bit activations, STE)
+
+    def problems(self) -> list[tuple[str, str]]:
+        from actsparse.models.adapters import LINEAR_SITES
+
+        out = []
+        if self.operator not in TRAIN_OPERATORS:
+            out.append(
+                ("operator", f"must be one of {', '.join(TRAIN_OPERATORS)}; got {self.operator!r}")
+            )
+        if not 0.0 <= self.level < 1.0:
+            out.append(("level", f"must be in [0, 1), got {self.level}"))
+        if self.operator == "none" and self.level:
+            out.append(("level", f"operator 'none' trains dense; got level {self.level}"))
+        if self.precision not in PRECISIONS:
+            out.append(
+                ("precision", f"must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
+            )
+        if self.block < 1:
+            out.append(("block", f"must be >= 1, got {self.block}"))
+        allowed = ("gate",) if self.operator == "stat_topk" else LINEAR_SITES
+        bad = [x for x in self.sites or [] if x not in allowed]
+        if bad:
+            out.append(
+                ("sites", f"operator {self.operator!r} acts at {', '.join(allowed)}; got {bad}")
+            )
+        return out
+
+
+@dataclass
+class ScalingVariantCfg:
+    """More grid points beside the main operator (e.g. Spark at 8% nonzero FFN): compared
+    with the dense point of the same size and precision, not fitted."""
+
+    operator: str = "stat_topk"
+    levels: list[float] = field(default_factory=lambda: [0.92])
+    sites: list[str] | None = None
+    rescale: bool = True
+    block: int = 4
+    precisions: list[str] = field(default_factory=lambda: ["fp"])
+    sizes: list[str] | None = None  # null: every size
+
+
+@dataclass
+class ScalingFitCfg:
+    starts: int = 16  # random starts of the least-squares fit (the best one is kept)
+    robust: str = "soft_l1"  # scipy least_squares loss on log-space residuals
+    f_scale: float = 0.01  # log-residual size where the robust loss turns linear
+    bootstrap: int = 200  # residual-bootstrap refits for the intervals
+    ci: float = 0.9  # central interval reported
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.starts < 1:
+            out.append(("starts", f"must be >= 1, got {self.starts}"))
+        if self.robust not in ("linear", "soft_l1", "huber", "cauchy", "arctan"):
+            out.append(("robust", f"must be a scipy least_squares loss, got {self.robust!r}"))
+        if self.f_scale <= 0:
+            out.append(("f_scale", f"must be > 0, got {self.f_scale}"))
+        if self.bootstrap < 0:
+            out.append(("bootstrap", f"must be >= 0, got {self.bootstrap}"))
+        if not 0 < self.ci < 1:
+            out.append(("ci", f"must be in (0, 1), got {self.ci}"))
+        return out
+
+
+@dataclass
+class ScalingCfg:
+    """The sparse-training grid (sizes x levels x precisions, one train job each) and the
+    fit of Q-Sparse's scaling law to it. No sizes: no grid."""
+
+    family: str = "llama"
+    hidden_act: str = "relu2"  # Q-Sparse's squared-ReLU gated FFN
+    sizes: dict[str, ArchCfg] = field(default_factory=dict)
+    levels: list[float] = field(default_factory=lambda: [0.0, 0.4, 0.8])
+    precisions: list[str] = field(default_factory=lambda: ["fp"])
+    operator: str = "topk"  # the fitted operator: topk | block_topk
+    sites: list[str] | None = None
+    rescale: bool = True
+    block: int = 4
+    train: TrainCfg = field(default_factory=TrainCfg)
+    variants: dict[str, ScalingVariantCfg] = field(default_factory=dict)
+    fit: ScalingFitCfg = field(default_factory=ScalingFitCfg)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = [(f"train.{k}", m) for k, m in self.train.problems()]
+        out += [(f"fit.{k}", m) for k, m in self.fit.problems()]
+        if not self.sizes:
+            return out
+        if self.family not in TRAINABLE_FAMILIES:
+            out.append(
+                ("family", f"must be one of {', '.join(TRAINABLE_FAMILIES)}; got {self.family!r}")
+            )
+        if self.hidden_act not in HIDDEN_ACTS:
+            out.append(
+                ("hidden_act", f"must be one of {', '.join(HIDDEN_ACTS)}; got {self.hidden_act!r}")
+            )
+        if self.family == "opt" and self.hidden_act == "relu2":
+            out.append(("hidden_act", "relu2 (the squared-ReLU *gated* FFN) needs family llama"))
+        for name, arch in self.sizes.items():
+            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+                out.append((f"sizes.{name}", "size names may use only letters, digits and _"))
+            out += [(f"sizes.{name}.{k}", m) for k, m in arch.problems()]
+            if self.train.seq_len > arch.max_position_embeddings:
+                out.append((f"sizes.{name}.max_position_embeddings",
+                            f"{arch.max_position_embeddings} < scaling.train.seq_len={self.train.seq_len}"))  # fmt: skip
+        if self.operator not in ("topk", "block_topk"):
+            out.append(
+                ("operator", f"the fitted operator is topk or block_topk; got {self.operator!r}")
+            )
+        points = [
+            (k, m)
+            for lv in self.levels
+            for k, m in self._point(self.operator, lv, self.sites).problems()
+        ]
+        out += [("levels" if k == "level" else k, m) for k, m in points]
+        if len(set(self.levels)) != len(self.levels):
+            out.append(("levels", f"repeat a level: {self.levels}"))
+        for p in self.precisions:
+            if p not in PRECISIONS:
+                out.append(("precisions", f"must be among {', '.join(PRECISIONS)}; got {p!r}"))
+        n_sizes, n_levels = len(self.sizes), len(set(self.levels))
+        if n_sizes < 2 or n_levels < 3 or n_sizes * n_levels < 5:
+            out.append(("levels", f"the fit of 5 constants needs >= 2 sizes, >= 3 levels and >= 5 "
+                        f"points per precision; the grid has {n_sizes} sizes x {n_levels} levels"))  # fmt: skip
+        for name, v in self.variants.items():
+            key = f"variants.{name}"
+            if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+                out.append((key, "variant names may use only letters, digits and _"))
+            for lv in v.levels:
+                out += [
+                    (f"{key}.{k}", m) for k, m in self._point(v.operator, lv, v.sites).problems()
+                ]
+            for p in v.precisions:
+                if p not in PRECISIONS:
+                    out.append(
+                        (f"{key}.precisions", f"must be among {', '.join(PRECISIONS)}; got {p!r}")
+                    )
+            for size in v.sizes or []:
+                if size not in self.sizes:
+                    out.append(
+                        (f"{key}.sizes", f"unknown size {size!r}; sizes: {', '.join(self.sizes)}")
+                    )
+        return out
+
+    @staticmethod
+    def _point(operator: str, level: float, sites: list[str] | None) -> SparseTrainCfg:
+        return SparseTrainCfg(operator=operator if level else "none", level=level, sites=sites)
 
 
 @dataclass
@@ -495,9 +678,12 @@ class ResourcesCfg:
     sparsify: RuleResources = field(default_factory=RuleResources)
     predictors: RuleResources = field(default_factory=RuleResources)
     evaluate: RuleResources = field(default_factory=RuleResources)
+    grid: RuleResources = field(default_factory=RuleResources)  # scaling-grid train jobs
+    scaling: RuleResources = field(default_factory=RuleResources)  # the scaling-law fit
 
     def problems(self) -> list[tuple[str, str]]:
-        rules = ("data", "train", "calibrate", "decompose", "sparsify", "predictors", "evaluate")
+        rules = ("data", "train", "calibrate", "decompose", "sparsify", "predictors", "evaluate",
+                 "grid", "scaling")  # fmt: skip
         return [(f"{rule}.{k}", m) for rule in rules for k, m in getattr(self, rule).problems()]
 
 
@@ -512,6 +698,7 @@ class StudyConfig:
     sparsify: SparsifyCfg = field(default_factory=SparsifyCfg)
     predictors: PredictorsCfg = field(default_factory=PredictorsCfg)
     evaluate: EvaluateCfg = field(default_factory=EvaluateCfg)
+    scaling: ScalingCfg = field(default_factory=ScalingCfg)
     # more corpora every evaluate job also measures (held-out split), tokenized with the
     # study's tokenizer (their own `tokenizer` key is ignored): calibrate on `data`,
     # evaluate on both
@@ -522,7 +709,7 @@ class StudyConfig:
         out: list[tuple[str, str]] = []
         groups = (
             "study", "data", "train", "calibrate", "decompose", "sparsify", "predictors",
-            "evaluate",
+            "evaluate", "scaling",
         )  # fmt: skip
         for group in (*groups, "resources"):
             out += [(f"{group}.{k}", m) for k, m in getattr(self, group).problems()]
@@ -543,8 +730,18 @@ class StudyConfig:
                     out.append(
                         (f"{b}.methods", f"entry names also used by {a}.methods: {sorted(both)}")
                     )
-        if not any(m.source != "decompose" for m in self.models.values()):
-            out.append(("models", "the study needs at least one model (trained or pretrained)"))
+        if self.scaling.sizes and self.data.tokenizer.kind == "model":
+            out.append(("data.tokenizer.kind", "'model' needs pretrained models; the scaling "
+                        "grid trains models here (use bpe)"))  # fmt: skip
+        if not self.scaling.sizes and not any(
+            m.source != "decompose" for m in self.models.values()
+        ):
+            out.append(
+                (
+                    "models",
+                    "the study needs at least one model (trained or pretrained) or a scaling grid",
+                )
+            )
         for name, model in self.models.items():
             if not re.fullmatch(r"[A-Za-z0-9_]+", name):
                 out.append((f"models.{name}", "model names may use only letters, digits and _"))

@@ -19,7 +19,9 @@ from actsparse.config import StudyConfig, to_dict
 from actsparse.methods.predictors import PREDICTORS
 from actsparse.methods.sparsity import SPARSITY
 
-STAGES = ("data", "train", "calibrate", "decompose", "sparsify", "predictors", "evaluate")
+STAGES = (
+    "data", "train", "calibrate", "decompose", "sparsify", "predictors", "evaluate", "scaling",
+)  # fmt: skip
 
 
 def config_hash(obj: Any, n: int = 8) -> str:
@@ -75,7 +77,8 @@ class StudyPlan:
 
     @property
     def data_variants(self) -> list[str]:
-        return sorted({self.data_variant(m) for m in self.models})
+        grid = {self.cfg.data.name} if self.cfg.scaling.sizes else set()  # trains on it
+        return sorted({self.data_variant(m) for m in self.models} | grid)
 
     @property
     def eval_data_variants(self) -> list[tuple[str, str]]:
@@ -91,6 +94,7 @@ class StudyPlan:
         config: dict[str, Any],
         inputs: dict[str, str],
         model: str = "",
+        folder: str | None = None,
     ) -> Job:
         # upstream outputs enter the hash by their place in the study (stage/variant-hash),
         # so hashes do not depend on the study's name or output root
@@ -99,7 +103,7 @@ class StudyPlan:
             for k, v in inputs.items()
         }
         h = config_hash({"stage": stage, "config": config, "inputs": ids})
-        out = f"{self.root}/{stage}/{variant}-{h}"
+        out = f"{self.root}/{folder or stage}/{variant}-{h}"
         spec = {
             "study": self.cfg.study.name,
             "stage": stage,
@@ -159,6 +163,8 @@ class StudyPlan:
             "train": to_dict(self.cfg.train),
             "seed": self.cfg.study.seed,
         }
+        if config["model"]["arch"].get("hidden_act") is None:  # the family's own: hashes
+            config["model"]["arch"].pop("hidden_act", None)  # from before the key stay valid
         inputs = {"data": self.data(self.data_variant(model)).out_dir}
         return self._job("train", model, config, inputs, model)
 
@@ -374,6 +380,71 @@ class StudyPlan:
         variant = f"{model}.{entry}.{self.level_tag(level)}"
         return self._evaluate(model, variant, method, {"predictors": pred.out_dir})
 
+    # ----------------------------------------------------------------- scaling grid
+    @staticmethod
+    def precision_tag(precision: str) -> str:
+        """'b1.58' -> 'b158' (in variant names)."""
+        return precision.replace(".", "")
+
+    @property
+    def grid_points(self) -> list[tuple[str, str, str, float]]:
+        """(size, precision, variant, level) of every scaling-grid train job: the fitted
+        grid (variant '') in config order, then each extra variant's points."""
+        sc = self.cfg.scaling
+        out = [(z, p, "", lv) for z in sc.sizes for p in sc.precisions for lv in sc.levels]
+        for name, v in sc.variants.items():
+            sizes = list(sc.sizes) if v.sizes is None else v.sizes
+            out += [(z, p, name, lv) for z in sizes for p in v.precisions for lv in v.levels]
+        return out
+
+    def grid_variant(self, size: str, precision: str, variant: str, level: float) -> str:
+        parts = [size, self.precision_tag(precision), *([variant] if variant else [])]
+        return ".".join([*parts, self.level_tag(level)])
+
+    def grid_train(self, size: str, precision: str, variant: str, level: float) -> Job:
+        """One point of the scaling grid: a tiny model trained with the operator at `level`
+        (dense at level 0) and `precision`; outputs under `<root>/scaling/train/`."""
+        sc = self.cfg.scaling
+        op = sc.variants[variant] if variant else sc
+        sparse = {
+            "operator": op.operator if level else "none",
+            "level": level,
+            "sites": op.sites,
+            "rescale": op.rescale,
+            "block": op.block,
+            "precision": precision,
+        }
+        config = {
+            "model": {
+                "source": "train",
+                "family": sc.family,
+                "arch": {**to_dict(sc.sizes[size]), "hidden_act": sc.hidden_act},
+            },
+            "train": to_dict(sc.train),
+            "sparse": sparse,
+            "seed": self.cfg.study.seed,
+        }
+        inputs = {"data": self.data(self.cfg.data.name).out_dir}
+        variant_name = self.grid_variant(size, precision, variant, level)
+        return self._job("train", variant_name, config, inputs, folder="scaling/train")
+
+    def scaling_fit(self) -> Job:
+        """The scaling-law fit over every grid point (`<root>/scaling/fit-<hash>/`)."""
+        points, inputs = {}, {}
+        for size, precision, variant, level in self.grid_points:
+            job = self.grid_train(size, precision, variant, level)
+            points[job.variant] = {
+                "size": size, "precision": precision, "variant": variant, "level": level,
+            }  # fmt: skip
+            inputs[f"point.{job.variant}"] = job.out_dir
+        config = {
+            "fit": to_dict(self.cfg.scaling.fit),
+            "operator": self.cfg.scaling.operator,
+            "points": points,
+            "seed": self.cfg.study.seed,
+        }
+        return self._job("scaling", "fit", config, inputs, folder="scaling")
+
     @property
     def calibrated_models(self) -> list[str]:
         """Every trained or pretrained model (its statistics are a result of the study), and
@@ -414,6 +485,9 @@ class StudyPlan:
         out += [self.evaluate_decomposed(*v) for v in self.decomposed_variants]
         out += [self.evaluate_sparse(*v) for v in self.sparse_variants]
         out += [self.evaluate_predicted(*v) for v in self.predicted_variants]
+        if self.cfg.scaling.sizes:
+            out += [self.grid_train(*p) for p in self.grid_points]
+            out.append(self.scaling_fit())
         return out
 
     def upstream_dirs(self, job: Job) -> list[str]:

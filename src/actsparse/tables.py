@@ -177,6 +177,49 @@ HOTCOLD = pa.schema(
     ]
 )
 
+# The scaling grid: one row per trained point (the fit stage's input, gathered)
+SCALING_POINTS = pa.schema(
+    [
+        ("variant", pa.string()),  # the grid train job (<size>.<precision>[.<variant>].s<pct>)
+        ("size", pa.string()),
+        ("precision", pa.string()),  # fp | b1.58
+        ("operator", pa.string()),  # the operator trained with (none: dense)
+        ("group", pa.string()),  # '' for the fitted grid, else the extra variant's name
+        ("level", pa.float64()),  # S, the target sparsity
+        ("achieved", pa.float64()),  # zeros measured on held-out batches (null: dense)
+        ("n_params", pa.float64()),  # N: parameters of the block linears
+        ("n_active", pa.float64()),  # (1 - S) N
+        ("loss", pa.float64()),  # final held-out loss (nats/token)
+    ]
+)
+
+# The fitted law per precision, long: E, B, C, beta, alpha, S_star, S_star_numeric,
+# N_over_Na (estimate and bootstrap interval), and the fit's diagnostics (lo/hi null)
+SCALING_FIT = pa.schema(
+    [
+        ("precision", pa.string()),
+        ("param", pa.string()),
+        ("estimate", pa.float64()),
+        ("lo", pa.float64()),
+        ("hi", pa.float64()),
+    ]
+)
+
+# Each sparse point against the dense point of the same size and precision
+SCALING_COMPARE = pa.schema(
+    [
+        ("size", pa.string()),
+        ("precision", pa.string()),
+        ("operator", pa.string()),
+        ("group", pa.string()),
+        ("level", pa.float64()),
+        ("loss", pa.float64()),
+        ("dense_loss", pa.float64()),
+        ("delta", pa.float64()),  # loss - dense_loss (nats/token)
+        ("delta_pct", pa.float64()),
+    ]
+)
+
 SCHEMAS = {
     "metrics": METRICS,
     "data_manifest": DATA_MANIFEST,
@@ -190,6 +233,9 @@ SCHEMAS = {
     "predictor_metrics": PREDICTOR_METRICS,
     "neuron_frequency": NEURON_FREQUENCY,
     "hotcold": HOTCOLD,
+    "scaling_points": SCALING_POINTS,
+    "scaling_fit": SCALING_FIT,
+    "scaling_compare": SCALING_COMPARE,
 }
 
 

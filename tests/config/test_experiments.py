@@ -11,7 +11,8 @@ EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
 
 
 def test_the_presets_the_issue_names_exist():
-    assert {"smoke", "quickstart", "llama2_7b", "mistral_7b", "opt_6_7b"} <= set(EXPERIMENTS)
+    assert {"smoke", "quickstart", "llama2_7b", "mistral_7b", "opt_6_7b", "scaling",
+            "scaling_cluster"} <= set(EXPERIMENTS)  # fmt: skip
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -20,10 +21,14 @@ def test_every_experiment_composes_validates_and_plans(experiment):
     assert cfg.study.name == experiment
     plan = StudyPlan(cfg)
     jobs = plan.jobs()
-    assert {j.stage for j in jobs} >= {"data", "calibrate", "evaluate"}
+    grid_only = experiment.startswith("scaling")  # the sparse-training grid and its fit
+    assert {j.stage for j in jobs} >= ({"data", "train", "scaling"} if grid_only else
+                                       {"data", "calibrate", "evaluate"})  # fmt: skip
     assert len({j.out_dir for j in jobs}) == len(jobs)
+    grid = {plan.grid_train(*p).out_dir for p in plan.grid_points} if cfg.scaling.sizes else set()
     for j in jobs:
-        assert j.out_dir == f"data/{experiment}/{j.stage}/{j.variant}-{j.hash}"
+        folder = "scaling/train" if j.out_dir in grid else j.stage
+        assert j.out_dir == f"data/{experiment}/{folder}/{j.variant}-{j.hash}"
 
 
 def test_quickstart_is_the_default():
@@ -196,6 +201,42 @@ def test_real_model_preset_uses_the_checkpoint_tokenizer_per_model():
         (
             ["experiment=smoke", "evaluate.eval_data_max_tokens=10"],
             r"evaluate\.eval_data_max_tokens: 10 does not fill one window of 64",
+        ),
+        (
+            ["experiment=smoke", "scaling.levels=[0.0,0.4]"],
+            r"scaling\.levels: the fit of 5 constants needs >= 2 sizes, >= 3 levels",
+        ),
+        (
+            ["experiment=smoke", "scaling.operator=stat_topk"],
+            r"scaling\.operator: the fitted operator is topk or block_topk",
+        ),
+        (
+            ["experiment=smoke", "scaling.levels=[0.0,0.4,1.0]"],
+            r"scaling\.levels: must be in \[0, 1\), got 1\.0",
+        ),
+        (
+            ["experiment=smoke", "scaling.precisions=[fp,int4]"],
+            r"scaling\.precisions: must be among fp, b1\.58; got 'int4'",
+        ),
+        (
+            ["experiment=smoke", "scaling.variants.spark.sizes=[w99]"],
+            r"scaling\.variants\.spark\.sizes: unknown size 'w99'; sizes: w16, w32",
+        ),
+        (
+            ["experiment=smoke", "+scaling.variants.spark.sites=[attn_in]"],
+            r"scaling\.variants\.spark\.sites: operator 'stat_topk' acts at gate",
+        ),
+        (
+            ["experiment=smoke", "scaling.sizes.w16.hidden_size=15"],
+            r"scaling\.sizes\.w16\.hidden_size: must be divisible by num_attention_heads",
+        ),
+        (
+            ["experiment=smoke", "scaling.hidden_act=tanh"],
+            r"scaling\.hidden_act: must be one of silu, gelu, relu, relu2",
+        ),
+        (
+            ["experiment=smoke", "scaling.fit.bootstrap=-1"],
+            r"scaling\.fit\.bootstrap: must be >= 0",
         ),
     ],
 )

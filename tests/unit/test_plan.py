@@ -140,6 +140,7 @@ def test_a_seed_change_touches_every_job_but_data():
         "decompose",
         "evaluate",
         "predictors",
+        "scaling",
         "sparsify",
         "train",
     ]
@@ -152,6 +153,7 @@ def test_a_data_change_touches_every_job():
         "decompose",
         "evaluate",
         "predictors",
+        "scaling",
         "sparsify",
         "train",
     ]
@@ -193,3 +195,48 @@ def test_spec_carries_slice_inputs_and_output():
         plan.train("llama_micro").out_dir,
         plan.data("stdlib").out_dir,
     ]
+
+
+def test_the_scaling_grid_is_one_train_job_per_point_and_one_fit():
+    plan = StudyPlan(compose_study(["experiment=smoke"]))
+    grid = [plan.grid_train(*p) for p in plan.grid_points]
+    assert [j.variant for j in grid] == [
+        "w16.fp.s0", "w16.fp.s40", "w16.fp.s80", "w32.fp.s0", "w32.fp.s40", "w32.fp.s80",
+        "w16.fp.spark.s92", "w16.fp.block.s40", "w16.b158.ternary.s40",
+    ]  # fmt: skip
+    sparse = {j.variant: j.spec["config"]["sparse"] for j in grid}
+    assert sparse["w16.fp.s0"]["operator"] == "none"  # level 0 is the dense baseline
+    assert sparse["w16.fp.s40"] == {
+        "operator": "topk", "level": 0.4, "sites": None, "rescale": True, "block": 4,
+        "precision": "fp",
+    }  # fmt: skip
+    assert sparse["w16.fp.spark.s92"]["operator"] == "stat_topk"
+    assert sparse["w16.b158.ternary.s40"]["precision"] == "b1.58"
+    assert all(j.out_dir.startswith(f"{plan.root}/scaling/train/") for j in grid)
+    assert grid[0].spec["config"]["model"]["arch"]["hidden_act"] == "relu2"
+    fit = plan.scaling_fit()
+    assert fit.out_dir == f"{plan.root}/scaling/fit-{fit.hash}"
+    assert set(plan.upstream_dirs(fit)) == {j.out_dir for j in grid}
+    assert fit.spec["config"]["points"]["w16.fp.spark.s92"] == {
+        "size": "w16", "precision": "fp", "variant": "spark", "level": 0.92,
+    }  # fmt: skip
+    assert plan.job("scaling", "fit") == fit and plan.job("train", "w32.fp.s80") == grid[5]
+
+
+def test_scaling_changes_touch_only_the_grid_and_the_fit():
+    a = _hashes()
+    assert _changed(a, _hashes("scaling.fit.starts=3")) == ["scaling"]
+    b = _hashes("scaling.train.steps=21")
+    changed = {k for k in a if a[k] != b[k]}
+    assert {s for s, _ in changed} == {"train", "scaling"}
+    assert ("train", "llama_micro") not in changed  # the study's own models are untouched
+    assert len(changed) == 9 + 1
+
+
+def test_the_study_models_hash_without_the_new_hidden_act_key():
+    plan = StudyPlan(compose_study(["experiment=smoke"]))
+    assert "hidden_act" not in plan.train("llama_micro").spec["config"]["model"]["arch"]
+    relu2 = StudyPlan(
+        compose_study(["experiment=smoke", "+models.llama_micro.arch.hidden_act=relu2"])
+    )
+    assert relu2.train("llama_micro").spec["config"]["model"]["arch"]["hidden_act"] == "relu2"

@@ -31,18 +31,24 @@ def _train_cmd(spec_json: str) -> list[str]:
     return [sys.executable, "-m", "actsparse.stages.train", "--spec", spec_json, "--threads", "1"]
 
 
-def test_killed_run_resumes_from_its_checkpoint_with_the_same_loss_curve(tmp_path):
+@pytest.mark.parametrize("which", ["study model", "1.58-bit top-K grid point"])
+def test_killed_run_resumes_from_its_checkpoint_with_the_same_loss_curve(tmp_path, which):
     from helpers import smoke_plan
 
     from actsparse.stages import data
     from actsparse.stages.job import run_job
 
-    overrides = ("train.steps=120", "train.ckpt_interval=20", "train.eval_interval=40")
+    keys = ("steps=120", "ckpt_interval=20", "eval_interval=40")
+    group = "train" if which == "study model" else "scaling.train"
     runs = {}
     for name in ("straight", "killed"):
-        plan = smoke_plan(tmp_path / name, *overrides)
+        plan = smoke_plan(tmp_path / name, *(f"{group}.{k}" for k in keys))
         run_job(plan.data("stdlib").spec, data.DataJob, data.run)
-        runs[name] = plan.train("llama_micro")
+        runs[name] = (
+            plan.train("llama_micro")
+            if which == "study model"
+            else plan.grid_train("w16", "b1.58", "ternary", 0.4)
+        )
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     subprocess.run(_train_cmd(runs["straight"].spec_json), check=True, env=env, capture_output=True)
 
@@ -99,3 +105,32 @@ def test_sigterm_unwinds_marks_the_run_failed_and_leaves_no_output(tmp_path):
     assert not os.path.exists(job.out_dir)
     run_id = (partial_dir(job.out_dir) / "mlflow_run_id").read_text().strip()
     assert MlflowClient(uri).get_run(run_id).info.status == "FAILED"
+
+
+def test_a_sparse_grid_point_records_its_operators_and_saves_a_plain_model(tmp_path):
+    import json
+
+    from helpers import smoke_plan
+
+    from actsparse.stages import data, train
+    from actsparse.stages.job import run_job
+    from actsparse.tables import ACHIEVED_SPARSITY, METRICS
+
+    plan = smoke_plan(tmp_path, "scaling.train.steps=4", "scaling.train.eval_interval=2")
+    run_job(plan.data("stdlib").spec, data.DataJob, data.run)
+    job = plan.grid_train("w16", "fp", "", 0.4)
+    out = run_job(job.spec, train.TrainJob, train.run, resumable=True)
+    sparse = json.loads((out / "sparse_training.json").read_text())
+    assert sparse["operator"] == "topk" and sparse["level"] == 0.4
+    achieved = read_table(out / "achieved_sparsity.parquet", ACHIEVED_SPARSITY)
+    assert len(achieved) == 7  # one layer: q, k, v, o, gate, up, down
+    # top-K keeps exactly k = int(0.6 * 16) = 9 of 16 (or 19 of 32 at down_proj) per token;
+    # down_proj's input also has the squared ReLU's own zeros
+    assert (achieved.achieved >= achieved.target - 1e-12).all()
+    m = read_table(out / "metrics.parquet", METRICS).set_index("metric")
+    assert m.loc["train_sparsity", "value"] == 0.4 and m.loc["final_valid_loss", "method"] == "topk"
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert model.config.hidden_act == "relu2"
+    assert not any("inner" in k for k in model.state_dict())  # plain weights, no wrappers
+    n_linear = sum(p.numel() for n, p in model.named_parameters() if "proj" in n and "layers" in n)
+    assert m.loc["n_linear_params", "value"] == n_linear

@@ -74,7 +74,8 @@ def assert_same_results(a: Path, b: Path) -> None:
 
 
 def job_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.glob("*/*-*") if p.is_dir())
+    """`<stage>/<variant>-<hash>`, and the scaling grid's `scaling/train/<variant>-<hash>`."""
+    return sorted(p for p in [*root.glob("*/*-*"), *root.glob("scaling/train/*-*")] if p.is_dir())
 
 
 def assert_nothing_incomplete_looks_complete(root: Path) -> None:
@@ -102,7 +103,7 @@ def faulted(tmp_path_factory, repo) -> Path:
         )
         assert r.returncode != 0, f"nothing was killed at {point}"
         assert_nothing_incomplete_looks_complete(root)
-        partial = [p for p in root.glob("*/*.partial")]
+        partial = list(root.rglob("*.partial"))
         assert partial, f"the job killed at {point} left no .partial folder"
     r = snakemake(wd, "--config", "experiment=smoke", tracking=DEAD_STORE)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
@@ -112,11 +113,14 @@ def faulted(tmp_path_factory, repo) -> Path:
 def test_killed_jobs_rerun_to_identical_results(smoke_run, faulted):
     clean, _ = smoke_run
     root = faulted / "data" / "smoke"
-    assert not list(root.glob("*/*.partial"))
+    assert not list(root.rglob("*.partial"))
     assert_same_results(clean / "data" / "smoke", root)
     resumed = [
         p
-        for p in (root / "logs" / "train").glob("*.log")
+        for p in [
+            *(root / "logs" / "train").glob("*.log"),
+            *(root / "logs" / "scaling" / "train").glob("*.log"),
+        ]
         if "resuming from checkpoint" in p.read_text()
     ]
     assert resumed, "the killed training run did not resume from its checkpoint"
@@ -126,7 +130,7 @@ def test_a_dead_tracking_store_costs_one_warning_per_job(faulted):
     root = faulted / "data" / "smoke"
     for job in job_folders(root):
         assert (job / "mlflow_run_id").read_text().strip() == ""
-        log = root / "logs" / job.parent.name / f"{job.name}.log"
+        log = root / "logs" / job.parent.relative_to(root) / f"{job.name}.log"
         assert log.read_text().count("MLflow tracking failed") == 1, log
 
 

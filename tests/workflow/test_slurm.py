@@ -80,13 +80,13 @@ def test_smoke_study_runs_through_sbatch(slurm_cluster, tmp_path, repo):
         "--config",
         "experiment=smoke",
         # one sparsified and one decomposed variant and one predictors job (sparsify,
-        # decompose, predictors and evaluate go through sbatch too); the whole sweep runs
-        # locally in the other workflow tests
+        # decompose, predictors and evaluate go through sbatch too); the whole sweep and
+        # the scaling grid (train jobs like the two here) run locally in the other tests
         "overrides=[sparsify.levels=[],sparsify.methods.topk.levels=[0.5],"
         "sparsify.methods.topk.models=[llama_micro],~models.llama_micro_svdllm,"
         "decompose.ratios=[],decompose.methods.svdllm.ratios=[0.3],"
         "predictors.methods.dejavu_mlp.models=[],predictors.methods.spark.models=[],"
-        "predictors.methods.hotcold.models=[]]",
+        "predictors.methods.hotcold.models=[],~scaling.sizes]",
     ]
     r = subprocess.run(
         cmd, cwd=wd, env=env, capture_output=True, text=True, timeout=SLURM_BUDGET_S + 60

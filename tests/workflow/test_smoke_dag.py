@@ -32,6 +32,9 @@ from actsparse.tables import (
     LOSS_CURVE,
     METRICS,
     PREDICTOR_METRICS,
+    SCALING_COMPARE,
+    SCALING_FIT,
+    SCALING_POINTS,
     read_table,
 )
 
@@ -42,8 +45,16 @@ pytestmark = pytest.mark.workflow
 N_SPARSE, N_LOWRANK, N_DENSE = 9, 4, 3
 N_PREDICTORS, N_PREDICTED = 5, 4
 N_EVALUATE = N_DENSE + N_LOWRANK + N_SPARSE + N_PREDICTED
-# data (code, prose), train, calibrate x2
-N_JOBS = 2 + 2 + 2 + N_LOWRANK + N_SPARSE + N_PREDICTORS + N_EVALUATE
+# the scaling grid: 2 sizes x 3 levels (fitted), Spark, Block Q-Sparse, 1.58-bit top-K
+N_GRID = 2 * 3 + 3
+# data (code, prose), train, calibrate x2; the grid's train jobs and the fit
+N_JOBS = 2 + 2 + 2 + N_LOWRANK + N_SPARSE + N_PREDICTORS + N_EVALUATE + N_GRID + 1
+
+
+def job_dirs(root: Path) -> list[Path]:
+    """Every finished job folder: `<stage>/<variant>-<hash>`, and the grid's train jobs
+    one level deeper (`scaling/train/...`)."""
+    return sorted(p for p in [*root.glob("*/*-*"), *root.glob("scaling/train/*-*")] if p.is_dir())
 
 
 @pytest.fixture(scope="module")
@@ -73,11 +84,12 @@ def test_every_output_validates_against_its_schema(smoke_run):
     wd, _ = smoke_run
     root = wd / "data" / "smoke"
     summary = read_table(root / "summary.parquet", METRICS)
-    jobs = sorted(p for p in root.glob("*/*-*") if p.is_dir())
+    jobs = job_dirs(root)
     stages = [p.parent.name for p in jobs]
     assert (stages.count("sparsify"), stages.count("evaluate")) == (N_SPARSE, N_EVALUATE)
     assert stages.count("decompose") == N_LOWRANK
     assert stages.count("predictors") == N_PREDICTORS
+    assert (stages.count("train"), stages.count("scaling")) == (2 + N_GRID, 1)
     assert len(jobs) == N_JOBS and not list(root.glob("*/*.partial"))
     for job in jobs:
         assert (job / "config.yaml").is_file()
@@ -138,7 +150,7 @@ def test_every_output_validates_against_its_schema(smoke_run):
     eff = sparse[sparse.metric == "effective_sparsity"].set_index("variant").value
     assert ((eff > 0.05) & (eff < 0.8)).all() and len(eff) == N_SPARSE + N_PREDICTED
     assert set(summary.stage) == {
-        "data", "train", "calibrate", "decompose", "sparsify", "predictors", "evaluate"
+        "data", "train", "calibrate", "decompose", "sparsify", "predictors", "evaluate", "scaling"
     }  # fmt: skip
     # every registered predictor runs; trained ones are saved per layer and scored
     methods = set()
@@ -164,6 +176,32 @@ def test_every_output_validates_against_its_schema(smoke_run):
     comp = ev[(ev.variant == "llama_micro_svdllm.topk.s50") & (ev.metric == "sparsity.all")]
     assert abs(comp.value.iloc[0] - 0.5) < 0.01
     assert (root / "benchmarks" / "train").is_dir() and (root / "logs" / "train").is_dir()
+    # the scaling grid: every training-time operator, then the fit
+    operators = set()
+    for g in root.glob("scaling/train/*-*"):
+        curve = read_table(g / "loss_curve.parquet", LOSS_CURVE)
+        assert len(curve) == 20 and curve.valid_loss.notna().sum() == 2
+        if ".s0-" in g.name:
+            assert not (g / "sparse_training.json").exists()  # the dense baseline
+            continue
+        sparse = json.loads((g / "sparse_training.json").read_text())
+        operators.add((sparse["operator"], sparse["precision"]))
+        achieved = read_table(g / "achieved_sparsity.parquet", ACHIEVED_SPARSITY)
+        assert (achieved.total > 0).all(), g
+    assert operators == {("topk", "fp"), ("stat_topk", "fp"), ("block_topk", "fp"),
+                         ("topk", "b1.58")}  # fmt: skip
+    fit = next(root.glob("scaling/fit-*"))
+    points = read_table(fit / "scaling_points.parquet", SCALING_POINTS)
+    assert len(points) == N_GRID and (points.loss > 0).all()
+    law = read_table(fit / "scaling_fit.parquet", SCALING_FIT).set_index("param")
+    assert set(law.precision) == {"fp"}
+    assert abs(law.estimate["S_star"] - law.estimate["S_star_numeric"]) < 1e-4
+    assert law.estimate["N_over_Na"] == pytest.approx(1 / (1 - law.estimate["S_star"]))
+    compare = read_table(fit / "scaling_compare.parquet", SCALING_COMPARE)
+    assert (
+        len(compare) == N_GRID - 2 - 1
+    )  # every sparse point but the 1.58-bit one has a dense twin
+    assert compare.dense_loss.notna().sum() == N_GRID - 2 - 1 - 1
 
 
 def _runs_through_rest(server: str) -> tuple[str, list[dict]]:
@@ -203,6 +241,8 @@ def test_the_report_shows_the_leaderboard_and_plots(smoke_run):
         "predictor_recall_vs_cost.png",
         "predicted_vs_oracle.png",
         "hot_cold_neurons.png",
+        "scaling_loss_vs_n.png",
+        "scaling_optimum.png",
     ):
         assert f'src="{name}"' in page and (report / name).stat().st_size > 10_000
     board = pd.read_csv(report / "leaderboard.csv")
@@ -222,6 +262,8 @@ def test_the_report_shows_the_leaderboard_and_plots(smoke_run):
     lowrank = pd.read_csv(report / "lowrank_sweep.csv")
     assert len(lowrank) == 2 * N_LOWRANK and set(lowrank.corpus) == {"stdlib", "pydoc"}
     assert (lowrank.ratio_removed == 0.3).all() and lowrank["ppl_increase_%"].notna().all()
+    law = pd.read_csv(report / "scaling_fit.csv")
+    assert {"S_star", "S_star_numeric", "N_over_Na", "converged"} <= set(law.param)
 
 
 def test_every_job_is_an_mlflow_run_on_the_server(smoke_run, mlflow_server):
@@ -233,7 +275,7 @@ def test_every_job_is_an_mlflow_run_on_the_server(smoke_run, mlflow_server):
         for r in runs
     }
     root = wd / "data" / "smoke"
-    for job in (p for p in root.glob("*/*-*") if p.is_dir()):
+    for job in job_dirs(root):
         tags = by_id[(job / "mlflow_run_id").read_text().strip()]
         assert tags["_status"] == "FINISHED"
         assert tags["stage"] == job.parent.name
@@ -248,6 +290,8 @@ def test_every_job_is_an_mlflow_run_on_the_server(smoke_run, mlflow_server):
         + ["sparsify", "evaluate"] * N_SPARSE
         + ["predictors"] * N_PREDICTORS
         + ["evaluate"] * N_PREDICTED
+        + ["train"] * N_GRID
+        + ["scaling"]
     )
     report = next(i for i, t in by_id.items() if t["stage"] == "report")
     assert "sparsity_vs_perplexity.png" in {
@@ -320,6 +364,18 @@ def test_reruns_follow_config_changes(smoke_run):
         }
     finally:
         evaluate.write_text(original)
+
+    smoke = wd / "conf" / "experiment" / "smoke.yaml"
+    original = _edit(smoke, "fit: {starts: 4, bootstrap: 20}", "fit: {starts: 4, bootstrap: 21}")
+    try:  # the fit alone reruns: no grid point retrains
+        assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {
+            "scaling": 1,
+            "summary": 1,
+            "report": 1,
+            "all": 1,
+        }
+    finally:
+        smoke.write_text(original)
 
     train = wd / "conf" / "train" / "default.yaml"
     original = _edit(train, "grad_clip: 1.0", "grad_clip: 0.5")

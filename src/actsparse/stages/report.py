@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import html
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from actsparse.tables import (  # noqa: E402
     METRICS,
     NEURON_FREQUENCY,
     PREDICTOR_METRICS,
+    SCALING_COMPARE,
+    SCALING_FIT,
     read_table,
 )
 
@@ -69,6 +72,8 @@ def evaluate_wide(summary: pd.DataFrame) -> pd.DataFrame:
     """Evaluate rows (the study's corpus) as one row per (model, method, level); level ''
     for dense and unigram."""
     ev = on_corpus(summary).copy()
+    if ev.empty:  # a study of the scaling grid only
+        return pd.DataFrame(columns=["model", "method", "level"])
     ev["level"] = ev["level"].map(lambda v: "" if pd.isna(v) else f"{v:g}")
     wide = ev.pivot_table(
         index=["model", "method", "level"], columns="metric", values="value", aggfunc="first"
@@ -80,6 +85,8 @@ def evaluate_wide(summary: pd.DataFrame) -> pd.DataFrame:
 def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
     """One row per evaluated (model, method, level): perplexity and fidelity, best first."""
     wide = evaluate_wide(summary)
+    if wide.empty:
+        return pd.DataFrame(columns=["model", "method", "level", "perplexity"])
     cols = [
         c
         for c in (
@@ -427,6 +434,39 @@ def plot_natural_sparsity(calibrate_dirs: list[Path], out: Path) -> str | None:
     return _save(fig, out / "natural_sparsity.png")
 
 
+def scaling_section(root: Path, out: Path) -> tuple[list[tuple[str, str]], str]:
+    """The scaling-law fit's plots (copied) and tables: the fitted constants and S* with
+    their intervals per precision, and every sparse point against dense."""
+    fits = sorted(
+        p
+        for p in (root / "scaling").glob("fit-*")
+        if p.is_dir() and not p.name.endswith(".partial")
+    )
+    if not fits:
+        return [], ""
+    fit_dir = fits[-1]
+    figures = []
+    for title, name in (
+        ("Scaling law: loss vs N per sparsity, fitted", "scaling_loss_vs_n.png"),
+        ("Scaling law: loss vs sparsity at a fixed active budget, with S*", "scaling_optimum.png"),
+    ):
+        if (fit_dir / name).is_file():
+            shutil.copyfile(fit_dir / name, out / name)
+            figures.append((title, name))
+    law = read_table(fit_dir / "scaling_fit.parquet", SCALING_FIT)
+    compare = read_table(fit_dir / "scaling_compare.parquet", SCALING_COMPARE)
+    law.to_csv(out / "scaling_fit.csv", index=False)
+    compare.to_csv(out / "scaling_compare.csv", index=False)
+    html_tables = (
+        "\n<h2>Scaling law per precision: L(N, S) = E + (B + C exp(beta / (1 - S))) N^-alpha; "
+        "S* (closed form and numerical), N/N_a = 1/(1 - S*); lo/hi: bootstrap interval</h2>\n"
+        + _html(law)
+        + "\n<h2>Sparse training against dense at the same size and precision</h2>\n"
+        + _html(compare)
+    )
+    return figures, html_tables
+
+
 def build(root: Path, out: Path) -> Path:
     summary = read_table(root / "summary.parquet", METRICS)
     staging = partial_dir(out)
@@ -459,6 +499,8 @@ def build(root: Path, out: Path) -> Path:
         ("Predicted masks vs the oracle", plot_predicted_vs_oracle(predicted, staging)),
         ("Hot and cold neurons", plot_hotcold(pred_dirs, staging)),
     ]
+    scaling_figures, scaling_tables = scaling_section(root, staging)
+    figures += scaling_figures
     board.to_csv(staging / "leaderboard.csv", index=False)
     table = _html(board)
     tables = ""
@@ -498,7 +540,7 @@ def build(root: Path, out: Path) -> Path:
         for title, name in figures
         if name
     )
-    sections += "\n" + tables
+    sections += "\n" + tables + scaling_tables
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>actsparse study {html.escape(root.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}img{{max-width:100%}}

@@ -5,12 +5,20 @@ AdamW (no decay on norms and biases), linear warmup then cosine decay to
 hold the model, optimizer, schedule and loss curve, so a killed run resumes from its last
 checkpoint and continues the very same loss curve.
 
+With a `sparse` config (the scaling grid), the model trains through the training-time
+operators of `methods.training` (Q-Sparse top-K with the STE, Block Q-Sparse, Spark's
+statistical top-k, BitNet b1.58): every loss, the held-out one included, is the sparse
+(quantized) model's. `model/` then holds the plain latent weights and `sparse_training.json`
+the operators they were trained with; `achieved_sparsity.parquet` the zeros measured on
+the held-out batches.
+
 Outputs: `model/` (save_pretrained, safetensors, with the tokenizer), `loss_curve.parquet`
 (schema `tables.LOSS_CURVE`), `loss_curve.png`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -24,13 +32,16 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
 
-from actsparse.config import ModelCfg, TrainCfg
+from actsparse.config import ModelCfg, SparseTrainCfg, TrainCfg, to_dict
 from actsparse.data import TokenData, batch_at
 from actsparse.faults import kill_point
-from actsparse.io import atomic_path
+from actsparse.io import atomic_path, write_text
+from actsparse.methods.training import attach
+from actsparse.models.adapters import adapter_for, linear_params
+from actsparse.models.loader import default_device
 from actsparse.models.tiny import build_tiny
 from actsparse.stages.job import Metric, StageResult, main
-from actsparse.tables import LOSS_CURVE, write_table
+from actsparse.tables import ACHIEVED_SPARSITY, LOSS_CURVE, write_table
 
 log = logging.getLogger("actsparse.train")
 
@@ -39,19 +50,31 @@ log = logging.getLogger("actsparse.train")
 class TrainJob:
     model: ModelCfg = field(default_factory=ModelCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
+    sparse: SparseTrainCfg = field(default_factory=SparseTrainCfg)  # dense by default
     seed: int = 0
+
+
+def autocast(dev: torch.device):
+    """bf16 mixed precision on a GPU (weights and optimizer stay fp32); nothing on a CPU,
+    so that CPU runs are exact and reproducible."""
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
 
 
 @torch.no_grad()
 def held_out_loss(model, tokens: torch.Tensor, cfg: TrainCfg, seed: int) -> float:
     was_training = model.training
     model.eval()
-    losses = [
-        model(
-            input_ids=(x := batch_at(tokens, -1 - i, cfg.batch_size, cfg.seq_len, seed)), labels=x
-        ).loss.item()
-        for i in range(cfg.eval_batches)
-    ]
+    dev = next(model.parameters()).device
+    with autocast(dev):
+        losses = [
+            model(
+                input_ids=(
+                    x := batch_at(tokens, -1 - i, cfg.batch_size, cfg.seq_len, seed).to(dev)
+                ),
+                labels=x,
+            ).loss.item()
+            for i in range(cfg.eval_batches)
+        ]
     model.train(was_training)
     return float(np.mean(losses))
 
@@ -99,6 +122,13 @@ def run(cfg: TrainJob, inputs: dict[str, str], out: Path) -> StageResult:
     torch.manual_seed(cfg.seed)
     eos = tokenizer.eos_token_id
     model = build_tiny(cfg.model, vocab_size=len(tokenizer), bos_id=eos, eos_id=eos)
+    adapter = adapter_for(model.config.model_type)
+    linears = [m for lay in range(len(adapter.layers(model)))
+               for mods in adapter.site_linears(model, lay).values() for _, m in mods]  # fmt: skip
+    n_linear = sum(linear_params(m) for m in linears)
+    ops = attach(model, adapter, cfg.sparse)  # a no-op for dense full-precision training
+    dev = default_device()  # a GPU where there is one (cluster grids), else the CPU
+    model.to(dev)
     model.train()
     optimizer = make_optimizer(model, tc)
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
@@ -110,7 +140,7 @@ def run(cfg: TrainJob, inputs: dict[str, str], out: Path) -> StageResult:
     ckpt = out / "ckpt" / "state.pt"
     start, rows, elapsed = 0, [], 0.0
     if ckpt.is_file():  # resume a killed run
-        state = torch.load(ckpt, weights_only=True)
+        state = torch.load(ckpt, weights_only=True, map_location="cpu")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -128,8 +158,9 @@ def run(cfg: TrainJob, inputs: dict[str, str], out: Path) -> StageResult:
         mininterval=2,
     )
     for step in bar:
-        x = batch_at(train_tokens, step, tc.batch_size, tc.seq_len, cfg.seed)
-        loss = model(input_ids=x, labels=x).loss
+        x = batch_at(train_tokens, step, tc.batch_size, tc.seq_len, cfg.seed).to(dev)
+        with autocast(dev):
+            loss = model(input_ids=x, labels=x).loss
         if not torch.isfinite(loss):
             raise FloatingPointError(f"train: non-finite loss {loss.item()} at step {step}")
         loss.backward()
@@ -167,6 +198,10 @@ def run(cfg: TrainJob, inputs: dict[str, str], out: Path) -> StageResult:
     bar.close()
 
     model.eval()
+    ops.reset_counts()  # the zeros the operators make on the held-out batches
+    held_out_loss(model, valid_tokens, tc, cfg.seed)
+    achieved = ops.achieved()
+    ops.remove()
     model.save_pretrained(out / "model", safe_serialization=True)
     tokenizer.save_pretrained(out / "model")
     curve = pd.DataFrame(rows, columns=LOSS_CURVE.names)
@@ -177,16 +212,32 @@ def run(cfg: TrainJob, inputs: dict[str, str], out: Path) -> StageResult:
     shutil.rmtree(out / "ckpt", ignore_errors=True)
 
     final_valid = float(curve.valid_loss.dropna().iloc[-1])
-    return StageResult(
-        [
-            Metric("final_train_loss", float(curve.train_loss.tail(10).mean()), split="train"),
-            Metric("final_valid_loss", final_valid, split="valid"),
-            Metric("valid_perplexity", math.exp(final_valid), split="valid"),
-            Metric("n_params", n_params),
-            Metric("tokens_trained", float(curve.tokens.iloc[-1])),
-        ],
-        [out / "loss_curve.parquet", plot],
-    )
+    metrics = [
+        Metric("final_train_loss", float(curve.train_loss.tail(10).mean()), split="train"),
+        Metric("final_valid_loss", final_valid, split="valid"),
+        Metric("valid_perplexity", math.exp(final_valid), split="valid"),
+        Metric("n_params", n_params),
+        Metric("n_linear_params", n_linear),  # N of the scaling law: what sparsity acts on
+        Metric("tokens_trained", float(curve.tokens.iloc[-1])),
+    ]
+    artifacts = [out / "loss_curve.parquet", plot]
+    if cfg.sparse.operator != "none" or cfg.sparse.precision != "fp":
+        write_text(out / "sparse_training.json", json.dumps(to_dict(cfg.sparse), indent=2) + "\n")
+        metrics.append(Metric("train_sparsity", cfg.sparse.level))
+        if achieved is not None:
+            write_table(achieved, out / "achieved_sparsity.parquet", ACHIEVED_SPARSITY)
+            zeros, total = achieved.zeros.sum(), achieved.total.sum()
+            metrics.append(Metric("achieved_sparsity", float(zeros / total), split="valid"))
+            artifacts.append(out / "achieved_sparsity.parquet")
+        for m in metrics:  # the operator names the method of a scaling-grid point
+            m.method, m.level = grid_method(cfg.sparse), cfg.sparse.level
+    return StageResult(metrics, artifacts)
+
+
+def grid_method(sparse: SparseTrainCfg) -> str:
+    """The method column of a sparse or 1.58-bit train job: `topk`, `dense+b1.58`, ..."""
+    op = "dense" if sparse.operator == "none" else sparse.operator
+    return op if sparse.precision == "fp" else f"{op}+{sparse.precision}"
 
 
 def plot_loss_curve(curve: pd.DataFrame, path: Path, title: str) -> Path:

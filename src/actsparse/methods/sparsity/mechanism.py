@@ -35,7 +35,7 @@ from actsparse.tables import ACHIEVED_SPARSITY, ALLOCATION, read_table, write_ta
 
 # predicted: the top-K neurons (or heads) by a predictor's scores, computed from another
 # module's input before this one runs (the predictors stage; `PredictedInput`)
-RULES = ("threshold", "topk", "stat_topk", "head_topk", "predicted")
+RULES = ("threshold", "topk", "block_topk", "stat_topk", "head_topk", "predicted")
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,8 @@ class Rule:
     rescale: bool = False  # topk: restore each row's L2 norm
     n_heads: int | None = None  # head_topk, and a predicted rule over heads
     pre_activation: bool = False  # at the gate: act(rule(g)) instead of rule(act(g))
+    block: int = 1  # block_topk: sequences of the batch sharing one pattern per position
+    ste: bool = False  # training: sparse forward, dense gradient (straight-through)
 
     def __post_init__(self) -> None:
         if self.kind not in RULES:
@@ -57,6 +59,8 @@ class Rule:
             raise ValueError(f"a threshold rule needs a threshold >= 0, got {self.threshold}")
         if self.kind == "head_topk" and not self.n_heads:
             raise ValueError("a head_topk rule needs n_heads")
+        if self.block < 1:
+            raise ValueError(f"a block_topk rule needs block >= 1, got {self.block}")
 
     @property
     def per_head(self) -> bool:
@@ -64,12 +68,18 @@ class Rule:
         return self.kind == "head_topk" or (self.kind == "predicted" and bool(self.n_heads))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._sparse(x)
+        return ops.straight_through(x, y) if self.ste else y
+
+    def _sparse(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "predicted":
             raise ValueError("a predicted rule takes its mask from a predictor (PredictedInput)")
         if self.kind == "threshold":
             return ops.threshold(x, float(self.threshold))  # type: ignore[arg-type]
         if self.kind == "topk":
             return ops.topk(x, self.level, self.rescale)
+        if self.kind == "block_topk":
+            return ops.block_topk(x, self.level, self.block, self.rescale)
         if self.kind == "stat_topk":
             return ops.stat_topk(x, self.level, self.soft)
         return ops.head_topk(x, int(self.n_heads), self.level)  # type: ignore[arg-type]
@@ -80,7 +90,7 @@ class Rule:
         if self.per_head:
             h = int(self.n_heads)  # type: ignore[arg-type]
             return 1.0 - ops.keep_count(h, self.level) / h
-        if self.kind in ("topk", "predicted"):
+        if self.kind in ("topk", "block_topk", "predicted"):
             return 1.0 - ops.keep_count(width, self.level) / width
         return self.level
 
@@ -308,11 +318,11 @@ class Sparsified:
             h.remove()
         self.hooks = []
         for name, w in self.wrappers.items():
-            _set_module(self.model, name, w.inner)
+            set_module(self.model, name, w.inner)
         self.wrappers = {}
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
@@ -363,7 +373,7 @@ def apply(model: nn.Module, adapter: FamilyAdapter, plan: SparsityPlan) -> Spars
             cls = SparseGate if p.site == "gate" else SparseInput
         wrappers[p.module] = cls(module, p)
     for name, w in wrappers.items():
-        _set_module(model, name, w)
+        set_module(model, name, w)
     return Sparsified(model, plan, wrappers)
 
 

@@ -37,23 +37,53 @@ def topk_mask(x: torch.Tensor, level: float) -> torch.Tensor:
     return top_scores_mask(x.abs(), level)
 
 
+def rescale_rows(dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+    """`sparse` with each row scaled to the L2 norm of the same row of `dense` (Q-Sparse's
+    from-scratch recipe); an all-zero row stays zero."""
+    norm = sparse.norm(dim=-1, keepdim=True)
+    return sparse * (
+        dense.norm(dim=-1, keepdim=True) / norm.clamp_min(torch.finfo(dense.dtype).tiny)
+    )
+
+
 def topk(x: torch.Tensor, level: float, rescale: bool = False) -> torch.Tensor:
     """Q-Sparse top-K by magnitude; `rescale` restores each row's L2 norm (from-scratch recipe)."""
     out = torch.where(topk_mask(x, level), x, torch.zeros((), dtype=x.dtype, device=x.device))
-    if rescale:
-        norm = out.norm(dim=-1, keepdim=True)
-        out = out * (x.norm(dim=-1, keepdim=True) / norm.clamp_min(torch.finfo(x.dtype).tiny))
-    return out
+    return rescale_rows(x, out) if rescale else out
+
+
+def block_topk_mask(x: torch.Tensor, level: float, block: int) -> torch.Tensor:
+    """Block Q-Sparse's mask: the batch (dim 0, one sequence per row) in groups of `block`
+    consecutive sequences; at each position a group shares one pattern, the `k = int((1 -
+    level) d)` features with the largest L2 norm over the group's tokens at that position.
+
+    Batched decode reads one set of weight columns per group; the pattern of position `t`
+    depends only on the group's tokens at `t`, never on later positions (causal). The last
+    group may be smaller; `block = 1` is per-token top-K.
+    """
+    if block < 1:
+        raise ValueError(f"block must be >= 1, got {block}")
+    n = x.shape[0]
+    groups = -(-n // block)
+    pad = groups * block - n
+    xf = x.float()
+    if pad:
+        xf = torch.cat([xf, xf.new_zeros(pad, *x.shape[1:])])
+    score = xf.reshape(groups, block, *x.shape[1:]).pow(2).sum(dim=1)  # (groups, ..., d)
+    mask = top_scores_mask(score, level).unsqueeze(1).expand(groups, block, *x.shape[1:])
+    return mask.reshape(groups * block, *x.shape[1:])[:n]
+
+
+def block_topk(x: torch.Tensor, level: float, block: int, rescale: bool = False) -> torch.Tensor:
+    """Block Q-Sparse: top-K with one pattern per group of `block` sequences (see the mask)."""
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    out = torch.where(block_topk_mask(x, level, block), x, zero)
+    return rescale_rows(x, out) if rescale else out
 
 
 def straight_through(x: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
     """Forward `sparse`, backward as if dense: `x + (sparse - x).detach()` (the STE)."""
     return x + (sparse - x).detach()
-
-
-def topk_ste(x: torch.Tensor, level: float, rescale: bool = False) -> torch.Tensor:
-    """Top-K for training (Q-Sparse): sparse forward, the dense gradient backward."""
-    return straight_through(x, topk(x, level, rescale))
 
 
 def stat_threshold(x: torch.Tensor, level: float) -> torch.Tensor:

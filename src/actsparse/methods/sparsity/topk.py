@@ -1,6 +1,6 @@
 """Q-Sparse: top-K by magnitude on the input of every linear projection,
-`k = int((1 - S) d)`. Post-hoc here; training uses the same operator through
-`ops.topk_ste` (sparse forward, dense gradient)."""
+`k = int((1 - S) d)`. Post-hoc here; sparse training (`methods.training`) places the same
+rule with `ste=True` (sparse forward, dense gradient)."""
 
 from __future__ import annotations
 
