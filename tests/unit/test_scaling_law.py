@@ -109,3 +109,58 @@ def test_s_star_refuses_invalid_constants():
     assert Law(1.0, 0.0, 1.0, 0.15, 0.3).s_star() == pytest.approx(0.5)
     assert Law(1.0, 0.0, 1.0, 0.5, 0.3).s_star() == 0.0
     assert math.isclose(Law(1.0, 0.0, 1.0, 0.15, 0.3).s_star_numeric(), 0.5, abs_tol=1e-6)
+
+
+def test_the_fit_stage_recovers_s_star_from_grid_folders(tmp_path):
+    """The stage end to end on grid-point folders whose losses follow a known law."""
+    import pandas as pd
+
+    from actsparse.config import ScalingFitCfg
+    from actsparse.stages.scaling import GridPoint, ScalingJob, run
+    from actsparse.tables import METRICS, SCALING_COMPARE, SCALING_FIT, read_table, write_table
+
+    sizes = dict(zip(["a", "b", "c", "d", "e"], np.geomspace(1e5, 1e8, 5), strict=True))
+    levels = [0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85]
+    rng = np.random.default_rng(0)
+    points, inputs = {}, {}
+    for size, n in sizes.items():
+        for level in levels:
+            variant = f"{size}.fp.s{round(level * 100)}"
+            folder = tmp_path / variant
+            folder.mkdir()
+            loss = float(TRUE.loss(n, level) * np.exp(rng.normal(0, 0.001)))
+            rows = [("final_valid_loss", loss), ("n_linear_params", n)]
+            frame = pd.DataFrame(
+                [
+                    dict(
+                        stage="train",
+                        method="topk",
+                        variant=variant,
+                        level=level,
+                        model="",
+                        corpus="",
+                        split="",
+                        metric=m,
+                        value=v,
+                        config_hash="h",
+                        mlflow_run_id="",
+                    )
+                    for m, v in rows
+                ]  # fmt: skip
+            )
+            write_table(frame, folder / "metrics.parquet", METRICS)
+            points[variant] = GridPoint(size, "fp", "", level)
+            inputs[f"point.{variant}"] = str(folder)
+    out = tmp_path / "fit"
+    out.mkdir()
+    cfg = ScalingJob(fit=ScalingFitCfg(bootstrap=30), points=points)
+    result = run(cfg, inputs, out)
+    law = read_table(out / "scaling_fit.parquet", SCALING_FIT).set_index("param")
+    assert law.estimate["converged"] == 1.0
+    assert abs(law.estimate["S_star"] - TRUE.s_star()) < 0.01
+    assert law.lo["S_star"] < law.estimate["S_star"] < law.hi["S_star"]
+    assert abs(law.estimate["S_star_numeric"] - law.estimate["S_star"]) < 1e-5
+    compare = read_table(out / "scaling_compare.parquet", SCALING_COMPARE)
+    assert len(compare) == 5 * 7 and (compare.delta > 0).all()  # sparser is worse at equal N
+    assert {p.name for p in result.artifacts} >= {"scaling_loss_vs_n.png", "scaling_optimum.png"}
+    assert {m.metric for m in result.metrics} >= {"S_star", "N_over_Na", "alpha"}

@@ -12,6 +12,7 @@ sparse point against the dense one of its size and precision), `scaling_loss_vs_
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +66,7 @@ def gather(cfg: ScalingJob, inputs: dict[str, str]) -> pd.DataFrame:
         op = "none" if p.level == 0 else cfg.operator
         if p.variant:
             sparse = folder / "sparse_training.json"
-            op = pd.read_json(sparse, typ="series")["operator"] if sparse.is_file() else "none"
+            op = json.loads(sparse.read_text())["operator"] if sparse.is_file() else "none"
         n = float(values["n_linear_params"])
         rows.append(
             {
@@ -98,8 +99,7 @@ def fit_precision(points: pd.DataFrame, cfg: ScalingJob) -> tuple[Fit, pd.DataFr
     }
     rows = []
     for param, value in estimates.items():
-        samples = boot.get(param if param != "S_star_numeric" else "", np.array([]))
-        lo, hi = interval(samples, cfg.fit.ci)
+        lo, hi = interval(boot.get(param, np.array([])), cfg.fit.ci)  # none: the cross-check
         rows.append({"param": param, "estimate": value, "lo": lo, "hi": hi})
     diagnostics = {
         "converged": float(fit.converged),
