@@ -48,15 +48,16 @@ def test_any_overrides_end_in_a_clear_error_or_a_valid_plan(overrides):
     except ConfigError as e:
         assert str(e).strip()
         return
-    jobs = StudyPlan(cfg).jobs()
+    plan = StudyPlan(cfg)
+    jobs = plan.jobs()
     assert jobs and all(
-        j.hash == config_hash({"stage": j.stage, "config": j.spec["config"], "inputs": _ids(j)})
+        j.hash
+        == config_hash({"stage": j.stage, "config": j.spec["config"], "inputs": _ids(j, plan.root)})
         for j in jobs
     )
 
 
-def _ids(job):
-    root = job.out_dir.split(f"/{job.stage}/")[0]
+def _ids(job, root: str):
     return {
         k: v[len(root) + 1 :] if v.startswith(root + "/") else v
         for k, v in job.spec["inputs"].items()
@@ -65,7 +66,13 @@ def _ids(job):
 
 def test_removing_every_model_is_refused():
     with pytest.raises(ConfigError, match="models: the study needs at least one model"):
-        compose_study(["experiment=smoke", "~models.llama_micro", "~models.opt_micro"])
+        compose_study(
+            ["experiment=smoke", "~models.llama_micro", "~models.opt_micro", "~scaling.sizes"]
+        )
+    # a study of the scaling grid alone is valid: data, the grid's train jobs and the fit
+    grid_only = StudyPlan(compose_study(["experiment=scaling"]))
+    assert not grid_only.cfg.models
+    assert {j.stage for j in grid_only.jobs()} == {"data", "train", "scaling"}
 
 
 def _tiny_llama(tmp_path):
