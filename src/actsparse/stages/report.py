@@ -151,6 +151,8 @@ def sparsity_sweep(summary: pd.DataFrame) -> pd.DataFrame:
     in the worst site and layer (`worst_err_pts`)."""
     ev = on_corpus(summary)
     ev = ev[(ev.method != "unigram") & ~ev.variant.isin(decomposed_variants(summary))]
+    if ev.empty:
+        return pd.DataFrame()
     wide = ev.pivot_table(
         index=["model", "method", "variant"], columns="metric", values="value", aggfunc="first"
     ).reset_index()
