@@ -151,8 +151,8 @@ def test_the_fit_stage_recovers_s_star_from_grid_folders(tmp_path):
             write_table(frame, folder / "metrics.parquet", METRICS)
             points[variant] = GridPoint(size, "fp", "", level)
             inputs[f"point.{variant}"] = str(folder)
-    out = tmp_path / "fit"
-    out.mkdir()
+    out = tmp_path / "study" / "scaling" / "fit-0000"
+    out.mkdir(parents=True)
     cfg = ScalingJob(fit=ScalingFitCfg(bootstrap=30), points=points)
     result = run(cfg, inputs, out)
     law = read_table(out / "scaling_fit.parquet", SCALING_FIT).set_index("param")
@@ -164,3 +164,11 @@ def test_the_fit_stage_recovers_s_star_from_grid_folders(tmp_path):
     assert len(compare) == 5 * 7 and (compare.delta > 0).all()  # sparser is worse at equal N
     assert {p.name for p in result.artifacts} >= {"scaling_loss_vs_n.png", "scaling_optimum.png"}
     assert {m.metric for m in result.metrics} >= {"S_star", "N_over_Na", "alpha"}
+    # a study of the grid alone: the report shows the fit's plots and tables, no leaderboard
+    from actsparse.stages.report import build
+    from actsparse.tables import METRICS as M
+
+    rows = pd.concat([read_table(tmp_path / v / "metrics.parquet", M) for v in points])
+    write_table(rows, tmp_path / "study" / "summary.parquet", M)
+    page = build(tmp_path / "study", tmp_path / "study" / "report").read_text()
+    assert 'src="scaling_optimum.png"' in page and "S_star" in page
