@@ -30,6 +30,7 @@ def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_p
                 f"+models.local.path={checkpoint}",
                 "evaluate.seq_len=64",
                 "data.tokenizer.kind=model",
+                "~scaling.sizes",  # the grid trains models from scratch (a BPE of its own)
                 *(f"sparsify.methods.{e}.models=[local]" for e in ENTRIES),
                 *(
                     f"predictors.methods.{e}.models=[local]"
