@@ -390,7 +390,6 @@ class ScalingCfg:
     levels: list[float] = field(default_factory=lambda: [0.0, 0.4, 0.8])
     precisions: list[str] = field(default_factory=lambda: ["fp"])
     operator: str = "topk"  # the fitted operator: topk | block_topk
-    sites: list[str] | None = None
     rescale: bool = True
     block: int = 4
     train: TrainCfg = field(default_factory=TrainCfg)
@@ -419,6 +418,13 @@ class ScalingCfg:
             if self.train.seq_len > arch.max_position_embeddings:
                 out.append((f"sizes.{name}.max_position_embeddings",
                             f"{arch.max_position_embeddings} < scaling.train.seq_len={self.train.seq_len}"))  # fmt: skip
+        if self.family != "llama":
+            ops = {self.operator, *(v.operator for v in self.variants.values())}
+            for op in sorted(ops & {"block_topk", "stat_topk"}):
+                why = ("groups sequences, and OPT flattens the batch before its FFN (a group "
+                       "would see later tokens)" if op == "block_topk" else "acts at the gate "
+                       "of a gated FFN")  # fmt: skip
+                out.append(("family", f"{op} {why}: it needs family llama"))
         if self.operator not in ("topk", "block_topk"):
             out.append(
                 ("operator", f"the fitted operator is topk or block_topk; got {self.operator!r}")
@@ -426,7 +432,7 @@ class ScalingCfg:
         points = [
             (k, m)
             for lv in self.levels
-            for k, m in self._point(self.operator, lv, self.sites).problems()
+            for k, m in self._point(self.operator, lv, None, self.block).problems()
         ]
         out += [("levels" if k == "level" else k, m) for k, m in points]
         if len(set(self.levels)) != len(self.levels):
@@ -444,7 +450,8 @@ class ScalingCfg:
                 out.append((key, "variant names may use only letters, digits and _"))
             for lv in v.levels:
                 out += [
-                    (f"{key}.{k}", m) for k, m in self._point(v.operator, lv, v.sites).problems()
+                    (f"{key}.{k}", m)
+                    for k, m in self._point(v.operator, lv, v.sites, v.block).problems()
                 ]
             for p in v.precisions:
                 if p not in PRECISIONS:
@@ -459,8 +466,9 @@ class ScalingCfg:
         return out
 
     @staticmethod
-    def _point(operator: str, level: float, sites: list[str] | None) -> SparseTrainCfg:
-        return SparseTrainCfg(operator=operator if level else "none", level=level, sites=sites)
+    def _point(operator: str, level: float, sites: list[str] | None, block: int) -> SparseTrainCfg:
+        op = operator if level else "none"
+        return SparseTrainCfg(operator=op, level=level, sites=sites, block=block)
 
 
 @dataclass

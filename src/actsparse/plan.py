@@ -409,7 +409,7 @@ class StudyPlan:
         sparse = {
             "operator": op.operator if level else "none",
             "level": level,
-            "sites": op.sites,
+            "sites": op.sites if variant else None,  # the fitted grid: every projection
             "rescale": op.rescale,
             "block": op.block,
             "precision": precision,

@@ -95,6 +95,7 @@ class Fit:
     rmse_log: float  # root mean square log-space residual
     n_points: int
     starts: int
+    ran_out: bool = False  # the best start stopped on its evaluation budget
 
 
 def check_points(n: np.ndarray, s: np.ndarray, loss: np.ndarray) -> None:
@@ -202,6 +203,7 @@ def fit_law(
         float(np.sqrt(np.mean(r**2))),
         len(n),
         len(inits),
+        ran_out=bool(best.status <= 0),
     )
 
 
@@ -222,8 +224,9 @@ def bootstrap(
     **fit_kwargs,
 ) -> dict[str, np.ndarray]:
     """Residual bootstrap: resample the best fit's log-space residuals (centred, inflated by
-    sqrt(n / (n - 5))), refit (from the best fit and `starts` random starts). Returns each constant's, S*'s and N/N_a's samples
-    (fits that did not converge are dropped; their count is under `failed`)."""
+    sqrt(n / (n - 5))), refit (from the best fit and `starts` random starts). Returns each
+    constant's, S*'s and N/N_a's samples. Refits that ran out of evaluations are dropped
+    (counted under `failed`); refits pinned at a bound of the search are kept."""
     n, s, loss = (np.asarray(v, dtype=float) for v in (n, s, loss))
     log_fit = np.log(fit.law.loss(n, s))
     resid = np.log(loss) - log_fit
@@ -236,8 +239,8 @@ def bootstrap(
         boot = np.exp(log_fit + rng.choice(resid, size=len(resid), replace=True))
         f = fit_law(n, s, boot, starts=starts, seed=seed + 1 + b, init=theta_of(fit.law),
                     **fit_kwargs)  # fmt: skip
-        if not f.converged:
-            failed += 1
+        if f.ran_out or not np.isfinite(f.cost):  # a refit pinned at a bound is a sample
+            failed += 1  # of the bounded model, kept; one that did not finish is not
             continue
         for k, v in f.law.as_dict().items():
             out[k].append(v)

@@ -185,7 +185,10 @@ SCALING_POINTS = pa.schema(
         ("precision", pa.string()),  # fp | b1.58
         ("operator", pa.string()),  # the operator trained with (none: dense)
         ("group", pa.string()),  # '' for the fitted grid, else the extra variant's name
-        ("level", pa.float64()),  # S, the target sparsity
+        ("level", pa.float64()),  # the configured level
+        # S the fit uses: the parameter-weighted fraction of inputs the rule zeroes, top-K
+        # keeping int((1 - level) d) of d per linear (level, up to that rounding)
+        ("sparsity", pa.float64()),
         ("achieved", pa.float64()),  # zeros measured on held-out batches (null: dense)
         ("n_params", pa.float64()),  # N: parameters of the block linears
         ("n_active", pa.float64()),  # (1 - S) N

@@ -235,6 +235,14 @@ def test_real_model_preset_uses_the_checkpoint_tokenizer_per_model():
             r"scaling\.hidden_act: must be one of silu, gelu, relu, relu2",
         ),
         (
+            ["experiment=smoke", "scaling.family=opt", "scaling.hidden_act=relu"],
+            r"scaling\.family: block_topk groups sequences, and OPT flattens the batch",
+        ),
+        (
+            ["experiment=smoke", "scaling.variants.block.block=0"],
+            r"scaling\.variants\.block\.block: must be >= 1, got 0",
+        ),
+        (
             ["experiment=smoke", "scaling.fit.bootstrap=-1"],
             r"scaling\.fit\.bootstrap: must be >= 0",
         ),

@@ -114,10 +114,19 @@ def test_s_star_refuses_invalid_constants():
 def test_the_fit_stage_recovers_s_star_from_grid_folders(tmp_path):
     """The stage end to end on grid-point folders whose losses follow a known law."""
     import pandas as pd
+    import torch
+    from safetensors.torch import save_file
 
     from actsparse.config import ScalingFitCfg
     from actsparse.stages.scaling import GridPoint, ScalingJob, run
-    from actsparse.tables import METRICS, SCALING_COMPARE, SCALING_FIT, read_table, write_table
+    from actsparse.tables import (
+        ACHIEVED_SPARSITY,
+        METRICS,
+        SCALING_COMPARE,
+        SCALING_FIT,
+        read_table,
+        write_table,
+    )
 
     sizes = dict(zip(["a", "b", "c", "d", "e"], np.geomspace(1e5, 1e8, 5), strict=True))
     levels = [0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85]
@@ -149,6 +158,25 @@ def test_the_fit_stage_recovers_s_star_from_grid_folders(tmp_path):
                 ]  # fmt: skip
             )
             write_table(frame, folder / "metrics.parquet", METRICS)
+            if level > 0:  # what a sparse grid point records: its rule's exact target
+                (folder / "model").mkdir()
+                save_file({"blk.weight": torch.zeros(4, 4)}, folder / "model" / "model.safetensors")
+                achieved = pd.DataFrame(
+                    [
+                        dict(
+                            layer=0,
+                            site="ffn_in",
+                            module="blk",
+                            rule="topk",
+                            target=level,
+                            zeros=1,
+                            total=2,
+                            achieved=0.5,
+                            natural=0.0,
+                        )
+                    ]  # fmt: skip
+                )
+                write_table(achieved, folder / "achieved_sparsity.parquet", ACHIEVED_SPARSITY)
             points[variant] = GridPoint(size, "fp", "", level)
             inputs[f"point.{variant}"] = str(folder)
     out = tmp_path / "study" / "scaling" / "fit-0000"

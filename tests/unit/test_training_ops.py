@@ -94,6 +94,8 @@ def test_block_topk_is_causal_and_rescales():
     torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1))
     with pytest.raises(ValueError, match="block must be >= 1"):
         ops.block_topk_mask(x, 0.5, 0)
+    with pytest.raises(ValueError, match=r"needs \(batch, seq, d\) activations"):
+        ops.block_topk_mask(x.reshape(24, 16), 0.5, 4)  # flattened tokens: not causal
 
 
 # ----------------------------------------------------------------- 1.58-bit

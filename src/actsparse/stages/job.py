@@ -97,8 +97,10 @@ def run_job(
     staging.mkdir(parents=True, exist_ok=True)
     write_text(staging / "config.yaml", yaml.safe_dump(spec, sort_keys=False))
 
-    # <output_root>/<study>/<stage folder, one or more levels>/<variant>-<hash>
-    output_root = next((p.parent for p in out.parents if p.name == spec["study"]), out.parents[2])
+    # <output_root>/<study>/<stage>/<variant>-<hash>; a scaling-grid point (a train job
+    # whose variant has dots: model names have none) sits in <study>/scaling/train/
+    grid_point = spec["stage"] == "train" and "." in spec["variant"]
+    output_root = out.parents[3 if grid_point else 2]
     tracker = JobRun(spec["study"], spec["stage"], spec["variant"], spec["hash"], output_root)
     run_id = tracker.start(job_params(spec))
     write_text(staging / "mlflow_run_id", run_id + "\n")

@@ -26,6 +26,7 @@ from actsparse.io import atomic_path
 from actsparse.scaling import PARAMS, Fit, bootstrap, fit_law, interval
 from actsparse.stages.job import Metric, StageResult, main
 from actsparse.tables import (
+    ACHIEVED_SPARSITY,
     METRICS,
     SCALING_COMPARE,
     SCALING_FIT,
@@ -53,6 +54,25 @@ class ScalingJob:
     seed: int = 0
 
 
+def exact_sparsity(folder: Path) -> float:
+    """The fraction of linear inputs a grid point's rule zeroes, weighted by each linear's
+    parameters: top-K keeps `int((1 - S) d)` of `d`, so at small widths it differs from S
+    (d = 16, S = 0.2 keeps 12: 0.25). Weights come from the saved model's header."""
+    from safetensors import safe_open
+
+    achieved = read_table(folder / "achieved_sparsity.parquet", ACHIEVED_SPARSITY)
+    with safe_open(folder / "model" / "model.safetensors", "pt") as f:
+        keys = set(f.keys())
+        sizes = []
+        for module in achieved.module:
+            key = f"{module}.weight"
+            if key not in keys:
+                raise ValueError(f"{folder}/model has no tensor {key!r} for {module}")
+            sizes.append(float(np.prod(f.get_slice(key).get_shape())))
+    w = np.asarray(sizes)
+    return float((achieved.target.to_numpy() * w).sum() / w.sum())
+
+
 def gather(cfg: ScalingJob, inputs: dict[str, str]) -> pd.DataFrame:
     """One row per grid point from its train job's metrics (schema `SCALING_POINTS`)."""
     rows = []
@@ -68,6 +88,8 @@ def gather(cfg: ScalingJob, inputs: dict[str, str]) -> pd.DataFrame:
             sparse = folder / "sparse_training.json"
             op = json.loads(sparse.read_text())["operator"] if sparse.is_file() else "none"
         n = float(values["n_linear_params"])
+        # the fitted grid's rules sit at linear inputs; a variant (not fitted) keeps its level
+        sparsity = exact_sparsity(folder) if p.level > 0 and not p.variant else p.level
         rows.append(
             {
                 "variant": variant,
@@ -76,9 +98,10 @@ def gather(cfg: ScalingJob, inputs: dict[str, str]) -> pd.DataFrame:
                 "operator": op,
                 "group": p.variant,
                 "level": p.level,
+                "sparsity": sparsity,
                 "achieved": values.get("achieved_sparsity", np.nan),
                 "n_params": n,
-                "n_active": (1 - p.level) * n,
+                "n_active": (1 - sparsity) * n,
                 "loss": float(values["final_valid_loss"]),
             }
         )
@@ -87,7 +110,7 @@ def gather(cfg: ScalingJob, inputs: dict[str, str]) -> pd.DataFrame:
 
 def fit_precision(points: pd.DataFrame, cfg: ScalingJob) -> tuple[Fit, pd.DataFrame]:
     """The law fitted to one precision's grid, with its bootstrap intervals (long rows)."""
-    n, s, loss = (points[c].to_numpy(float) for c in ("n_params", "level", "loss"))
+    n, s, loss = (points[c].to_numpy(float) for c in ("n_params", "sparsity", "loss"))
     kw = {"robust": cfg.fit.robust, "f_scale": cfg.fit.f_scale}
     fit = fit_law(n, s, loss, starts=cfg.fit.starts, seed=cfg.seed, **kw)
     boot = bootstrap(n, s, loss, fit, samples=cfg.fit.bootstrap, seed=cfg.seed, **kw)
@@ -116,7 +139,7 @@ def fit_precision(points: pd.DataFrame, cfg: ScalingJob) -> tuple[Fit, pd.DataFr
 
 def compare(points: pd.DataFrame) -> pd.DataFrame:
     """Every sparse point against the dense point of the same size and precision."""
-    dense = points[points.level == 0].set_index(["size", "precision"]).loss
+    dense = points[(points.level == 0) & (points.group == "")].set_index(["size", "precision"]).loss
     rows = []
     for r in points[points.level > 0].itertuples():
         d = dense.get((r.size, r.precision), np.nan)
@@ -205,7 +228,7 @@ def plot_loss_vs_n(grid: pd.DataFrame, fits: dict[str, Fit], path: Path) -> Path
         for level, color in zip(levels, colors, strict=True):
             pts = sub[sub.level == level].sort_values("n_params")
             ax.plot(pts.n_params, pts.loss, "o", color=color, label=f"S = {level:g}")
-            ax.plot(ns, law.loss(ns, level), "-", color=color, lw=1)
+            ax.plot(ns, law.loss(ns, level), "-", color=color, lw=1)  # (points: S up to rounding)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel="N (parameters of the block linears)",

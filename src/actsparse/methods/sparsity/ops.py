@@ -63,6 +63,11 @@ def block_topk_mask(x: torch.Tensor, level: float, block: int) -> torch.Tensor:
     """
     if block < 1:
         raise ValueError(f"block must be >= 1, got {block}")
+    if x.dim() < 3:  # (tokens, d) could hold consecutive tokens of one sequence
+        raise ValueError(
+            f"block top-K needs (batch, seq, d) activations, got shape {tuple(x.shape)}: "
+            "grouping flattened tokens would let a token's pattern see later tokens"
+        )
     n = x.shape[0]
     groups = -(-n // block)
     pad = groups * block - n
