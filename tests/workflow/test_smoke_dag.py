@@ -198,10 +198,9 @@ def test_every_output_validates_against_its_schema(smoke_run):
     assert abs(law.estimate["S_star"] - law.estimate["S_star_numeric"]) < 1e-4
     assert law.estimate["N_over_Na"] == pytest.approx(1 / (1 - law.estimate["S_star"]))
     compare = read_table(fit / "scaling_compare.parquet", SCALING_COMPARE)
-    assert (
-        len(compare) == N_GRID - 2 - 1
-    )  # every sparse point but the 1.58-bit one has a dense twin
-    assert compare.dense_loss.notna().sum() == N_GRID - 2 - 1 - 1
+    # every sparse point; all but the 1.58-bit one have a dense twin (same size, precision)
+    assert len(compare) == N_GRID - 2
+    assert compare.dense_loss.notna().sum() == N_GRID - 3
 
 
 def _runs_through_rest(server: str) -> tuple[str, list[dict]]:
