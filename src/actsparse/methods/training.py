@@ -24,6 +24,7 @@ from torch import nn
 from actsparse.config import PRECISIONS, SparseTrainCfg
 from actsparse.methods.sparsity import ops
 from actsparse.methods.sparsity.mechanism import (
+    LinearView,
     Rule,
     Sparsified,
     SparsityPlan,
@@ -55,7 +56,7 @@ def absmax_int8(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (x * scale).round().clamp(-128, 127) / scale
 
 
-class BitLinear(nn.Module):
+class BitLinear(LinearView, nn.Module):
     """A linear trained at 1.58 bits: ternary weights and 8-bit inputs in the forward pass,
     the full-precision gradient backward (STE on both); the latent weights stay `inner`'s."""
 
@@ -63,14 +64,6 @@ class BitLinear(nn.Module):
         super().__init__()
         self.inner = inner
         self.in_features, self.out_features = inner.in_features, inner.out_features
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.inner.weight
-
-    @property
-    def bias(self) -> torch.Tensor | None:
-        return self.inner.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.inner.weight

@@ -214,8 +214,11 @@ class _Counted(nn.Module):
         return f"site={p.site}, rule={p.rule.kind}, level={p.rule.level:g}"
 
 
-class SparseInput(_Counted):
-    """A linear (nn.Linear or Conv1D) whose input goes through the rule first."""
+class LinearView:
+    """A wrapper that stands in for the linear `inner`: its weight and bias are inner's
+    (code that reads `module.weight` keeps working)."""
+
+    inner: nn.Module
 
     @property
     def weight(self) -> torch.Tensor:
@@ -224,6 +227,10 @@ class SparseInput(_Counted):
     @property
     def bias(self) -> torch.Tensor | None:
         return self.inner.bias
+
+
+class SparseInput(LinearView, _Counted):
+    """A linear (nn.Linear or Conv1D) whose input goes through the rule first."""
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.active:
