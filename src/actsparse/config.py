@@ -640,7 +640,7 @@ def entry_problems(registry: Any, methods: dict[str, Any], group: str) -> list[t
         if not isinstance(raw, dict) or "method" not in raw:
             out.append((f"{key}.method", "is required (which registered method to run)"))
             continue
-        if raw["method"] not in registry:
+        if not isinstance(raw["method"], str) or raw["method"] not in registry:
             out.append(
                 (
                     f"{key}.method",
