@@ -1,4 +1,5 @@
-"""Wall time and peak memory of a whole study, as `/usr/bin/time -v snakemake -c2` reports.
+"""Wall time and peak memory of a whole study, as `/usr/bin/time -v snakemake -c2` reports,
+and how busy the cores were: `core_use` = the jobs' summed wall time / (wall x cores).
 
 Runs the study in a fresh working directory (nothing cached), prints a table and appends a
 row to benchmarks/results/study_time.parquet.
@@ -59,11 +60,19 @@ def main() -> None:
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1))
     summary = pd.read_parquet(wd / "data" / args.experiment / "summary.parquet")
     ev = summary[(summary.stage == "evaluate") & (summary.metric == "perplexity")]
+    # every job's own wall time (Snakemake's `benchmark:` files): how busy the cores were
+    job_s = [
+        pd.read_csv(f, sep="\t")["s"].iloc[-1]
+        for f in (wd / "data" / args.experiment / "benchmarks").rglob("*.tsv")
+    ]
     row = {
         "benchmark": "study_time",
         "experiment": args.experiment,
         "cores": args.cores,
         "wall_s": wall_s,
+        "jobs": len(job_s),
+        "job_s": float(sum(job_s)),
+        "core_use": float(sum(job_s)) / (wall_s * args.cores),
         "peak_rss_mib": rss_kb / 1024,
         **provenance(),
     }

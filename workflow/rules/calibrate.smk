@@ -1,6 +1,7 @@
 # Streaming activation statistics per layer and site (actsparse.stages.calibrate).
 
 rule calibrate:
+    priority: PRIORITY["calibrate"]
     input:
         inputs_of("calibrate"),
     output:

@@ -8,6 +8,7 @@ EVAL_CORPORA = "|".join(re.escape(c) for c in STUDY.eval_data) or "(?!)"
 
 
 rule data:
+    priority: PRIORITY["data"]
     output:
         directory(f"{ROOT}/data/{{variant}}-{{hash}}"),
     wildcard_constraints:
@@ -28,6 +29,7 @@ rule data:
 
 
 rule eval_data:
+    priority: PRIORITY["eval_data"]
     input:
         inputs_of("data"),  # the study data job (its tokenizer)
     output:

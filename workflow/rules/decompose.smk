@@ -1,6 +1,7 @@
 # One low-rank decomposition per (model, method, ratio) (actsparse.stages.decompose).
 
 rule decompose:
+    priority: PRIORITY["decompose"]
     input:
         inputs_of("decompose"),
     output:

@@ -1,6 +1,7 @@
 # Perplexity, fidelity and speed on held-out text (actsparse.stages.evaluate).
 
 rule evaluate:
+    priority: PRIORITY["evaluate"]
     input:
         inputs_of("evaluate"),
     output:

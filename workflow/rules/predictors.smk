@@ -1,6 +1,7 @@
 # Predictor training and scoring per (model, predictor entry) (actsparse.stages.predictors).
 
 rule predictors:
+    priority: PRIORITY["predictors"]
     input:
         inputs_of("predictors"),
     output:

@@ -4,6 +4,7 @@
 
 
 rule train_grid:
+    priority: PRIORITY["train_grid"]
     input:
         inputs_of("train"),
     output:
@@ -24,6 +25,7 @@ rule train_grid:
 
 
 rule scaling:
+    priority: PRIORITY["scaling"]
     input:
         inputs_of("scaling"),
     output:

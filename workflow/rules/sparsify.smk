@@ -1,6 +1,7 @@
 # One method's sparsity plan per (model, method, level) (actsparse.stages.sparsify).
 
 rule sparsify:
+    priority: PRIORITY["sparsify"]
     input:
         inputs_of("sparsify"),
     output:

@@ -1,6 +1,7 @@
 # Tiny models trained from scratch, resumable (actsparse.stages.train).
 
 rule train:
+    priority: PRIORITY["train"]
     input:
         inputs_of("train"),
     output:
