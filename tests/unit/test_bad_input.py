@@ -66,7 +66,8 @@ def _ids(job, root: str):
 
 @pytest.mark.parametrize("value", ["[]", "[1,2]", "{a: 1}", "3", "null"])
 @pytest.mark.parametrize(
-    "entry", ["sparsify.methods.teal_greedy", "predictors.methods.dejavu_mlp", "decompose.methods.svd"]
+    "entry",
+    ["sparsify.methods.teal_greedy", "predictors.methods.dejavu_mlp", "decompose.methods.svd"],
 )
 def test_a_method_name_that_is_not_a_string_is_refused_by_key(entry, value):
     # found by the fuzz test above: `method=[]` reached the registry's dict lookup
