@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from actsparse.config import StudyConfig, to_dict
+from actsparse.config import SparseTrainCfg, StudyConfig, to_dict
 from actsparse.methods.predictors import PREDICTORS
 from actsparse.methods.sparsity import SPARSITY
 
@@ -406,12 +406,15 @@ class StudyPlan:
         (dense at level 0) and `precision`; outputs under `<root>/scaling/train/`."""
         sc = self.cfg.scaling
         op = sc.variants[variant] if variant else sc
+        operator = op.operator if level else "none"
+        unused = SparseTrainCfg()  # a key the operator ignores keeps its default: no rerun
         sparse = {
-            "operator": op.operator if level else "none",
+            "operator": operator,
             "level": level,
-            "sites": op.sites if variant else None,  # the fitted grid: every projection
-            "rescale": op.rescale,
-            "block": op.block,
+            # the fitted grid acts at every projection input
+            "sites": op.sites if variant and operator != "none" else unused.sites,
+            "rescale": op.rescale if operator in ("topk", "block_topk") else unused.rescale,
+            "block": op.block if operator == "block_topk" else unused.block,
             "precision": precision,
         }
         config = {

@@ -233,6 +233,21 @@ def test_scaling_changes_touch_only_the_grid_and_the_fit():
     assert len(changed) == 9 + 1
 
 
+def test_an_option_a_grid_point_does_not_use_leaves_its_hash_alone():
+    a = _hashes()
+    # block: only Block Q-Sparse points read it
+    assert _changed(a, _hashes("scaling.block=8")) == []
+    b = _hashes("scaling.variants.block.block=3")
+    assert {k for k in a if a[k] != b[k]} == {("train", "w16.fp.block.s40"), ("scaling", "fit")}
+    # rescale: the top-K points read it, the dense (S = 0) points do not
+    b = _hashes("scaling.rescale=false")
+    changed = {k for k in a if a[k] != b[k]}
+    assert changed == {
+        ("train", "w16.fp.s40"), ("train", "w16.fp.s80"), ("train", "w32.fp.s40"),
+        ("train", "w32.fp.s80"), ("scaling", "fit"),
+    }  # fmt: skip
+
+
 def test_the_study_models_hash_without_the_new_hidden_act_key():
     plan = StudyPlan(compose_study(["experiment=smoke"]))
     assert "hidden_act" not in plan.train("llama_micro").spec["config"]["model"]["arch"]

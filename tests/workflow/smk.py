@@ -11,6 +11,30 @@ from pathlib import Path
 
 SMOKE_BUDGET_S = 300
 
+# The smoke study cut to one job of each kind that the runs beside the full one need: both
+# models trained and calibrated, one sparsified (top-K 50% on the Llama), one decomposed
+# (SVD-LLM at R = 0.3) and one predictors job (Deja Vu heads on the OPT), each evaluated,
+# and no scaling grid: 13 jobs. Every job keeps the hash it has in the full smoke study
+# (an entry's slice is all that enters it), so its outputs compare file by file.
+SMOKE_SUBSET = [
+    "sparsify.levels=[]",
+    "sparsify.methods.topk.levels=[0.5]",
+    "sparsify.methods.topk.models=[llama_micro]",
+    "~models.llama_micro_svdllm",
+    "decompose.ratios=[]",
+    "decompose.methods.svdllm.ratios=[0.3]",
+    "predictors.methods.dejavu_mlp.models=[]",
+    "predictors.methods.spark.models=[]",
+    "predictors.methods.hotcold.models=[]",
+    "~scaling.sizes",
+]
+SMOKE_SUBSET_JOBS = 13
+
+
+def overrides_arg(overrides: list[str]) -> str:
+    """Hydra overrides as the one `--config` value Snakemake takes: `overrides=[a,b]`."""
+    return f"overrides=[{','.join(overrides)}]"
+
 
 def copy_workflow(repo: Path, wd: Path) -> Path:
     wd.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from smk import copy_workflow
+from smk import SMOKE_SUBSET, SMOKE_SUBSET_JOBS, copy_workflow, overrides_arg
 
 from actsparse.tables import METRICS, read_table
 
@@ -77,16 +77,18 @@ def test_smoke_study_runs_through_sbatch(slurm_cluster, tmp_path, repo):
         "slurm",
         "--default-resources",
         "slurm_partition=debug",
+        # a fresh cluster answers in seconds: poll it every few (the plugin waits 40 s
+        # before the first check, which suits a busy cluster and not a 13-job test)
+        "--slurm-init-seconds-before-status-checks",
+        "2",
+        "--seconds-between-status-checks",
+        "2",
         "--config",
         "experiment=smoke",
-        # one sparsified and one decomposed variant and one predictors job (sparsify,
-        # decompose, predictors and evaluate go through sbatch too); the whole sweep and
-        # the scaling grid (train jobs like the two here) run locally in the other tests
-        "overrides=[sparsify.levels=[],sparsify.methods.topk.levels=[0.5],"
-        "sparsify.methods.topk.models=[llama_micro],~models.llama_micro_svdllm,"
-        "decompose.ratios=[],decompose.methods.svdllm.ratios=[0.3],"
-        "predictors.methods.dejavu_mlp.models=[],predictors.methods.spark.models=[],"
-        "predictors.methods.hotcold.models=[],~scaling.sizes]",
+        # sparsify, decompose, predictors and evaluate jobs go through sbatch too; the
+        # whole sweep and the scaling grid (train jobs like the two here) run locally in
+        # the other tests
+        overrides_arg(SMOKE_SUBSET),
     ]
     r = subprocess.run(
         cmd, cwd=wd, env=env, capture_output=True, text=True, timeout=SLURM_BUDGET_S + 60
@@ -97,7 +99,7 @@ def test_smoke_study_runs_through_sbatch(slurm_cluster, tmp_path, repo):
     root = wd / "data" / "smoke"
     read_table(root / "summary.parquet", METRICS)
     jobs = sorted(p for p in root.glob("*/*-*") if p.is_dir())
-    assert len(jobs) == 13
+    assert len(jobs) == SMOKE_SUBSET_JOBS
     assert {p.parent.name for p in jobs} >= {"decompose", "sparsify", "predictors"}
     client = MlflowClient(uri)
     slurm_ids = set()
@@ -105,7 +107,7 @@ def test_smoke_study_runs_through_sbatch(slurm_cluster, tmp_path, repo):
         run = client.get_run((job / "mlflow_run_id").read_text().strip())
         assert run.data.tags["stage"] == job.parent.name
         slurm_ids.add(run.data.tags["slurm_job_id"])  # KeyError: the job did not go through sbatch
-    assert len(slurm_ids) == 13
+    assert len(slurm_ids) == SMOKE_SUBSET_JOBS
     accounted = subprocess.run(
         ["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(sorted(slurm_ids))],
         capture_output=True,

@@ -75,6 +75,17 @@ def test_bad_config_stops_before_any_job(workdir):
     assert not (workdir / "data").exists()
 
 
+def test_a_target_in_the_wrong_folder_is_refused(workdir):
+    """A grid point asked for under train/ (where a study model's rule would build it)."""
+    from helpers import smoke_plan
+
+    point = smoke_plan(Path("data")).grid_train("w16", "fp", "", 0.0)
+    wrong = point.out_dir.replace("/scaling/train/", "/train/")
+    r = snakemake(workdir, "-n", wrong, "--config", "experiment=smoke")
+    assert r.returncode != 0
+    assert f"{wrong} is not planned by the current config (see {point.out_dir})" in r.stdout
+
+
 def test_smoke_runs_within_budget(smoke_run):
     _, wall = smoke_run
     assert wall < SMOKE_BUDGET_S

@@ -23,23 +23,27 @@ wildcard_constraints:
     hash=r"[0-9a-f]{8}",
 
 
-def job_of(stage, wildcards):
-    """The planned job for a rule's wildcards; refuses an output that the config does not plan."""
+def job_of(stage, wildcards, folder=None):
+    """The planned job for a rule's wildcards; refuses an output that the config does not
+    plan, or plans in another folder (a grid point under train/, a study model under
+    scaling/train/). `folder`: the rule's output folder under ROOT (default: the stage)."""
     job = PLAN.job(stage, wildcards.variant)
+    out = f"{ROOT}/{folder or stage}/{wildcards.variant}-{wildcards.hash}"
     if job.hash != wildcards.hash:
         raise WorkflowError(
-            f"{stage}/{wildcards.variant}-{wildcards.hash} is not planned by the current config "
-            f"(its slice hashes to {job.hash})"
+            f"{out} is not planned by the current config (its slice hashes to {job.hash})"
         )
+    if job.out_dir != out:
+        raise WorkflowError(f"{out} is not planned by the current config (see {job.out_dir})")
     return job
 
 
-def spec_of(stage):
-    return lambda wildcards: job_of(stage, wildcards).spec_json
+def spec_of(stage, folder=None):
+    return lambda wildcards: job_of(stage, wildcards, folder).spec_json
 
 
-def inputs_of(stage):
-    return lambda wildcards: PLAN.upstream_dirs(job_of(stage, wildcards))
+def inputs_of(stage, folder=None):
+    return lambda wildcards: PLAN.upstream_dirs(job_of(stage, wildcards, folder))
 
 
 def stage_cmd(stage):

@@ -6,11 +6,11 @@
 rule train_grid:
     priority: PRIORITY["train_grid"]
     input:
-        inputs_of("train"),
+        inputs_of("train", folder="scaling/train"),
     output:
         directory(f"{ROOT}/scaling/train/{{variant}}-{{hash}}"),
     params:
-        spec=spec_of("train"),
+        spec=spec_of("train", folder="scaling/train"),
     log:
         f"{ROOT}/logs/scaling/train/{{variant}}-{{hash}}.log",
     benchmark:
