@@ -14,7 +14,7 @@ SMOKE_BUDGET_S = 300
 # The smoke study cut to one job of each kind that the runs beside the full one need: both
 # models trained and calibrated, one sparsified (top-K 50% on the Llama), one decomposed
 # (SVD-LLM at R = 0.3) and one predictors job (Deja Vu heads on the OPT), each evaluated,
-# and no scaling grid: 13 jobs. Every job keeps the hash it has in the full smoke study
+# and no scaling grid: 14 jobs. Every job keeps the hash it has in the full smoke study
 # (an entry's slice is all that enters it), so its outputs compare file by file.
 SMOKE_SUBSET = [
     "sparsify.levels=[]",
@@ -26,9 +26,10 @@ SMOKE_SUBSET = [
     "predictors.methods.dejavu_mlp.models=[]",
     "predictors.methods.spark.models=[]",
     "predictors.methods.hotcold.models=[]",
+    "predictors.methods.dejavu_heads.levels=[0.5]",  # (its default is sparsify.levels)
     "~scaling.sizes",
 ]
-SMOKE_SUBSET_JOBS = 13
+SMOKE_SUBSET_JOBS = 14
 
 
 def overrides_arg(overrides: list[str]) -> str:

@@ -92,6 +92,16 @@ def assert_nothing_incomplete_looks_complete(root: Path) -> None:
         read_table(job / "metrics.parquet", METRICS)
 
 
+def test_the_subset_keeps_the_full_studys_hashes():
+    """What lets the faulted subset's outputs compare file by file with the full study."""
+    from helpers import smoke_plan
+
+    full = {(j.stage, j.variant): j.hash for j in smoke_plan(Path("data")).jobs()}
+    part = {(j.stage, j.variant): j.hash for j in smoke_plan(Path("data"), *SMOKE_SUBSET).jobs()}
+    assert len(part) == SMOKE_SUBSET_JOBS
+    assert {k: full.get(k) for k in part} == part
+
+
 @pytest.fixture(scope="module")
 def faulted(tmp_path_factory, repo) -> Path:
     """The smoke study's subset (`SMOKE_SUBSET`: a job of every stage) with the tracking

@@ -78,7 +78,7 @@ def test_smoke_study_runs_through_sbatch(slurm_cluster, tmp_path, repo):
         "--default-resources",
         "slurm_partition=debug",
         # a fresh cluster answers in seconds: poll it every few (the plugin waits 40 s
-        # before the first check, which suits a busy cluster and not a 13-job test)
+        # before the first check, which suits a busy cluster and not a 14-job test)
         "--slurm-init-seconds-before-status-checks",
         "2",
         "--seconds-between-status-checks",
