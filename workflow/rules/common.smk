@@ -76,10 +76,10 @@ def where_results_are():
 
 # The order in which ready jobs take free cores (Snakemake's `priority`, highest first):
 # the stages that unlock the most work go first, and long jobs before the short ones that
-# fill in around them. Without it, Snakemake may run a dozen evaluate jobs while one core
-# waits on the calibrate job that half the study needs (measured on the quickstart: ~150 s
-# of idle core time on 2 cores). The scaling grid's train jobs need only the data, so they
-# fill the gaps; its fit goes as soon as they are done, beside the evaluate jobs.
+# fill in around them. Without it, Snakemake may run a dozen evaluate jobs while the
+# calibrate job that half the study needs waits (the quickstart's cores were 8% idle;
+# 3% with priorities and 1-thread jobs, docs/architecture.md). The scaling grid's train
+# jobs need only the data, so they fill the gaps; its fit goes as soon as they are done.
 PRIORITY = {
     "data": 100,
     "eval_data": 95,
