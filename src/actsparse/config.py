@@ -484,6 +484,9 @@ class CalibrateCfg:
     layers_per_pass: int = (
         0  # 0: every layer in one pass; k: k layers' statistics in memory at once
     )
+    # the calibration corpus: null = the study's (`data`); else an `eval_data` entry's name
+    # (e.g. c4), whose `split` is read, tokenized with the study's tokenizer
+    corpus: str | None = None
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -518,9 +521,17 @@ class EvaluateCfg:
     max_tokens: int | None = None  # null: the whole split
     eval_data_max_tokens: int | None = None  # eval_data corpora; null: max_tokens
     fidelity_tokens: int = 16384  # tokens on which hidden states and next-token KL are compared
+    # measured decode latency (batch 1): steps timed per variant, beside the dense model,
+    # after a prompt of `decode_context` tokens; 0 steps: not measured
+    decode_reps: int = 20
+    decode_context: int = 64
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
+        if self.decode_reps < 0:
+            out.append(("decode_reps", f"must be >= 0, got {self.decode_reps}"))
+        if self.decode_context < 1:
+            out.append(("decode_context", f"must be >= 1, got {self.decode_context}"))
         if self.split not in ("train", "valid", "test"):
             out.append(("split", f"must be train, valid or test; got {self.split!r}"))
         if self.seq_len is not None and self.seq_len < 2:
@@ -729,6 +740,17 @@ class StudyConfig:
                 out.append(
                     (f"eval_data.{name}.name", f"must equal its key {name!r}, got {corpus.name!r}")
                 )
+        corpus = self.calibrate.corpus
+        if corpus is not None and corpus not in self.eval_data:
+            known = ", ".join(sorted(self.eval_data)) or "none"
+            out.append(
+                (
+                    "calibrate.corpus",
+                    f"unknown corpus {corpus!r}: must be null (the study's corpus, "
+                    f"{self.data.name!r}) or an eval_data entry (eval_data corpora: {known}; "
+                    "add one with `- /data@eval_data.<name>: <corpus>`)",
+                )
+            )
         # entries name the variants and the `method` column of the study table: unique
         sweeps = ("sparsify", "decompose", "predictors")
         for i, a in enumerate(sweeps):

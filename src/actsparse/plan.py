@@ -47,6 +47,10 @@ class StudyPlan:
     def __init__(self, cfg: StudyConfig):
         self.cfg = cfg
         self.root = f"{cfg.study.output_root.rstrip('/')}/{cfg.study.name}"
+        # data and calibrate jobs are inputs of most others: built once each (a 7B sweep
+        # asked for its data jobs ~400 times, each a config-to-dict conversion)
+        self._data_jobs: dict[str, Job] = {}
+        self._calibrate_jobs: dict[str, Job] = {}
 
     # ----------------------------------------------------------------- naming
     @property
@@ -118,6 +122,11 @@ class StudyPlan:
 
     # ----------------------------------------------------------------- jobs
     def data(self, variant: str) -> Job:
+        if variant not in self._data_jobs:
+            self._data_jobs[variant] = self._data(variant)
+        return self._data_jobs[variant]
+
+    def _data(self, variant: str) -> Job:
         name = variant.split(".", 1)[0]
         if name in self.cfg.eval_data:
             return self._eval_data(variant)
@@ -180,15 +189,29 @@ class StudyPlan:
         m = self.cfg.models[self.root_model(model)]
         return {"dtype": m.dtype, "revision": m.revision, "trust_remote_code": m.trust_remote_code}
 
+    def calibration_data(self, model: str) -> Job:
+        """The data job calibration reads for `model`: the study corpus's, or that of the
+        `eval_data` corpus named by `calibrate.corpus` (tokenized with the study's tokenizer;
+        every data job writes every split, so its train split is there)."""
+        return self.data(self.data_variant(model, self.cfg.calibrate.corpus))
+
     def calibrate(self, model: str) -> Job:
+        if model not in self._calibrate_jobs:
+            self._calibrate_jobs[model] = self._calibrate(model)
+        return self._calibrate_jobs[model]
+
+    def _calibrate(self, model: str) -> Job:
+        calibrate = to_dict(self.cfg.calibrate)
+        if calibrate["corpus"] is None:  # the study's corpus: hashes from before the key
+            del calibrate["corpus"]  # stay valid
         config = {
-            "calibrate": to_dict(self.cfg.calibrate),
+            "calibrate": calibrate,
             "load": self._model_load(model),
             "seed": self.cfg.study.seed,
         }
         inputs = {
             "model": self.model_path(model),
-            "data": self.data(self.data_variant(model)).out_dir,
+            "data": self.calibration_data(model).out_dir,
         }
         return self._job("calibrate", model, config, inputs, model)
 
@@ -311,7 +334,8 @@ class StudyPlan:
         inputs = {"model": self.model_path(model)}
         if SPARSITY.get(method).needs_calibration:  # top-K rules read no statistics or tokens
             inputs["calibration"] = self.calibrate(model).out_dir
-            inputs["data"] = self.data(self.data_variant(model)).out_dir
+            # sequential calibration's tokens: the same corpus as the statistics
+            inputs["data"] = self.calibration_data(model).out_dir
         return self._job(
             "sparsify", self.sparse_variant(model, entry, level), config, inputs, model
         )

@@ -47,6 +47,30 @@ def test_real_model_preset_uses_the_checkpoint_tokenizer_per_model():
 
 
 @pytest.mark.parametrize(
+    ("experiment", "model", "path"),
+    [
+        ("llama2_7b", "llama2_7b", "meta-llama/Llama-2-7b-hf"),
+        ("mistral_7b", "mistral_7b", "mistralai/Mistral-7B-v0.1"),
+        ("opt_6_7b", "opt_6_7b", "facebook/opt-6.7b"),
+    ],
+)
+def test_real_model_presets_calibrate_on_c4_and_evaluate_on_wikitext2(experiment, model, path):
+    plan = StudyPlan(compose_study([f"experiment={experiment}"]))
+    c4 = plan.data(f"c4.{model}")  # C4 from the hub, tokenized by the checkpoint's tokenizer
+    assert c4.spec["config"]["data"]["hf"]["path"] == "allenai/c4"
+    assert c4.spec["config"]["tokenizer_from"]["path"] == path
+    assert plan.calibrate(model).spec["inputs"]["data"] == c4.out_dir
+    assert plan.calibrate(model).spec["config"]["calibrate"]["split"] == "train"
+    wikitext2 = plan.data(f"wikitext2.{model}").out_dir
+    dense = plan.evaluate(model).spec["inputs"]
+    assert dense["data"] == wikitext2 and dense["data.c4"] == c4.out_dir
+    assert plan.predictors(model, "dejavu_mlp").spec["inputs"]["data"] == wikitext2
+    # `calibrate.corpus=null` switches back to WikiText-2 (SVD-LLM's calibration corpus)
+    back = StudyPlan(compose_study([f"experiment={experiment}", "calibrate.corpus=null"]))
+    assert back.calibrate(model).spec["inputs"]["data"] == wikitext2
+
+
+@pytest.mark.parametrize(
     ("overrides", "pattern"),
     [
         (["experiment=nope"], r"unknown experiment 'nope'.*available: .*quickstart"),

@@ -75,6 +75,34 @@ def test_a_method_name_that_is_not_a_string_is_refused_by_key(entry, value):
         compose_study(["experiment=smoke", f"{entry}.method={value}"])
 
 
+@pytest.mark.parametrize(
+    ("overrides", "known"),
+    [
+        (["experiment=smoke", "calibrate.corpus=c4"], "pydoc"),
+        (["experiment=llama2_7b", "calibrate.corpus=pydoc"], "c4"),
+        (["experiment=scaling", "+models.x.source=pretrained", "+models.x.path=gpt2",
+          "calibrate.corpus=c4"], "none"),
+    ],
+)  # fmt: skip
+def test_a_calibration_corpus_must_be_an_eval_data_corpus(overrides, known):
+    with pytest.raises(ConfigError) as err:
+        compose_study(overrides)
+    corpus = overrides[-1].split("=")[1]
+    assert f"calibrate.corpus: unknown corpus {corpus!r}" in str(err.value)
+    assert f"eval_data corpora: {known};" in str(err.value)
+    assert f"command-line override '{overrides[-1]}'" in str(err.value)
+
+
+def test_the_study_corpus_by_name_is_refused_as_a_calibration_corpus():
+    # the study's own corpus is `null`, not its name (one spelling, one hash)
+    with pytest.raises(ConfigError, match=r"calibrate\.corpus: unknown corpus 'wikitext2': must "
+                       r"be null \(the study's corpus, 'wikitext2'\)"):  # fmt: skip
+        compose_study(["experiment=opt_6_7b", "calibrate.corpus=wikitext2"])
+    # an eval_data corpus is accepted, and null is the study's
+    assert compose_study(["experiment=smoke", "calibrate.corpus=pydoc"]).calibrate.corpus == "pydoc"
+    assert compose_study(["experiment=opt_6_7b", "calibrate.corpus=null"]).calibrate.corpus is None
+
+
 def test_removing_every_model_is_refused():
     with pytest.raises(ConfigError, match="models: the study needs at least one model"):
         compose_study(

@@ -2,7 +2,7 @@
 
 import json
 
-from actsparse.config import compose_study
+from actsparse.config import compose_study, to_dict
 from actsparse.plan import StudyPlan, config_hash
 
 
@@ -255,3 +255,52 @@ def test_the_study_models_hash_without_the_new_hidden_act_key():
         compose_study(["experiment=smoke", "+models.llama_micro.arch.hidden_act=relu2"])
     )
     assert relu2.train("llama_micro").spec["config"]["model"]["arch"]["hidden_act"] == "relu2"
+
+
+def test_calibrate_hashes_without_a_calibration_corpus_are_those_from_before_the_key():
+    """`calibrate.corpus: null` (the study corpus) leaves the key out of the slice, so every
+    calibrate job keeps the hash it had before the key existed (and nothing reruns)."""
+    for experiment in ("smoke", "quickstart"):
+        plan = StudyPlan(compose_study([f"experiment={experiment}"]))
+        assert plan.cfg.calibrate.corpus is None
+        for model in plan.calibrated_models:
+            job = plan.calibrate(model)
+            assert "corpus" not in job.spec["config"]["calibrate"]
+            assert job.spec["inputs"]["data"] == plan.data(plan.data_variant(model)).out_dir
+            # the slice as it was before the key: the schema's keys less `corpus`
+            before = to_dict(plan.cfg.calibrate)
+            assert before.pop("corpus") is None
+            ids = {k: v.removeprefix(plan.root + "/") for k, v in job.spec["inputs"].items()}
+            slice_ = {**job.spec["config"], "calibrate": before}
+            assert job.hash == config_hash({"stage": "calibrate", "config": slice_, "inputs": ids})
+            # ...which a `corpus: null` entry in the slice would have changed
+            with_key = {**slice_, "calibrate": {**before, "corpus": None}}
+            assert job.hash != config_hash(
+                {"stage": "calibrate", "config": with_key, "inputs": ids}
+            )
+
+
+def test_a_calibration_corpus_changes_calibrate_its_input_and_what_reads_statistics():
+    plan = StudyPlan(compose_study(["experiment=smoke", "calibrate.corpus=pydoc"]))
+    default = StudyPlan(compose_study(["experiment=smoke"]))
+    pydoc = plan.data("pydoc").out_dir  # the eval_data corpus, with the study's BPE
+    for model in ("llama_micro", "opt_micro"):
+        job = plan.calibrate(model)
+        assert (
+            job.spec["inputs"]["data"] == pydoc != default.calibrate(model).spec["inputs"]["data"]
+        )
+        assert job.spec["config"]["calibrate"]["corpus"] == "pydoc"
+        assert job.hash != default.calibrate(model).hash
+        assert pydoc in plan.upstream_dirs(job)  # Snakemake waits for that data job
+    # sequential threshold calibration reads the same corpus as the statistics
+    assert plan.sparsify("llama_micro", "teal", 0.5).spec["inputs"]["data"] == pydoc
+    assert "data" not in plan.sparsify("llama_micro", "topk", 0.5).spec["inputs"]
+    # evaluation and predictor labels stay on the study corpus
+    assert plan.evaluate("llama_micro").spec["inputs"]["data"] == plan.data("stdlib").out_dir
+    pred = plan.predictors("opt_micro", "dejavu_heads").spec["inputs"]["data"]
+    assert pred == plan.data("stdlib").out_dir
+    # exactly the jobs a change of any calibrate key reruns (calibrate and its readers)
+    a, b = _hashes(), _hashes("calibrate.corpus=pydoc")
+    c = _hashes("calibrate.near_zero_eps=0.01")
+    assert {k for k in a if a[k] != b[k]} == {k for k in a if a[k] != c[k]}
+    assert ("data", "pydoc") in a and a[("data", "pydoc")] == b[("data", "pydoc")]

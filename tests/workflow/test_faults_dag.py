@@ -21,7 +21,8 @@ from actsparse.tables import METRICS, read_table
 pytestmark = pytest.mark.workflow
 
 TIMING_METRICS = {
-    "wall_time_s", "tokens_per_s", "peak_rss_mb", "peak_gpu_mem_mb", "decompose_s", "label_s", "fit_s"
+    "wall_time_s", "tokens_per_s", "peak_rss_mb", "peak_gpu_mem_mb", "decompose_s", "label_s", "fit_s",
+    "decode_ms", "decode_ms_dense", "decode_speedup",
 }  # fmt: skip
 TIMING_COLUMNS = {"elapsed_s", "seconds"}
 DEAD_STORE = "http://127.0.0.1:9"  # nothing listens there: every MLflow call fails

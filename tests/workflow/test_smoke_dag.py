@@ -17,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from smk import SMOKE_BUDGET_S, copy_workflow, planned, snakemake
 
+from actsparse.config import compose_study
 from actsparse.methods.lowrank import LOWRANK
 from actsparse.methods.predictors import PREDICTORS
 from actsparse.methods.sparsity import SPARSITY
@@ -253,9 +254,17 @@ def test_the_report_shows_the_leaderboard_and_plots(smoke_run):
         "hot_cold_neurons.png",
         "scaling_loss_vs_n.png",
         "scaling_optimum.png",
+        "quality_vs_speed.png",
     ):
         assert f'src="{name}"' in page and (report / name).stat().st_size > 10_000
     board = pd.read_csv(report / "leaderboard.csv")
+    # every variant's decode step measured beside the dense model's (speedup 1: itself)
+    variants = board[board.method != "unigram"]
+    assert variants.decode_speedup.notna().all() and (variants.decode_ms > 0).all()
+    plain_dense = variants[
+        (variants.method == "dense") & variants.model.isin(["llama_micro", "opt_micro"])
+    ]
+    assert (plain_dense.decode_speedup == 1.0).all()
     assert {(m, k) for m in ("llama_micro", "opt_micro") for k in ("dense", "unigram")} <= set(
         zip(board.model, board.method, strict=True)
     )
@@ -445,8 +454,54 @@ def test_reruns_follow_config_changes(smoke_run):
     assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {}
 
 
-@pytest.mark.parametrize("experiment", ["llama2_7b", "mistral_7b", "opt_6_7b"])
-def test_real_model_presets_plan_without_downloading(workdir, experiment):
-    """(How long planning takes is measured by benchmarks/plan_time.py, not here.)"""
-    counts = planned(snakemake(workdir, "-n", "--config", f"experiment={experiment}"))
-    assert counts == {"data": 1, "calibrate": 1, "evaluate": 1, "summary": 1, "report": 1, "all": 1}
+def sweep_counts(experiment: str) -> dict[str, int]:
+    """Jobs per rule of a preset, counted from its config: each sweep entry runs on the
+    models it names (null: every model) at each of its levels or ratios."""
+    cfg = compose_study([f"experiment={experiment}"])
+    models = len(cfg.models)
+
+    def on(entry) -> int:
+        return models if entry.models is None else len(entry.models)
+
+    sparse = sum(on(e) * len(cfg.sparsify.levels_of(e)) for e in cfg.sparsify.entries().values())
+    lowrank = sum(on(e) * len(cfg.decompose.ratios_of(e)) for e in cfg.decompose.entries().values())
+    predictors = cfg.predictors.entries()
+    predicted = sum(
+        on(e) * len(cfg.predictors.levels_of(e, cfg.sparsify.levels))
+        for e in predictors.values()
+        if PREDICTORS.get(e.method).evaluated  # (hot/cold is a report)
+    )
+    return {
+        "data": models,  # WikiText-2, with each checkpoint's tokenizer
+        "eval_data": models * len(cfg.eval_data),  # C4, likewise
+        "calibrate": models,
+        "decompose": lowrank,
+        "sparsify": sparse,
+        "predictors": sum(on(e) for e in predictors.values()),
+        "evaluate": models + lowrank + sparse + predicted,  # + the dense baselines
+        "summary": 1,
+        "report": 1,
+        "all": 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("experiment", "total"), [("llama2_7b", 103), ("mistral_7b", 103), ("opt_6_7b", 73)]
+)
+def test_real_model_presets_plan_without_downloading(workdir, experiment, total):
+    """The full sweep of each 7B preset, planned offline. (How long planning takes is
+    measured by benchmarks/plan_time.py, not here.)"""
+    cfg = compose_study([f"experiment={experiment}"])
+    methods = {g: {e["method"] for e in getattr(cfg, g).methods.values()}
+               for g in ("sparsify", "decompose", "predictors")}  # fmt: skip
+    relu = experiment == "opt_6_7b"  # no gate branch: no CATS, stat_topk at the gate, Spark
+    assert methods["sparsify"] == set(SPARSITY.names()) - ({"cats", "stat_topk"} if relu else set())
+    assert methods["decompose"] == set(LOWRANK.names())
+    assert methods["predictors"] == set(PREDICTORS.names()) - ({"spark"} if relu else set())
+    assert cfg.calibrate.corpus == "c4" and set(cfg.eval_data) == {"c4"}
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = snakemake(workdir, "-n", "--config", f"experiment={experiment}", env=offline)
+    counts = planned(result)
+    assert counts == sweep_counts(experiment)
+    assert sum(counts.values()) == total  # as the preset's header and docs/cluster.md say
+    assert not (workdir / "data" / experiment).exists()  # planned, nothing fetched or run

@@ -11,6 +11,10 @@ Protocol (METHODS.md, "Evaluation protocol"):
   relative Frobenius error and mean cosine of the final hidden states, and the mean
   KL(reference || model) of next-token distributions;
 - tokens/s of the forward passes;
+- measured decode latency, batch 1 (`decode_reps` steps after a `decode_context`-token
+  prompt): this variant's step with its sparse linears on the input-sparse GEMV kernel,
+  and the dense model's, timed in turn in this process (`decode_ms`, `decode_ms_dense`,
+  `decode_speedup`); a decomposition is timed beside the model it was made from;
 - for a sparsified variant (input `sparsity`: a sparsify job's plan, applied to the same
   model): the zeros each wrapped module fed on, counted on these evaluation tokens
   (`achieved_sparsity.parquet`), their error against the target per site (worst layer),
@@ -38,6 +42,7 @@ from tqdm import tqdm
 
 from actsparse.config import EvaluateCfg
 from actsparse.data import TokenData
+from actsparse.kernels.decode import decode_latency
 from actsparse.methods.predictors.apply import apply_predicted, load_predictors, oracle_plan
 from actsparse.methods.sparsity.mechanism import Sparsified, SparsityPlan, apply, cost_per_token
 from actsparse.models import LoadCfg, adapter_for, default_device, load_model_as, synchronize
@@ -202,6 +207,26 @@ def sparsity_metrics(achieved: pd.DataFrame, **kw) -> list[Metric]:
     return out
 
 
+def decode_metrics(model, handle, reference, e: EvaluateCfg, **mk) -> list[Metric]:
+    """Measured decode latency of this variant and of the dense model, in turn, in this
+    process: the variant's sparse linears on the input-sparse GEMV (`kernels.decode`)."""
+    max_pos = int(getattr(model.config, "max_position_embeddings", 0) or 1 << 20)
+    context = max(1, min(e.decode_context, max_pos - e.decode_reps - 8))
+    other = reference if handle is None and reference is not model else None
+    t = decode_latency(model, handle, other, context=context, reps=e.decode_reps)
+    log.info(
+        "decode step: %.3f ms (dense %.3f ms, %.2fx; %d linears on the sparse kernel)",
+        1e3 * t.seconds, 1e3 * t.dense_seconds, t.speedup, t.n_kernel_linears,
+    )  # fmt: skip
+    return [
+        Metric("decode_ms", 1e3 * t.seconds, **mk),
+        Metric("decode_ms_dense", 1e3 * t.dense_seconds, **mk),
+        Metric("decode_speedup", t.speedup, **mk),
+        Metric("decode_context", context, **mk),
+        Metric("decode_kernel_linears", t.n_kernel_linears, **mk),
+    ]
+
+
 def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
     e = cfg.evaluate
     dev = default_device()
@@ -255,6 +280,8 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
     data = TokenData(inputs["data"])
     kw = dict(corpus=data.corpus, split=e.split)
     metrics = measure(data, e.max_tokens)
+    # which corpus is the study's own (the report's tables); calibration may use another
+    metrics.append(Metric("study_corpus", 1.0, **mk, **kw))
     metrics.append(Metric("n_params", sum(p.numel() for p in model.parameters()), **mk))
     artifacts = []
     achieved = None
@@ -282,6 +309,8 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
     metrics.append(
         Metric("flops_ratio", cost["flops_per_token"] / cost["dense_flops_per_token"], **mk)
     )
+    if e.decode_reps:
+        metrics += decode_metrics(model, handle, reference, e, **mk)
     # extra corpora (eval_data) after the zeros above were counted on the study's own
     for key in sorted(k for k in inputs if k.startswith("data.")):
         metrics += measure(TokenData(inputs[key]), e.eval_data_max_tokens or e.max_tokens)

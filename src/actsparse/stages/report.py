@@ -54,7 +54,12 @@ def _html(frame: pd.DataFrame) -> str:
 
 
 def main_corpus(summary: pd.DataFrame) -> str:
-    """The study's own corpus: the one its models were calibrated on."""
+    """The study's own corpus: the one evaluate jobs mark `study_corpus` (calibration may
+    use another, e.g. C4 for the 7B presets); in tables written before that marker, the
+    corpus the models were calibrated on."""
+    ev = summary[(summary.stage == "evaluate") & (summary.metric == "study_corpus")]
+    if not ev.empty:
+        return str(ev.corpus.iloc[0])
     cal = summary[(summary.stage == "calibrate") & (summary.corpus.fillna("") != "")]
     return str(cal.corpus.iloc[0]) if not cal.empty else ""
 
@@ -97,6 +102,8 @@ def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
             "effective_sparsity",
             "flops_ratio",
             "tokens_per_s",
+            "decode_ms",
+            "decode_speedup",
             "eval_tokens",
         )
         if c in wide
@@ -142,6 +149,43 @@ def plot_perplexity(board: pd.DataFrame, out: Path) -> str | None:
     ax.invert_yaxis()
     ax.set(xlabel="held-out perplexity (log scale; grey: unigram baseline)", title="Perplexity")
     return _save(fig, out / "perplexity.png")
+
+
+def plot_quality_vs_speed(board: pd.DataFrame, out: Path) -> str | None:
+    """Per model: perplexity against the measured decode-step speedup over the dense model
+    (batch 1, the variant's sparse linears on the input-sparse GEMV), one line per method."""
+    board = board[board.method != "unigram"]
+    if "decode_speedup" not in board or board.decode_speedup.isna().all():
+        return None
+    board = board.dropna(subset=["decode_speedup"])
+    models = sorted(board.model.unique())
+    methods = sorted(board.method.unique())
+    # tab20 and a marker cycle: a study has more methods than the default ten colours
+    color = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
+    marker = {m: "osD^vPX<>"[i % 9] for i, m in enumerate(methods)}
+    ncol = min(2, len(models))
+    nrow = -(-len(models) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.5 * ncol, 3.8 * nrow), squeeze=False)
+    for ax, model in zip(axes.flat, models, strict=False):
+        g = board[board.model == model]
+        for method, m in g.groupby("method", sort=True):
+            m = m.assign(lv=pd.to_numeric(m.level, errors="coerce")).sort_values("lv")
+            dense = method == "dense"
+            ax.plot(
+                m.decode_speedup, m.perplexity, ls="none" if dense else "-",
+                marker="*" if dense else marker[method], color="k" if dense else color[method],
+                label=method, ms=10 if dense else 5,
+            )  # fmt: skip
+            for _, r in m.iterrows():
+                if r.level:
+                    ax.annotate(r.level, (r.decode_speedup, r.perplexity), fontsize=6, alpha=0.7)
+        ax.axvline(1.0, color="gray", lw=0.6, ls="--")
+        ax.set(xlabel="measured decode speedup over dense (x)", ylabel="perplexity", title=model)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(models) :]:
+        ax.axis("off")
+    fig.suptitle("Quality vs measured decode speed (batch 1; labels: level)")
+    return _save(fig, out / "quality_vs_speed.png")
 
 
 def sparsity_sweep(summary: pd.DataFrame) -> pd.DataFrame:
@@ -500,6 +544,7 @@ def build(root: Path, out: Path) -> Path:
         ("Predictors: recall vs cost", plot_predictor_cost(pred_dirs, staging)),
         ("Predicted masks vs the oracle", plot_predicted_vs_oracle(predicted, staging)),
         ("Hot and cold neurons", plot_hotcold(pred_dirs, staging)),
+        ("Quality vs measured decode speed", plot_quality_vs_speed(board, staging)),
     ]
     scaling_figures, scaling_tables = scaling_section(root, staging)
     figures += scaling_figures

@@ -1,0 +1,100 @@
+"""Decode latency: the sparse variant runs its sparse linears on the kernel, gives the
+same tokens as the plain sparsified model, and leaves the model as it found it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import tiny_model
+
+from actsparse.kernels.decode import KernelLinear, decode_latency, sparse_linears
+from actsparse.methods.sparsity.cats import gate_skips
+from actsparse.methods.sparsity.mechanism import (
+    Placed,
+    Rule,
+    SparsityPlan,
+    activation_width,
+    apply,
+    placed_for_sites,
+)
+from actsparse.models import adapter_for
+from actsparse.models.adapters import LINEAR_SITES
+
+
+def topk_everywhere(model, family: str, level: float = 0.5):
+    adapter = adapter_for(family)
+    placed = placed_for_sites(model, adapter, list(LINEAR_SITES), lambda *_: Rule("topk", level))
+    return apply(model, adapter, SparsityPlan("topk", "t", level, placed))
+
+
+def step_logits(model, ids):
+    out = model(input_ids=ids[:, :-1], use_cache=True)
+    return model(input_ids=ids[:, -1:], past_key_values=out.past_key_values, use_cache=True).logits
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "gpt2"])
+def test_the_kernel_linears_decode_the_same_logits(family):
+    model = tiny_model(family)
+    handle = topk_everywhere(model, family)
+    ids = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = step_logits(model, ids)
+        with sparse_linears(model, handle) as kernels:
+            assert len(kernels) == len(handle.wrappers) > 0
+            assert all(isinstance(w.inner, KernelLinear) for w in handle.wrappers.values())
+            on_kernel = step_logits(model, ids)
+            for k in kernels:
+                k.enabled = False
+            passthrough = step_logits(model, ids)
+    assert torch.allclose(on_kernel, plain, atol=1e-5)
+    assert torch.equal(passthrough, plain)
+    assert not any(isinstance(m, KernelLinear) for m in model.modules())
+
+
+def test_a_down_projection_reading_the_gates_zeros_runs_on_the_kernel():
+    """CATS: the gate is wrapped, the down projection is not, but it reads the gate's zeros
+    (`input_skips`): it is swapped for a kernel linear too, and restored after."""
+    model = tiny_model("llama")
+    adapter = adapter_for("llama")
+    name, width = activation_width(model, adapter, 1, "gate")
+    plan = SparsityPlan("cats", "c", 0.5, [Placed(1, "gate", name, width, Rule("topk", 0.5))])
+    gate_skips(model, adapter, plan)
+    down = next(iter(plan.input_skips))
+    original = model.get_submodule(down)
+    handle = apply(model, adapter, plan)
+    ids = torch.randint(0, 64, (1, 10), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = step_logits(model, ids)
+        with sparse_linears(model, handle) as kernels:
+            assert isinstance(model.get_submodule(down), KernelLinear) and len(kernels) == 1
+            assert torch.allclose(step_logits(model, ids), plain, atol=1e-5)
+    assert model.get_submodule(down) is original
+
+
+def test_decode_latency_times_both_variants_and_restores_the_model():
+    model = tiny_model("llama")
+    handle = topk_everywhere(model, "llama")
+    before = {n: type(m) for n, m in model.named_modules()}
+    t = decode_latency(model, handle, context=8, reps=3)
+    assert t.seconds > 0 and t.dense_seconds > 0 and t.speedup == t.dense_seconds / t.seconds
+    assert t.n_kernel_linears == len(handle.wrappers)
+    assert {n: type(m) for n, m in model.named_modules()} == before
+    assert all(w.active for w in handle.wrappers.values())
+
+
+def test_a_dense_model_is_timed_alone_and_a_decomposition_beside_its_reference():
+    model, reference = tiny_model("llama", seed=0), tiny_model("llama", seed=1)
+    alone = decode_latency(model, context=8, reps=2)
+    assert alone.seconds == alone.dense_seconds and alone.n_kernel_linears == 0
+    beside = decode_latency(model, reference=reference, context=8, reps=2)
+    assert (
+        beside.seconds > 0 and beside.dense_seconds > 0 and beside.seconds != beside.dense_seconds
+    )
+
+
+def test_the_swap_is_undone_when_a_step_fails():
+    model = tiny_model("llama")
+    handle = topk_everywhere(model, "llama")
+    with pytest.raises(RuntimeError, match="boom"), sparse_linears(model, handle):
+        raise RuntimeError("boom")
+    assert not any(isinstance(m, KernelLinear) for m in model.modules())
