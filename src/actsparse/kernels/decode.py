@@ -15,7 +15,7 @@ at context `context + i`, as real decoding does.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -94,7 +94,9 @@ class DecodeTiming:
         return self.dense_seconds / self.seconds
 
 
-def _stepper(model: nn.Module, ids: torch.Tensor, before_each) -> callable:
+def _stepper(
+    model: nn.Module, ids: torch.Tensor, before_each: Callable[[], None]
+) -> Callable[[], object]:
     """Prefill `ids[:, :-1]`, then each call decodes one more token on its own cache."""
     before_each()
     out = model(input_ids=ids[:, :-1], use_cache=True)
