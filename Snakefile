@@ -8,7 +8,9 @@
 #   snakemake -c2 --config 'train={steps: 100}'            # the same, as a nested mapping
 #
 # Output tree (<root> = <study.output_root>/<study.name>, e.g. data/quickstart):
-#   <root>/data/<corpus>-<hash>/          tokenizer/, tokens/*.npy, manifest.parquet, corpus.json
+#   <root>/import_gguf/<model>-<hash>/   model/ (save_pretrained of a GGUF file), gguf.json
+#   <root>/data/<corpus>[.<model>]-<hash>/  tokenizer/, tokens/*.npy, manifest.parquet, corpus.json
+#                  (.<model>: a checkpoint's corpus, read with its own tokenizer)
 #   <root>/train/<model>-<hash>/          model/ (save_pretrained), loss_curve.parquet/.png
 #   <root>/calibrate/<model>-<hash>/      channel_stats/, histograms/, gram/ (per layer), linears.parquet
 #   <root>/data/<eval corpus>-<hash>/     the same for each eval_data corpus (study tokenizer)
@@ -34,6 +36,7 @@ min_version("9.0")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/import_gguf.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/calibrate.smk"

@@ -203,6 +203,30 @@ def cmd_scaling(args: argparse.Namespace) -> None:
         print(compare.round(4).to_string(index=False))
 
 
+def cmd_claims(args: argparse.Namespace) -> None:
+    """Each paper's claim beside what the study measured, with a verdict and its reason
+    (definitions and tolerances: docs/claims.md)."""
+    import pandas as pd
+
+    from actsparse.plan import StudyPlan
+    from actsparse.stages.report import claims
+    from actsparse.tables import METRICS, read_table
+
+    plan = StudyPlan(compose_study(_overrides(args)))
+    table = claims(read_table(plan.summary_path, METRICS), plan.claims_context())
+    if args.csv:
+        print(table.to_csv(index=False), end="")
+        return
+    with pd.option_context("display.width", 250, "display.max_colwidth", 90):
+        for _, r in table.iterrows():
+            print(f"[{r.verdict}] {r.paper}: {r.claim}")
+            print(f"    paper: {r.paper_number} ({r.paper_model})")
+            print(f"    here:  {r.measured or '-'}" + (f" ({r.model})" if r.model else ""))
+            if r.protocol:
+                print(f"    protocol: {r.protocol}")
+            print(f"    why:   {r.reason}\n")
+
+
 def cmd_relog(args: argparse.Namespace) -> None:
     """Rebuild the tracking store's view of a study from its files (after the store was down)."""
     from actsparse.plan import StudyPlan
@@ -263,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
         ("lowrank", cmd_lowrank, "print a study's low-rank sweep on every corpus"),
         ("predictors", cmd_predictors, "print a study's predictor scores and predicted masks"),
         ("scaling", cmd_scaling, "print a study's scaling-law fit, S* and grid points"),
+        ("claims", cmd_claims, "print each paper's claim beside what the study measured"),
         ("relog", cmd_relog, "record a study's finished jobs in MLflow from their files"),
     ):
         p = sub.add_parser(name, help=help_)
@@ -271,6 +296,8 @@ def main(argv: list[str] | None = None) -> None:
         p.set_defaults(fn=fn)
         if name == "show":
             p.add_argument("--json", action="store_true", help="also print every row as JSON")
+        if name == "claims":
+            p.add_argument("--csv", action="store_true", help="print the table as CSV")
     p = sub.add_parser("ui", help="open the MLflow UI on the study runs (binds 127.0.0.1)")
     p.add_argument(
         "--root", default="data", help="the output root holding mlflow.db (default: data)"

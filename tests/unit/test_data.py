@@ -73,6 +73,26 @@ def test_hf_source_through_the_datasets_text_builder(shared_data, tmp_path):
     assert corpus.n_chars("valid") > 0
 
 
+def test_local_files_fall_back_to_the_hub_where_they_are_missing(shared_data, tmp_path):
+    """`source: local` with an `hf` block (conf/data/wikitext2_v1.yaml): the files where
+    they are, the same corpus through `datasets` where they are not; without the block a
+    missing file stays an error naming it."""
+    lines = (shared_data / "tinyshakespeare" / "input.txt").read_text().splitlines()
+    (tmp_path / "train.txt").write_text("\n".join(lines[:2000]))
+    (tmp_path / "test.txt").write_text("\n".join(lines[2000:2400]))
+    gone = SplitFiles(str(tmp_path / "gone_train.txt"), None, str(tmp_path / "gone_test.txt"))
+    cfg = _cfg(source="local", files=gone)
+    assert [k for k, _ in cfg.problems()] == ["files.train", "files.test"]
+    cfg.hf.path = "text"  # the hub's builder, here over local files
+    cfg.hf.data_files = {"train": str(tmp_path / "train.txt"), "test": str(tmp_path / "test.txt")}
+    cfg.hf.splits = {"train": "train", "valid": None, "test": "test"}
+    assert cfg.problems() == []
+    corpus = load_corpus(cfg)
+    assert corpus.source == "hf" and corpus.docs["test"][0] == "\n\n".join(lines[2000:2400])
+    cfg.files = SplitFiles(str(tmp_path / "train.txt"), None, str(tmp_path / "test.txt"))
+    assert load_corpus(cfg).source == "local"  # the files win where they exist
+
+
 def test_data_stage_shards_decode_back_to_the_corpus(tmp_path, shared_data):
     from helpers import smoke_plan
 
@@ -117,3 +137,32 @@ def test_corrupted_shards_and_manifest_are_named(tmp_path):
     (bad / "manifest.parquet").write_bytes(b"PAR1 garbage")
     with pytest.raises(TableError, match="manifest.parquet"):
         TokenData(bad)
+
+
+def test_bos_starts_a_split_only_where_the_tokenizer_adds_it_itself():
+    """Llama-2's tokenizer adds BOS to `tokenizer(text)`, so a split starts with it;
+    SmolLM2's GGUF tokenizer names a BOS token but does not add it, so none is added."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from actsparse.stages.data import adds_bos, encode_split
+
+    def tokenizer(adds: bool) -> PreTrainedTokenizerFast:
+        vocab = {"<s>": 0, "</s>": 1, "a": 2, "b": 3}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="a"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        if adds:
+            tok.post_processor = processors.TemplateProcessing(
+                single="<s> $A", special_tokens=[("<s>", 0)]
+            )
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+    assert adds_bos(tokenizer(True)) and not adds_bos(tokenizer(False))
+    assert encode_split(tokenizer(True), ["a b", "b"], separate_docs=True).tolist() == [
+        0,
+        2,
+        3,
+        1,
+        3,
+    ]
+    assert encode_split(tokenizer(False), ["a b", "b"], separate_docs=True).tolist() == [2, 3, 1, 3]

@@ -304,3 +304,30 @@ def test_a_calibration_corpus_changes_calibrate_its_input_and_what_reads_statist
     c = _hashes("calibrate.near_zero_eps=0.01")
     assert {k for k in a if a[k] != b[k]} == {k for k in a if a[k] != c[k]}
     assert ("data", "pydoc") in a and a[("data", "pydoc")] == b[("data", "pydoc")]
+
+
+def test_evaluate_hashes_at_the_default_protocol_are_those_from_before_the_keys():
+    plan = StudyPlan(compose_study(["experiment=smoke"]))
+    evaluate = plan.evaluate("llama_micro").spec["config"]["evaluate"]
+    assert not {"stride", "dense_prefill"} & set(evaluate)
+    a = _hashes()
+    assert _changed(a, _hashes("evaluate.stride=16")) == ["evaluate"]
+    assert _changed(a, _hashes("evaluate.dense_prefill=0.5")) == ["evaluate"]
+
+
+def test_a_checkpoints_corpus_is_tokenized_with_its_own_tokenizer_beside_the_study_bpe(tmp_path):
+    """A hub or local checkpoint in a BPE study gets a data job of its own (`<corpus>.<model>`)
+    that takes its tokenizer; the models trained here keep the study's BPE job, unchanged."""
+    before = StudyPlan(compose_study(["experiment=smoke"]))
+    plan = StudyPlan(
+        compose_study(
+            ["experiment=smoke", "+models.hub.source=pretrained",
+             "+models.hub.path=org/some-model", "evaluate.seq_len=64"]
+        )
+    )  # fmt: skip
+    assert plan.data_variants == ["stdlib", "stdlib.hub"]
+    assert plan.data("stdlib").hash == before.data("stdlib").hash
+    job = plan.data("stdlib.hub")
+    assert job.spec["config"]["tokenizer_from"]["path"] == "org/some-model"
+    assert job.spec["config"]["data"]["tokenizer"]["kind"] == "model"
+    assert plan.evaluate("hub").spec["inputs"]["data"] == job.out_dir

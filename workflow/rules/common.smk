@@ -81,6 +81,7 @@ def where_results_are():
 # 3% with priorities and 1-thread jobs, docs/architecture.md). The scaling grid's train
 # jobs need only the data, so they fill the gaps; its fit goes as soon as they are done.
 PRIORITY = {
+    "import_gguf": 105,
     "data": 100,
     "eval_data": 95,
     "train": 90,

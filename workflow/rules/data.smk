@@ -9,6 +9,8 @@ EVAL_CORPORA = "|".join(re.escape(c) for c in STUDY.eval_data) or "(?!)"
 
 rule data:
     priority: PRIORITY["data"]
+    input:
+        inputs_of("data"),  # an imported GGUF's folder (its tokenizer), if any
     output:
         directory(f"{ROOT}/data/{{variant}}-{{hash}}"),
     wildcard_constraints:

@@ -1,13 +1,19 @@
 # The study as pictures and one leaderboard: <root>/report/index.html (actsparse.stages.report).
 
+import json
+
 
 rule report:
     input:
         summary=PLAN.summary_path,
     output:
         directory(f"{ROOT}/report"),
+    params:
+        # which method each entry name stands for, and the scaling fit: the claims table
+        claims=json.dumps(PLAN.claims_context(), sort_keys=True),
     log:
         f"{ROOT}/logs/report.log",
     threads: 1
     shell:
-        f"{PY} -m actsparse.stages.report --root {ROOT} --out {{output:q}} > {{log:q}} 2>&1"
+        f"{PY} -m actsparse.stages.report --root {ROOT} --out {{output:q}} "
+        "--claims {params.claims:q} > {log:q} 2>&1"

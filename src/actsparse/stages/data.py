@@ -32,9 +32,9 @@ EOS = "<|endoftext|>"
 @dataclass
 class DataJob:
     data: DataCfg = field(default_factory=DataCfg)
-    tokenizer_from: dict[str, Any] | None = (
-        None  # {path, revision, trust_remote_code} for kind=model
-    )
+    # a checkpoint's own tokenizer: {path, revision, trust_remote_code}, or {input: name}
+    # for the folder of an upstream job (an imported GGUF)
+    tokenizer_from: dict[str, Any] | None = None
     seed: int = 0
 
 
@@ -69,9 +69,19 @@ def load_model_tokenizer(source: dict[str, Any]):
     )
 
 
+def adds_bos(tokenizer) -> bool:
+    """Whether `tokenizer(text)` starts with BOS (Llama-2's does; SmolLM2's GGUF tokenizer
+    has a BOS token but does not add it; our BPE's BOS is its EOS)."""
+    bos = tokenizer.bos_token_id
+    if bos is None or tokenizer.bos_token == EOS:
+        return False
+    ids = tokenizer("a").input_ids
+    return bool(ids) and ids[0] == bos
+
+
 def encode_split(tokenizer, docs: list[str], separate_docs: bool, batch: int = 64) -> np.ndarray:
-    """Token ids of a split: BOS (if the tokenizer has one and is a checkpoint's) once at the
-    start, EOS between documents when documents are separate files.
+    """Token ids of a split: BOS once at the start if the tokenizer adds one itself, EOS
+    between documents when documents are separate files.
 
     Each document is encoded whole, in one call: cutting it would change the tokens at the
     cuts (SentencePiece tokenizers add a leading space marker per call), and the result
@@ -80,7 +90,7 @@ def encode_split(tokenizer, docs: list[str], separate_docs: bool, batch: int = 6
     backend = tokenizer.backend_tokenizer
     eos = tokenizer.eos_token_id
     ids: list[int] = []
-    if tokenizer.bos_token_id is not None and tokenizer.bos_token != EOS:
+    if adds_bos(tokenizer):
         ids.append(tokenizer.bos_token_id)
     bar = tqdm(total=len(docs), desc="tokenize", unit="doc", leave=False, mininterval=2)
     for start in range(0, len(docs), batch):
@@ -135,14 +145,17 @@ def run(cfg: DataJob, inputs: dict[str, str], out: Path) -> StageResult:
         from transformers import PreTrainedTokenizerFast
 
         tokenizer = PreTrainedTokenizerFast.from_pretrained(Path(inputs["tokenizer"]) / "tokenizer")
+    elif cfg.tokenizer_from:  # a checkpoint's own
+        source = dict(cfg.tokenizer_from)
+        if "input" in source:  # the folder of an upstream job (an imported GGUF)
+            source = {"path": inputs[source["input"]]}
+        tokenizer = load_model_tokenizer(source)
     elif cfg.data.tokenizer.kind == "bpe":
         tokenizer = train_bpe(
             corpus.docs["train"], cfg.data.tokenizer.vocab_size, cfg.data.tokenizer.min_frequency
         )
     else:
-        if not cfg.tokenizer_from:
-            raise ValueError("data.tokenizer.kind=model but the job names no model to take it from")
-        tokenizer = load_model_tokenizer(cfg.tokenizer_from)
+        raise ValueError("data.tokenizer.kind=model but the job names no model to take it from")
     tokenizer.save_pretrained(out / "tokenizer")
     vocab = len(tokenizer)
 

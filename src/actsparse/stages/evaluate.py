@@ -1,15 +1,23 @@
 """Evaluate stage: one harness for every variant (the dense baseline now; methods later).
 
-Protocol (METHODS.md, "Evaluation protocol"):
-- perplexity over non-overlapping windows of `seq_len` tokens (the model's context length
-  unless set) of the held-out split; within a window every token but the first is
-  predicted; the tail shorter than a window is dropped. A non-finite loss fails the job,
-  naming the window: it is never skipped (skipping flatters perplexity);
+Protocol (METHODS.md, "Evaluation protocol"; docs/usage.md, "Perplexity protocols"):
+- perplexity over windows of `seq_len` tokens (the model's context length unless set) of
+  the held-out split, from its start (BOS, where the tokenizer adds one, only there):
+  non-overlapping by default, every token of a window but the first predicted; with
+  `stride` s, windows start every s tokens and score their last s tokens (the first
+  window all of its own). A tail that does not fill a window is dropped. With
+  `dense_prefill` f, the first floor(f seq_len) positions of every window run with every
+  sparsity rule off and their predictions are not scored (TEAL's evaluation). The job
+  records its protocol (`protocol.json`, a tag such as `w2048.s512.prefill0.5`). A
+  non-finite loss fails the job, naming the window: it is never skipped (skipping
+  flatters perplexity);
 - the unigram baseline (train-split token frequencies, add-one smoothed) on exactly the
   same predicted tokens;
-- fidelity against a reference model on the first `fidelity_tokens` of those windows:
-  relative Frobenius error and mean cosine of the final hidden states, and the mean
-  KL(reference || model) of next-token distributions;
+- fidelity against a reference model on the first `fidelity_tokens` positions of those
+  windows that are new in their window and sparsified (every position of a
+  non-overlapping window without a dense prefill): relative Frobenius error and mean
+  cosine of the final hidden states, and the mean KL(reference || model) of next-token
+  distributions;
 - tokens/s of the forward passes;
 - measured decode latency, batch 1 (`decode_reps` steps after a `decode_context`-token
   prompt): this variant's step with its sparse linears on the input-sparse GEMV kernel,
@@ -28,6 +36,8 @@ Protocol (METHODS.md, "Evaluation protocol"):
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import time
@@ -42,6 +52,7 @@ from tqdm import tqdm
 
 from actsparse.config import EvaluateCfg
 from actsparse.data import TokenData
+from actsparse.io import write_text
 from actsparse.kernels.decode import decode_latency
 from actsparse.methods.predictors.apply import apply_predicted, load_predictors, oracle_plan
 from actsparse.methods.sparsity.mechanism import Sparsified, SparsityPlan, apply, cost_per_token
@@ -76,13 +87,71 @@ class EvalResult:
         return math.exp(self.nll)
 
 
-def windows(tokens: np.ndarray, seq_len: int, max_tokens: int | None) -> torch.Tensor:
-    """(n_windows, seq_len) non-overlapping windows from the start of the split."""
+@dataclass(frozen=True)
+class Protocol:
+    """Which windows perplexity runs on and which of their tokens it scores (module doc).
+
+    Positions are 0..seq_len-1 in a window; the logits at position t predict token t+1.
+    """
+
+    seq_len: int
+    stride: int | None = None  # None: non-overlapping windows
+    dense_prefill: float = 0.0  # the fraction of each window run dense
+    prefill: int = 0  # floor(dense_prefill * seq_len): dense positions
+
+    @classmethod
+    def of(cls, e: EvaluateCfg, seq_len: int) -> Protocol:
+        problems = e.protocol_problems(seq_len)
+        if problems:
+            raise ValueError("; ".join(f"evaluate.{k}: {m}" for k, m in problems))
+        return cls(seq_len, e.stride, float(e.dense_prefill), e.prefill_positions(seq_len))
+
+    @property
+    def tag(self) -> str:
+        """Compact name: `w512` (non-overlapping), `w2560.s512.prefill0.5`."""
+        tag = f"w{self.seq_len}"
+        if self.stride is not None:
+            tag += f".s{self.stride}"
+        if self.dense_prefill:
+            tag += f".prefill{self.dense_prefill:g}"
+        return tag
+
+    def first_scored(self, window: int) -> int:
+        """The first position whose prediction window number `window` scores."""
+        lo = 0 if self.stride is None or window == 0 else self.seq_len - self.stride - 1
+        return max(lo, self.prefill)
+
+    def first_fresh(self, window: int) -> int:
+        """The first position of window `window` that is new in it and sparsified."""
+        lo = 0 if self.stride is None or window == 0 else self.seq_len - self.stride
+        return max(lo, self.prefill)
+
+    def record(self, split: str) -> dict:
+        return {
+            "tag": self.tag,
+            "split": split,
+            "seq_len": self.seq_len,
+            "stride": self.stride,
+            "dense_prefill": self.dense_prefill,
+            "dense_positions": self.prefill,
+            "first_window": "scores all of its own tokens",
+            "bos": "once, at the start of the split, where the tokenizer adds one",
+        }
+
+
+def windows(
+    tokens: np.ndarray, seq_len: int, max_tokens: int | None, stride: int | None = None
+) -> torch.Tensor:
+    """(n_windows, seq_len) windows from the start of the split: non-overlapping, or (with
+    `stride`) starting every `stride` tokens; a tail that fills no whole window is dropped."""
     if max_tokens is not None:
         tokens = tokens[:max_tokens]
     n = len(tokens) // seq_len
     if n == 0:
         raise ValueError(f"evaluate: {len(tokens)} tokens do not fill one window of {seq_len}")
+    if stride is not None:
+        t = torch.from_numpy(np.ascontiguousarray(tokens))
+        return t.unfold(0, seq_len, stride).contiguous()
     return torch.from_numpy(np.ascontiguousarray(tokens[: n * seq_len])).view(n, seq_len)
 
 
@@ -103,12 +172,26 @@ def evaluate_lm(
     reference=None,
     fidelity_tokens: int = 0,
     dev: torch.device | str = "cpu",
+    protocol: Protocol | None = None,
+    handle: Sparsified | None = None,
 ) -> EvalResult:
     """Perplexity, unigram baseline and fidelity of `model` on `wins` (see module doc).
 
+    `protocol` (default: non-overlapping windows, every prediction scored) says which
+    predictions each window scores; its dense prefix switches `handle`'s rules off there.
     Throughput counts the forward passes only, with the GPU synchronised around each and
     the first batch (warm-up) left out when there is more than one.
     """
+    T = wins.shape[1]
+    protocol = protocol or Protocol(T)
+    if protocol.seq_len != T:
+        raise ValueError(f"evaluate: windows of {T} tokens, protocol for {protocol.seq_len}")
+
+    def prefix():  # a fresh context per forward pass
+        if handle is not None and protocol.prefill:
+            return handle.dense_prefix(protocol.prefill, T)
+        return contextlib.nullcontext()
+
     nll_sum, n_pred, uni_sum = 0.0, 0, 0.0
     timed_tokens, timed_s = 0, 0.0
     fid_left = fidelity_tokens
@@ -120,39 +203,54 @@ def evaluate_lm(
         want_hidden = fid_left > 0
         synchronize(dev)
         t = time.perf_counter()
-        out = model(input_ids=x, use_cache=False, output_hidden_states=want_hidden)
+        with prefix():
+            out = model(input_ids=x, use_cache=False, output_hidden_states=want_hidden)
         synchronize(dev)
         if start > 0 or len(starts) == 1:
             timed_s += time.perf_counter() - t
             timed_tokens += x.numel()
         target = x[:, 1:]
-        for i in range(x.shape[0]):  # one window at a time: (T-1, V) in float32
+        firsts = [protocol.first_scored(start + i) for i in range(x.shape[0])]
+        for i, a in enumerate(firsts):  # one window at a time: (T-1-a, V) in float32
             tok_nll = F.cross_entropy(
-                out.logits[i, :-1].float(), target[i], reduction="none"
+                out.logits[i, a:-1].float(), target[i, a:], reduction="none"
             ).double()
             if not torch.isfinite(tok_nll).all():
                 raise FloatingPointError(
                     f"evaluate: non-finite loss in window {start + i}; refusing to drop it"
                 )
             nll_sum += tok_nll.sum().item()
-        n_pred += target.numel()
-        uni_sum += -unigram[target.cpu()].sum().item()
+        # predictions left unscored are left out of the baseline too
+        scored = (
+            torch.cat([t[a:] for t, a in zip(target, firsts, strict=True)])
+            if any(firsts)
+            else target
+        )
+        n_pred += scored.numel()
+        uni_sum += -unigram[scored.cpu()].sum().item()
         if want_hidden:
             if reference is None or reference is model:
                 ref_out = out
             else:
                 ref_out = reference(input_ids=x, use_cache=False, output_hidden_states=True)
             width, vocab = out.hidden_states[-1].shape[-1], out.logits.shape[-1]
-            k = min(fid_left, x.numel())
+            fresh = [protocol.first_fresh(start + i) for i in range(x.shape[0])]
+            rows = None  # every position; else the flat rows new in their window and sparse
+            if any(fresh):
+                rows = torch.cat(
+                    [torch.arange(i * T + f, (i + 1) * T) for i, f in enumerate(fresh)]
+                ).to(out.logits.device)
+            k = min(fid_left, x.numel() if rows is None else len(rows))
             for c in range(0, k, CHUNK):
                 e = min(c + CHUNK, k)
-                h = out.hidden_states[-1].reshape(-1, width)[c:e].double()  # (chunk, d)
-                r = ref_out.hidden_states[-1].reshape(-1, width)[c:e].double()
+                at = slice(c, e) if rows is None else rows[c:e]
+                h = out.hidden_states[-1].reshape(-1, width)[at].double()  # (chunk, d)
+                r = ref_out.hidden_states[-1].reshape(-1, width)[at].double()
                 err2 += ((h - r) ** 2).sum().item()
                 ref2 += (r**2).sum().item()
                 cos_sum += F.cosine_similarity(h, r, dim=-1).sum().item()
-                lp = F.log_softmax(out.logits.reshape(-1, vocab)[c:e].double(), -1)  # (chunk, V)
-                lr = F.log_softmax(ref_out.logits.reshape(-1, vocab)[c:e].double(), -1)
+                lp = F.log_softmax(out.logits.reshape(-1, vocab)[at].double(), -1)  # (chunk, V)
+                lr = F.log_softmax(ref_out.logits.reshape(-1, vocab)[at].double(), -1)
                 kl_sum += F.kl_div(
                     lp, lr, log_target=True, reduction="sum"
                 ).item()  # KL(ref || model)
@@ -247,15 +345,21 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
     else:
         reference, _ = load_model_as(inputs["reference"], cfg.load, device=dev)
     seq_len = e.seq_len or int(model.config.max_position_embeddings)
+    protocol = Protocol.of(e, seq_len)  # stride and dense_prefill checked against seq_len
+    write_text(out / "protocol.json", json.dumps(protocol.record(e.split), indent=2) + "\n")
+    log.info("perplexity protocol %s", protocol.tag)
     vocab = int(model.config.vocab_size)
     m, level = cfg.method, cfg.level
     mk = dict(method=m, level=level)
 
     def measure(data: TokenData, max_tokens: int | None) -> list[Metric]:
         """Perplexity, the unigram baseline and fidelity on one corpus's held-out split."""
-        wins = windows(data.tokens(e.split), seq_len, max_tokens)
+        wins = windows(data.tokens(e.split), seq_len, max_tokens, e.stride)
         unigram = unigram_logprobs(data.tokens("train"), vocab)
-        r = evaluate_lm(model, wins, e.batch_size, unigram, reference, e.fidelity_tokens, dev)
+        r = evaluate_lm(
+            model, wins, e.batch_size, unigram, reference, e.fidelity_tokens, dev,
+            protocol=protocol, handle=handle,
+        )  # fmt: skip
         log.info(
             "%s: perplexity %.3f (unigram %.3f) over %d tokens",
             data.corpus,
@@ -271,6 +375,9 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
             Metric("nll", r.unigram_nll, method="unigram", **kw),
             Metric("eval_tokens", r.n_predicted, **mk, **kw),
             Metric("seq_len", seq_len, **mk, **kw),
+            # the protocol (protocol.json names it): stride seq_len = non-overlapping windows
+            Metric("stride", protocol.stride or seq_len, **mk, **kw),
+            Metric("dense_prefill", protocol.dense_prefill, **mk, **kw),
             Metric("tokens_per_s", r.tokens_per_s, **mk, **kw),
             Metric("hidden_rel_err", r.hidden_rel_err, **mk, **kw),
             Metric("hidden_cosine", r.hidden_cosine, **mk, **kw),
@@ -283,7 +390,7 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
     # which corpus is the study's own (the report's tables); calibration may use another
     metrics.append(Metric("study_corpus", 1.0, **mk, **kw))
     metrics.append(Metric("n_params", sum(p.numel() for p in model.parameters()), **mk))
-    artifacts = []
+    artifacts = [out / "protocol.json"]
     achieved = None
     if handle is not None:
         achieved = handle.achieved()
@@ -318,9 +425,11 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
         ppl = next(m.value for m in metrics if m.metric == "perplexity" and m.method == cfg.method)
         handle.remove()
         oracle = apply(model, adapter, oracle_plan(pset, model, adapter, float(cfg.level)))
-        wins = windows(data.tokens(e.split), seq_len, e.max_tokens)
+        wins = windows(data.tokens(e.split), seq_len, e.max_tokens, e.stride)
         unigram = unigram_logprobs(data.tokens("train"), vocab)
-        r = evaluate_lm(model, wins, e.batch_size, unigram, None, 0, dev)
+        r = evaluate_lm(
+            model, wins, e.batch_size, unigram, None, 0, dev, protocol=protocol, handle=oracle
+        )
         oracle_sparsity = sparsity_metrics(oracle.achieved())[0].value
         oracle.remove()
         log.info("oracle at the same level: perplexity %.3f (predicted %.3f)", r.perplexity, ppl)

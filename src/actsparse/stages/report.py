@@ -8,18 +8,21 @@ sparsity per layer found by calibration, and the sparsity sweep: perplexity agai
 sparsity (one line per method), the largest level each method reaches within +1% and +5%
 perplexity, and how far achieved sparsity landed from its target; the low-rank sweep
 (perplexity vs ratio, per corpus); predictors (recall vs cost over rank, predicted masks
-vs the oracle, hot and cold neurons). The plots and tables are also logged as one MLflow
-run (stage `report`).
+vs the oracle, hot and cold neurons); the claims table (each paper's claim beside what the
+study measured, `--claims`). The plots and tables are also logged as one MLflow run
+(stage `report`).
 """
 
 from __future__ import annotations
 
 import argparse
 import html
+import json
 import math
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -28,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from actsparse.claims import Tables, claims_table, protocols  # noqa: E402
 from actsparse.io import atomic_path, commit_dir, partial_dir, write_text  # noqa: E402
 from actsparse.tables import (  # noqa: E402
     CHANNEL_STATS,
@@ -513,7 +517,31 @@ def scaling_section(root: Path, out: Path) -> tuple[list[tuple[str, str]], str]:
     return figures, html_tables
 
 
-def build(root: Path, out: Path) -> Path:
+def claims(summary: pd.DataFrame, context: dict[str, Any]) -> pd.DataFrame:
+    """The claims table (actsparse.claims) of a study table; `context`: the plan's
+    `claims_context()` (entries, decomposed models, the scaling fit's folder)."""
+    fit_dir = context.get("scaling_fit")
+    fit = compare = None
+    if fit_dir and Path(fit_dir).is_dir():
+        fit = read_table(Path(fit_dir) / "scaling_fit.parquet", SCALING_FIT)
+        compare = read_table(Path(fit_dir) / "scaling_compare.parquet", SCALING_COMPARE)
+    corpus = main_corpus(summary)
+    return claims_table(
+        Tables(
+            sparsity=sparsity_sweep(summary),
+            lowrank=lowrank_sweep(summary),
+            predictors=predictor_scores(summary),
+            entries=context.get("entries", {}),
+            decomposed_models=set(context.get("decomposed_models", [])),
+            protocols=protocols(summary, corpus),
+            main_corpus=corpus,
+            scaling_fit=fit,
+            scaling_compare=compare,
+        )
+    )
+
+
+def build(root: Path, out: Path, context: dict[str, Any] | None = None) -> Path:
     summary = read_table(root / "summary.parquet", METRICS)
     staging = partial_dir(out)
     staging.mkdir(parents=True, exist_ok=True)
@@ -587,6 +615,13 @@ def build(root: Path, out: Path) -> Path:
         for title, name in figures
         if name
     )
+    if context is not None:
+        claim_rows = claims(summary, context)
+        claim_rows.to_csv(staging / "claims.csv", index=False)
+        tables += (
+            "\n<h2>Claims: each paper's claim beside what this study measured "
+            "(docs/claims.md: definitions and tolerances)</h2>\n" + _html(claim_rows)
+        )
     sections += "\n" + tables + scaling_tables
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>actsparse study {html.escape(root.name)}</title>
@@ -625,9 +660,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--root", required=True, help="the study folder, e.g. data/quickstart")
     p.add_argument("--out", help="the report folder (default: <root>/report)")
+    p.add_argument("--claims", help="the plan's claims context as JSON (adds the claims table)")
     args = p.parse_args(argv)
     root = Path(args.root)
-    page = build(root, Path(args.out) if args.out else root / "report")
+    context = json.loads(args.claims) if args.claims else None
+    page = build(root, Path(args.out) if args.out else root / "report", context)
     print(f"wrote {page}", file=sys.stderr)
 
 

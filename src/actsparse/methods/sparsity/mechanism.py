@@ -8,6 +8,8 @@ modules of an unmodified `transformers` model.
 - `apply(model, adapter, plan)` swaps each target module for a wrapper that applies the
   rule to the module's input (linear-input sites, heads) or output (the gate) and counts
   the zeros it feeds on. The model's own forward code runs unchanged around the wrappers.
+- `Sparsified.dense_prefix(n, window)` switches every rule off at the first `n` positions of
+  each `window`-token sequence (a dense prefill; the evaluate stage's `dense_prefill`).
 """
 
 from __future__ import annotations
@@ -195,6 +197,9 @@ class _Counted(nn.Module):
         self.zeros: torch.Tensor | int = 0
         self.natural: torch.Tensor | int = 0  # zeros the activation had before the rule
         self.total = 0
+        # a dense prefix: the rule is off at the first `dense_positions` positions of every
+        # `window`-token sequence (`Sparsified.dense_prefix`); 0: on everywhere
+        self.dense_positions, self.window = 0, 0
 
     def _zeros(self, y: torch.Tensor) -> torch.Tensor:
         if self.placed.rule.per_head:
@@ -208,6 +213,25 @@ class _Counted(nn.Module):
         rule = self.placed.rule
         per_token = int(rule.n_heads) if rule.per_head else after.shape[-1]  # type: ignore[arg-type]
         self.total += after[..., 0].numel() * per_token
+
+    def by_position(self, sparse, dense, *xs: torch.Tensor) -> torch.Tensor:
+        """`sparse(*xs)`, or, under a dense prefix, `dense` on the prefix positions and
+        `sparse` on the rest (which alone is counted). Each of `xs` is (..., T, n) or, for
+        families that flatten the batch (OPT's FFN), (B * T, n), with T the window."""
+        p, t = self.dense_positions, self.window
+        if not p:
+            return sparse(*xs)
+        parts = []
+        for x in xs:
+            if x.dim() < 2 or (x.dim() >= 3 and x.shape[-2] != t) or x.shape[:-1].numel() % t:
+                raise ValueError(
+                    f"{self.placed.module}: a dense prefix of {p} positions needs sequences "
+                    f"of {t} positions, got an input of shape {tuple(x.shape)}"
+                )
+            parts.append(x.reshape(-1, t, x.shape[-1]))
+        head = dense(*(v[:, :p] for v in parts))
+        tail = sparse(*(v[:, p:] for v in parts))
+        return torch.cat([head, tail], dim=1).reshape(*xs[0].shape[:-1], tail.shape[-1])
 
     def extra_repr(self) -> str:
         p = self.placed
@@ -234,9 +258,13 @@ class SparseInput(LinearView, _Counted):
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.active:
-            before, x = x, self.placed.rule(x)
-            self.count(before, x)
+            x = self.by_position(self._sparse, _identity, x)
         return self.inner(x, *args, **kwargs)
+
+    def _sparse(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.placed.rule(x)
+        self.count(x, y)
+        return y
 
 
 class PredictedInput(SparseInput):
@@ -258,9 +286,13 @@ class PredictedInput(SparseInput):
                 )
             if self.placed.rule.per_head:
                 mask = mask.repeat_interleave(x.shape[-1] // mask.shape[-1], dim=-1)
-            before, x = x, x * mask.to(x.dtype)
-            self.count(before, x)
+            x = self.by_position(self._masked, _identity, x, mask)
         return self.inner(x, *args, **kwargs)
+
+    def _masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y = x * mask.to(x.dtype)
+        self.count(x, y)
+        return y
 
 
 class SparseGate(_Counted):
@@ -269,9 +301,16 @@ class SparseGate(_Counted):
     def forward(self, g: torch.Tensor) -> torch.Tensor:
         if not self.active:
             return self.inner(g)
+        return self.by_position(self._sparse, self.inner, g)
+
+    def _sparse(self, g: torch.Tensor) -> torch.Tensor:
         y = self.placed.rule.on_gate(g, self.inner)
         self.count(self.inner(g), y)
         return y
+
+
+def _identity(x: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 class Sparsified:
@@ -297,6 +336,24 @@ class Sparsified:
         finally:
             for w in self.wrappers.values():
                 w.active = True
+
+    @contextlib.contextmanager
+    def dense_prefix(self, positions: int, window: int) -> Iterator[None]:
+        """Every rule off at the first `positions` positions of each `window`-token sequence
+        the model runs on (a dense prefill; TEAL's evaluation keeps the first half dense):
+        those positions, and what is computed from them alone (causal attention), are the
+        dense model's. Zeros are counted on the other positions only. 0: no change."""
+        if not 0 <= positions < window:
+            raise ValueError(
+                f"a dense prefix needs 0 <= positions < window; got {positions}, {window}"
+            )
+        for w in self.wrappers.values():
+            w.dense_positions, w.window = positions, window
+        try:
+            yield
+        finally:
+            for w in self.wrappers.values():
+                w.dense_positions, w.window = 0, 0
 
     def reset_counts(self) -> None:
         for w in self.wrappers.values():

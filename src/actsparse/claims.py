@@ -1,0 +1,348 @@
+"""Each paper's claim beside what this harness measured: one row per claim, computed from
+the study's own tables (never typed in), with a verdict and its reason.
+
+The claims, the papers' numbers and the models they were made on are written here once;
+everything measured comes from the frames the report builds from the study table
+(`sparsity_sweep`, `lowrank_sweep`, `predictor_scores`, the scaling fit). A claim the study
+did not measure (the method, level or corpus is not in it) is "not comparable", saying
+what is missing. The tolerances that turn a paper's words into a test are below and in
+docs/claims.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+# What the papers' words are taken to mean, as perplexity increases over the dense model on
+# the same tokens (in %): "negligible" and "small degradation" / "close to dense".
+NEGLIGIBLE_PCT = 1.0
+SMALL_PCT = 5.0
+# Deja Vu's predictors are "cheap": at most this share of the FFN's FLOPs
+LOW_PREDICTOR_COST_PCT = 10.0
+
+HOLDS, FAILS, NOT_COMPARABLE = "holds", "does not hold", "not comparable"
+COLUMNS = [
+    "claim", "paper", "paper_number", "paper_model", "measured", "model", "protocol",
+    "verdict", "reason",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Claim:
+    key: str
+    paper: str
+    text: str
+    paper_number: str
+    paper_model: str
+
+
+@dataclass
+class Tables:
+    """What the claims are computed from (each may be empty)."""
+
+    sparsity: pd.DataFrame  # report.sparsity_sweep
+    lowrank: pd.DataFrame  # report.lowrank_sweep
+    predictors: pd.DataFrame  # report.predictor_scores
+    entries: dict[str, dict]  # study entry name -> its config (method, allocation, ...)
+    decomposed_models: set[str]  # models made by a decomposition (compositions, not claims)
+    protocols: dict[str, str]  # model -> how its perplexity was measured
+    main_corpus: str = ""
+    scaling_fit: pd.DataFrame | None = None  # SCALING_FIT rows
+    scaling_compare: pd.DataFrame | None = None  # SCALING_COMPARE rows
+
+    def entries_of(self, method: str, **options) -> list[str]:
+        return [
+            name
+            for name, e in self.entries.items()
+            if e.get("method") == method and all(e.get(k) == v for k, v in options.items())
+        ]
+
+
+Row = dict[str, str]
+
+
+def _row(claim: Claim, measured: str, model: str, protocol: str, verdict: str, reason: str) -> Row:
+    return {
+        "claim": claim.text, "paper": claim.paper, "paper_number": claim.paper_number,
+        "paper_model": claim.paper_model, "measured": measured, "model": model,
+        "protocol": protocol, "verdict": verdict, "reason": reason,
+    }  # fmt: skip
+
+
+def _missing(claim: Claim, what: str) -> list[Row]:
+    return [_row(claim, "", "", "", NOT_COMPARABLE, f"not measured in this study: {what}")]
+
+
+def _pct(v: float) -> str:
+    return f"{v:+.2f}%"
+
+
+def _at(sweep: pd.DataFrame, entries: list[str], level: float) -> pd.DataFrame:
+    if sweep.empty:
+        return sweep
+    return sweep[sweep.method.isin(entries) & ((sweep.level - level).abs() < 1e-9)]
+
+
+def protocols(summary: pd.DataFrame, corpus: str) -> dict[str, str]:
+    """Per model, how its dense perplexity was measured on `corpus` (window, stride, dense
+    prefill, tokens scored), from the evaluate job's own rows."""
+    ev = summary[(summary.stage == "evaluate") & (summary.method == "dense")]
+    ev = ev[ev.corpus == corpus]
+    out = {}
+    for model, g in ev.groupby("model"):
+        v = g.set_index("metric").value
+        window = int(v.get("seq_len", 0))
+        stride = int(v.get("stride", window))
+        prefill = float(v.get("dense_prefill", 0.0))
+        text = f"{corpus} test, {int(v.get('eval_tokens', 0)):,} tokens scored, window {window}"
+        text += ", non-overlapping" if stride == window else f", stride {stride}"
+        if prefill > 0:
+            text += f", first {100 * prefill:g}% of each window dense"
+        out[str(model)] = text
+    return out
+
+
+# ----------------------------------------------------------------- the claims
+
+DHAR = Claim(
+    "dhar_ffn50", "Dhar et al. 2024",
+    "zeroing the FFN activations below a per-layer magnitude percentile removes ~50% of FFN "
+    "reads at negligible perplexity cost", "~50% FFN sparsity, negligible perplexity change",
+    "SiLU/GELU LLMs (Llama-2, Mistral 7B)",
+)  # fmt: skip
+TEAL = Claim(
+    "teal_40_50", "TEAL (Liu et al. 2024)",
+    "40-50% model-wide activation sparsity (every projection's input) with small degradation",
+    "40-50% model-wide, small perplexity increase", "Llama-2/3, Mistral (7B-70B)",
+)  # fmt: skip
+CATS = Claim(
+    "cats_50", "CATS (Lee et al. 2024)",
+    "50% FFN activation sparsity (threshold on |SiLU(gate)|) with quality close to dense",
+    "50% FFN sparsity, close to dense", "Llama-2-7B, Mistral-7B",
+)  # fmt: skip
+LOWRANK_ORDER = Claim(
+    "lowrank_order_20", "SVD-LLM (Wang et al. 2025), Table 1",
+    "at 20% of the parameters removed, perplexity orders SVD-LLM < ASVD < SVD",
+    "7.94 < 11.14 < 20061 (WikiText-2)", "LLaMA-7B",
+)  # fmt: skip
+NSVD_OOD = Claim(
+    "nsvd_ood", "NSVD (Lu et al. 2025)",
+    "nested decomposition beats SVD-LLM's whitening, most of all on text unlike the "
+    "calibration set", "lower perplexity than SVD-LLM at 10-50% removed", "LLaMA-7B",
+)  # fmt: skip
+DEJAVU = Claim(
+    "dejavu_recall", "Deja Vu (Liu et al. 2023)",
+    "a low-rank MLP predictor finds the active neurons with recall >= 0.95 at a small "
+    "share of the FFN's cost", "recall >= 0.95, cheap predictor", "OPT-175B (ReLU)",
+)  # fmt: skip
+SPARK = Claim(
+    "spark_8pct", "Spark Transformer (You et al. 2025)",
+    "statistical top-k keeps 8% of FFN neurons nonzero with quality close to dense",
+    "8% nonzero FFN neurons, close to dense", "Gemma-2 2B (trained with it)",
+)  # fmt: skip
+QSPARSE = {
+    "fp": Claim(
+        "qsparse_sstar_fp", "Q-Sparse (Wang et al. 2024)",
+        "inference-optimal sparsity S* of top-K sparse training, full precision",
+        "S* = 45.58%", "scaling-law fit on 300M-7B Llamas",
+    ),
+    "b1.58": Claim(
+        "qsparse_sstar_b158", "Q-Sparse (Wang et al. 2024)",
+        "inference-optimal sparsity S* of top-K sparse training, 1.58-bit weights",
+        "S* = 61.25%", "scaling-law fit on 300M-7B Llamas",
+    ),
+}  # fmt: skip
+PAPER_SSTAR = {"fp": 0.4558, "b1.58": 0.6125}
+
+
+def _threshold_claim(
+    claim: Claim, t: Tables, entries: list[str], levels: tuple[float, ...], budget: float,
+    what: str,
+) -> list[Row]:  # fmt: skip
+    """Holds where every level's perplexity increase is within `budget` %."""
+    rows = []
+    found = pd.concat([_at(t.sparsity, entries, lv) for lv in levels]) if entries else None
+    if found is not None and not found.empty:
+        found = found[~found.model.isin(t.decomposed_models)]
+    if found is None or found.empty:
+        return _missing(claim, f"{what} at {', '.join(f'{100 * v:g}%' for v in levels)}")
+    for (model, entry), g in found.groupby(["model", "method"], sort=True):
+        g = g.sort_values("level")
+        measured = "; ".join(
+            f"{100 * r.level:g}%: {_pct(r['ppl_increase_%'])}" for _, r in g.iterrows()
+        )
+        absent = [lv for lv in levels if not ((g.level - lv).abs() < 1e-9).any()]
+        over = g[g["ppl_increase_%"] > budget]
+        if absent:
+            verdict = NOT_COMPARABLE
+            reason = f"{entry}: no evaluation at {', '.join(f'{100 * v:g}%' for v in absent)}"
+        elif over.empty:
+            verdict, reason = HOLDS, f"{entry}: within +{budget:g}% at every level"
+        else:
+            verdict = FAILS
+            reason = f"{entry}: over +{budget:g}% at " + ", ".join(
+                f"{100 * v:g}%" for v in over.level
+            )
+        rows.append(_row(claim, measured, model, t.protocols.get(model, ""), verdict, reason))
+    return rows
+
+
+def dhar(t: Tables) -> list[Row]:
+    entries = [
+        e for e in t.entries_of("threshold") if t.entries[e].get("site") == "ffn_intermediate"
+    ]
+    return _threshold_claim(
+        DHAR, t, entries, (0.5,), NEGLIGIBLE_PCT, "threshold at ffn_intermediate"
+    )
+
+
+def teal(t: Tables) -> list[Row]:
+    # TEAL's own method allocates per projection greedily; uniform where greedy is absent
+    entries = t.entries_of("teal", allocation="greedy") or t.entries_of("teal")
+    return _threshold_claim(TEAL, t, entries, (0.4, 0.5), SMALL_PCT, "teal")
+
+
+def cats(t: Tables) -> list[Row]:
+    return _threshold_claim(CATS, t, t.entries_of("cats"), (0.5,), SMALL_PCT, "cats")
+
+
+def _lowrank_at(t: Tables, method: str, ratio: float, corpus: str) -> pd.DataFrame:
+    lr = t.lowrank
+    names = t.entries_of(method)
+    return lr[
+        lr.method.isin(names) & ((lr.ratio_removed - ratio).abs() < 1e-9) & (lr.corpus == corpus)
+    ]
+
+
+def lowrank_order(t: Tables) -> list[Row]:
+    claim = LOWRANK_ORDER
+    if t.lowrank.empty:
+        return _missing(claim, "svdllm, asvd and svd at 20% removed")
+    picks = {m: _lowrank_at(t, m, 0.2, t.main_corpus) for m in ("svdllm", "asvd", "svd")}
+    absent = [m for m, g in picks.items() if g.empty]
+    if absent:
+        return _missing(claim, f"{', '.join(absent)} at 20% removed on {t.main_corpus}")
+    rows = []
+    for model in sorted(set.intersection(*(set(g.model) for g in picks.values()))):
+        ppl = {m: float(g[g.model == model].perplexity.iloc[0]) for m, g in picks.items()}
+        measured = " / ".join(f"{m} {ppl[m]:.4g}" for m in ("svdllm", "asvd", "svd"))
+        ok = ppl["svdllm"] < ppl["asvd"] < ppl["svd"]
+        order = " < ".join(sorted(ppl, key=ppl.get))
+        rows.append(_row(claim, measured, model, t.protocols.get(model, ""),
+                         HOLDS if ok else FAILS, f"measured order: {order}"))  # fmt: skip
+    return rows
+
+
+def nsvd_ood(t: Tables) -> list[Row]:
+    claim = NSVD_OOD
+    lr = t.lowrank
+    if lr.empty:
+        return _missing(claim, "nsvd and svdllm")
+    nsvd, svdllm = t.entries_of("nsvd"), t.entries_of("svdllm")
+    other = sorted(c for c in set(lr.corpus) if c != t.main_corpus)
+    if not nsvd or not svdllm or not other:
+        return _missing(
+            claim, "nsvd and svdllm evaluated on a corpus other than the calibration one"
+        )
+    rows = []
+    for corpus in other:
+        for model in sorted(set(lr.model)):
+            g = lr[(lr.corpus == corpus) & (lr.model == model)]
+            a = g[g.method.isin(nsvd)].set_index("ratio_removed").perplexity
+            b = g[g.method.isin(svdllm)].set_index("ratio_removed").perplexity
+            both = sorted(set(a.index) & set(b.index))
+            if not both:
+                continue
+            wins = [r for r in both if a[r] < b[r]]
+            measured = "; ".join(f"{100 * r:g}%: {a[r]:.4g} vs {b[r]:.4g}" for r in both)
+            verdict = HOLDS if len(wins) == len(both) else FAILS
+            reason = (f"NSVD lower on {corpus} (not the calibration text) at {len(wins)} of "
+                      f"{len(both)} ratios")  # fmt: skip
+            rows.append(_row(claim, f"nsvd vs svdllm ppl, {measured}", model,
+                             t.protocols.get(model, ""), verdict, reason))  # fmt: skip
+    return rows or _missing(claim, "nsvd and svdllm at the same ratio on one model")
+
+
+def dejavu(t: Tables) -> list[Row]:
+    claim = DEJAVU
+    p = t.predictors
+    names = t.entries_of("dejavu_mlp")
+    if p.empty or not names or p[p.method.isin(names)].empty:
+        return _missing(claim, "a dejavu_mlp predictor")
+    rows = []
+    for _, r in p[p.method.isin(names)].iterrows():
+        cost = r.get("flops_pct", math.nan)
+        measured = f"recall {r.recall:.3f} at rank {r.get('predictor_rank', math.nan):g}, {cost:.1f}% of the FFN's FLOPs"
+        ok = r.recall >= 0.95 and cost <= LOW_PREDICTOR_COST_PCT
+        reason = (f"recall {'>=' if r.recall >= 0.95 else '<'} 0.95, cost "
+                  f"{'<=' if cost <= LOW_PREDICTOR_COST_PCT else '>'} {LOW_PREDICTOR_COST_PCT:g}%")  # fmt: skip
+        rows.append(_row(claim, measured, r.model, "held-out tokens (predictors stage)",
+                         HOLDS if ok else FAILS, reason))  # fmt: skip
+    return rows
+
+
+def spark(t: Tables) -> list[Row]:
+    claim = SPARK
+    cmp_ = t.scaling_compare
+    trained = (
+        cmp_[(cmp_.operator == "stat_topk")]
+        if cmp_ is not None and not cmp_.empty
+        else pd.DataFrame()
+    )
+    rows = []
+    for _, r in trained.iterrows():
+        ok = r.delta_pct <= SMALL_PCT
+        rows.append(_row(
+            claim, f"{100 * (1 - r.level):g}% nonzero: loss {_pct(r.delta_pct)} over dense",
+            f"grid {r['size']} ({r.precision}), trained with it", "held-out loss (scaling grid)",
+            HOLDS if ok else FAILS,
+            f"trained from scratch as Spark is; loss within +{SMALL_PCT:g}%: {'yes' if ok else 'no'}",
+        ))  # fmt: skip
+    posthoc = t.entries_of("stat_topk")
+    sw = t.sparsity
+    if posthoc and not sw.empty:
+        g = sw[sw.method.isin(posthoc)]
+        for (model, entry), m in g.groupby(["model", "method"], sort=True):
+            top = m.loc[m.level.idxmax()]
+            rows.append(_row(
+                claim, f"{100 * (1 - top.level):g}% nonzero post hoc: perplexity {_pct(top['ppl_increase_%'])}",
+                model, t.protocols.get(model, ""), NOT_COMPARABLE,
+                f"{entry} is applied post hoc to a model trained without it (Spark trains with "
+                "the soft threshold in place)",
+            ))  # fmt: skip
+    return rows or _missing(claim, "stat_topk (post hoc) or a stat_topk scaling-grid variant")
+
+
+def qsparse(t: Tables) -> list[Row]:
+    fit = t.scaling_fit
+    rows = []
+    for precision, claim in QSPARSE.items():
+        f = fit[(fit.precision == precision) & (fit.param == "S_star")] if fit is not None else None
+        if f is None or f.empty:
+            rows += _missing(claim, f"a scaling-grid fit at precision {precision}")
+            continue
+        r = f.iloc[0]
+        paper = PAPER_SSTAR[precision]
+        inside = r.lo <= paper <= r.hi
+        rows.append(_row(
+            claim, f"S* = {100 * r.estimate:.2f}% [{100 * r.lo:.2f}, {100 * r.hi:.2f}]",
+            "the study's scaling grid", "held-out loss of each grid point",
+            HOLDS if inside else FAILS,
+            f"the paper's {100 * paper:.2f}% is {'inside' if inside else 'outside'} the "
+            "bootstrap interval of the fit (the grid's sizes are far below the paper's)",
+        ))  # fmt: skip
+    return rows
+
+
+CLAIMS: tuple[Callable[[Tables], list[Row]], ...] = (
+    dhar, teal, cats, lowrank_order, nsvd_ood, dejavu, spark, qsparse,
+)  # fmt: skip
+
+
+def claims_table(t: Tables) -> pd.DataFrame:
+    """One row per claim (and per model it was measured on)."""
+    return pd.DataFrame([row for claim in CLAIMS for row in claim(t)], columns=COLUMNS)

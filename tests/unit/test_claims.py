@@ -1,0 +1,157 @@
+"""The claims table: every verdict follows from the measured numbers (change a number, the
+verdict changes), what the study did not measure is "not comparable" naming what is
+missing, and entries are found by the method they stand for, not by their names."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from actsparse.claims import (
+    FAILS,
+    HOLDS,
+    NOT_COMPARABLE,
+    Tables,
+    claims_table,
+    protocols,
+)
+
+ENTRIES = {
+    "my_thresh": {"method": "threshold", "site": "ffn_intermediate"},
+    "t_uniform": {"method": "teal", "allocation": "uniform"},
+    "t_greedy": {"method": "teal", "allocation": "greedy"},
+    "t_on_lr": {"method": "teal", "allocation": "uniform"},
+    "c": {"method": "cats"},
+    "spark_post": {"method": "stat_topk"},
+    "a": {"method": "svd"}, "b": {"method": "asvd"}, "w": {"method": "svdllm"},
+    "n": {"method": "nsvd"}, "dv": {"method": "dejavu_mlp"},
+}  # fmt: skip
+
+
+def sweep(rows):
+    return pd.DataFrame(rows, columns=["model", "method", "level", "perplexity", "ppl_increase_%"])
+
+
+def tables(sparsity=None, lowrank=None, predictors=None, fit=None, compare=None) -> Tables:
+    return Tables(
+        sparsity=sweep(sparsity or []),
+        lowrank=pd.DataFrame(
+            lowrank or [], columns=["model", "method", "corpus", "ratio_removed", "perplexity"]
+        ),
+        predictors=pd.DataFrame(
+            predictors or [], columns=["model", "method", "predictor_rank", "recall", "flops_pct"]
+        ),
+        entries=ENTRIES,
+        decomposed_models={"m_lr"},
+        protocols={"m": "wikitext2 test, window 512"},
+        main_corpus="wikitext2",
+        scaling_fit=fit,
+        scaling_compare=compare,
+    )
+
+
+def rows_of(t: Tables, paper: str) -> pd.DataFrame:
+    table = claims_table(t)
+    return table[table.paper.str.startswith(paper)]
+
+
+@pytest.mark.parametrize("increase, verdict", [(0.4, HOLDS), (1.5, FAILS)])
+def test_dhar_negligible_means_within_one_percent(increase, verdict):
+    r = rows_of(tables([("m", "my_thresh", 0.5, 10.0, increase)]), "Dhar").iloc[0]
+    assert r.verdict == verdict and r.model == "m" and r.protocol == "wikitext2 test, window 512"
+    assert f"{increase:+.2f}%" in r.measured
+
+
+def test_teal_uses_the_greedy_entry_and_needs_both_levels():
+    rows = [
+        ("m", "t_uniform", 0.4, 10, 0.1), ("m", "t_uniform", 0.5, 10, 0.2),  # ignored: greedy exists
+        ("m", "t_greedy", 0.4, 10, 2.0), ("m", "t_greedy", 0.5, 10, 7.0),
+        ("m_lr", "t_greedy", 0.5, 10, 1.0),  # a composition: not the claim
+    ]  # fmt: skip
+    r = rows_of(tables(rows), "TEAL")
+    assert len(r) == 1 and r.iloc[0].verdict == FAILS and "over +5% at 50%" in r.iloc[0].reason
+    r = rows_of(tables(rows[:3]), "TEAL").iloc[0]
+    assert r.verdict == NOT_COMPARABLE and "no evaluation at 50%" in r.reason
+
+
+def test_the_lowrank_ordering_at_20_percent():
+    def lr(svdllm, asvd, svd):
+        return [("m", e, "wikitext2", 0.2, p) for e, p in (("w", svdllm), ("b", asvd), ("a", svd))]
+
+    assert rows_of(tables(lowrank=lr(7.9, 11.1, 2e4)), "SVD-LLM").iloc[0].verdict == HOLDS
+    r = rows_of(tables(lowrank=lr(72.3, 2.4e5, 1.1e8)), "SVD-LLM").iloc[0]
+    assert r.verdict == HOLDS and "svdllm < asvd < svd" in r.reason
+    r = rows_of(tables(lowrank=lr(72.3, 60.0, 1e8)), "SVD-LLM").iloc[0]
+    assert r.verdict == FAILS and r.reason == "measured order: asvd < svdllm < svd"
+
+
+def test_nsvd_out_of_distribution_needs_another_corpus():
+    ind = [("m", e, "wikitext2", 0.2, p) for e, p in (("n", 9.0), ("w", 10.0))]
+    r = rows_of(tables(lowrank=ind), "NSVD").iloc[0]
+    assert r.verdict == NOT_COMPARABLE and "other than the calibration one" in r.reason
+    ood = [
+        ("m", e, "pydoc", ratio, p)
+        for ratio in (0.2, 0.4)
+        for e, p in (("n", 22.0), ("w", 25.0 - 10 * ratio))
+    ]
+    r = rows_of(tables(lowrank=ind + ood), "NSVD").iloc[0]
+    assert r.verdict == FAILS and "at 1 of 2 ratios" in r.reason  # 22 < 23 at 20%, 22 > 21 at 40%
+    ood = [row for row in ood if row[3] == 0.2]
+    assert rows_of(tables(lowrank=ind + ood), "NSVD").iloc[0].verdict == HOLDS
+
+
+@pytest.mark.parametrize(
+    "recall, cost, verdict", [(0.97, 4.0, HOLDS), (0.9, 4.0, FAILS), (0.97, 30.0, FAILS)]
+)
+def test_deja_vu_recall_and_cost(recall, cost, verdict):
+    r = rows_of(tables(predictors=[("opt", "dv", 16, recall, cost)]), "Deja Vu").iloc[0]
+    assert r.verdict == verdict and r.model == "opt"
+
+
+def test_spark_post_hoc_is_not_comparable_and_a_trained_grid_point_is_judged():
+    r = rows_of(tables([("m", "spark_post", 0.9, 1e5, 4e5)]), "Spark").iloc[0]
+    assert r.verdict == NOT_COMPARABLE and "post hoc" in r.reason and "10% nonzero" in r.measured
+    compare = pd.DataFrame(
+        [("w16", "fp", "stat_topk", "spark", 0.92, 4.1, 4.0, 0.1, 2.5)],
+        columns=[
+            "size",
+            "precision",
+            "operator",
+            "group",
+            "level",
+            "loss",
+            "dense_loss",
+            "delta",
+            "delta_pct",
+        ],
+    )
+    r = rows_of(tables(compare=compare), "Spark").iloc[0]
+    assert r.verdict == HOLDS and "trained" in r.model
+
+
+def test_q_sparse_s_star_holds_when_the_paper_is_inside_the_interval():
+    fit = pd.DataFrame(
+        [("fp", "S_star", 0.40, 0.30, 0.50), ("b1.58", "S_star", 0.40, 0.30, 0.50)],
+        columns=["precision", "param", "estimate", "lo", "hi"],
+    )
+    r = rows_of(tables(fit=fit), "Q-Sparse")
+    assert list(r.verdict) == [HOLDS, FAILS]  # 45.58% inside, 61.25% outside
+    assert "61.25% is outside" in r.iloc[1].reason
+
+
+def test_an_empty_study_says_what_is_missing_for_every_claim():
+    table = claims_table(tables())
+    assert len(table) == 9 and set(table.verdict) == {NOT_COMPARABLE}
+    assert all(r.startswith("not measured in this study: ") for r in table.reason)
+
+
+def test_the_protocol_comes_from_the_dense_jobs_rows():
+    rows = [
+        ("evaluate", "dense", "m", "wikitext2", metric, value)
+        for metric, value in (("seq_len", 2048), ("stride", 512), ("dense_prefill", 0.5), ("eval_tokens", 1000))
+    ]  # fmt: skip
+    summary = pd.DataFrame(rows, columns=["stage", "method", "model", "corpus", "metric", "value"])
+    assert protocols(summary, "wikitext2") == {
+        "m": "wikitext2 test, 1,000 tokens scored, window 2048, stride 512, first 50% of each "
+        "window dense"
+    }
