@@ -228,7 +228,9 @@ class GGUFCfg:
 def package_spec_problem(package: str) -> str | None:
     """Why `package` is neither a pip requirement nor a local wheel or sdist, or None."""
     if package.endswith((".whl", ".tar.gz", ".zip")) or "/" in package:
-        return None if Path(package).expanduser().is_file() else f"package file not found: {package}"
+        return (
+            None if Path(package).expanduser().is_file() else f"package file not found: {package}"
+        )
     from packaging.requirements import InvalidRequirement, Requirement
 
     try:

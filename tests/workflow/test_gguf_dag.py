@@ -45,7 +45,9 @@ def test_a_gguf_package_runs_through_the_dag(repo, tmp_path):
     config = ["--config", overrides_arg(overrides)]
     dry = snakemake(wd, "-n", *config, "--", *targets)
     counts = planned(dry)
-    assert counts == {"import_gguf": 1, "data": 1, "eval_data": 1, "sparsify": 1, "evaluate": 2}, counts
+    assert counts == {"import_gguf": 1, "data": 1, "eval_data": 1, "sparsify": 1, "evaluate": 2}, (
+        counts
+    )
     run = snakemake(wd, *config, "--", *targets)
     assert run.returncode == 0, run.stderr[-3000:]
 
