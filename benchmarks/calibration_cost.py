@@ -1,6 +1,6 @@
 """Sequential threshold calibration (`calibrate_thresholds`), old against new, on one model.
 
-- `old`: the algorithm before blocks' outputs were carried forward (kept below, verbatim):
+- `old`: the algorithm before blocks' outputs were carried forward (the tests' reference):
   for each layer the model reruns from its first layer to capture that layer's inputs, so
   the cost grows with the square of the depth;
 - `new`: `actsparse.methods.sparsity.base.calibrate_thresholds`, each block run once per
@@ -23,83 +23,33 @@ from __future__ import annotations
 
 import argparse
 import platform
+import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import torch
 from provenance import RESULTS, provenance
 
-from actsparse.activation_stats import SiteStats, histogram_quantile, log_bin_edges
-from actsparse.data import batch_at
 from actsparse.methods.sparsity import SPARSITY
 from actsparse.methods.sparsity.base import (
-    SITE_ORDER,
     BuildContext,
     calibrate_thresholds,
     context_len,
 )
 from actsparse.methods.sparsity.mechanism import (
     Rule,
-    SparsityPlan,
-    apply,
-    block_inputs,
     placed_for_sites,
-    run_block,
 )
 from actsparse.models import adapter_for
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = REPO.parent / "shared" / "data" / "wikitext-2" / "valid.txt"
-
-
-@torch.no_grad()
-def old_calibrate_thresholds(placed, cfg, ctx):
-    """The sequential calibration before the fix (its `dense` branch left out)."""
-    model, adapter = ctx.model, ctx.adapter
-    seq_len = context_len(model, cfg.calib_seq_len or ctx.window or 10**9)
-    n_batches = max(1, cfg.calib_tokens // (8 * seq_len))
-    batches = [batch_at(ctx.tokens, b, 8, seq_len, ctx.seed) for b in range(n_batches)]
-    edges = log_bin_edges(2048, 1e-6, 1e4)
-    groups: dict[tuple[int, str], list] = {}
-    for p in placed:
-        groups.setdefault((p.layer, p.site), []).append(p)
-    done: list = []
-    for layer in sorted({layer for layer, _ in groups}):
-        handle = apply(model, adapter, SparsityPlan("calibration", "", 0.0, done))
-        try:
-            inputs = block_inputs(model, adapter, layer, batches)
-        finally:
-            handle.remove()
-        for site in [s for s in SITE_ORDER if (layer, s) in groups]:
-            group = groups[(layer, site)]
-            stats = SiteStats(group[0].width, edges, 0.0, gram=False, device=ctx.device)
-            where = f"layer {layer} site {site}"
-            if site == "gate":
-                _, act = adapter.act_module(model, layer)
-                hook = act.register_forward_hook(
-                    lambda m, a, out, s=stats, w=where: s.update(out, w)
-                )
-            else:
-                module = model.get_submodule(group[0].module)
-                hook = module.register_forward_pre_hook(
-                    lambda m, a, s=stats, w=where: s.update(a[0], w)
-                )
-            handle = apply(model, adapter, SparsityPlan("calibration", "", 0.0, done))
-            try:
-                run_block(model, adapter, layer, inputs)
-            finally:
-                hook.remove()
-                handle.remove()
-            counts, e = stats.hist.cpu().numpy(), edges.numpy()
-            done += [
-                replace(
-                    p, rule=replace(p.rule, threshold=histogram_quantile(e, counts, p.rule.level))
-                )
-                for p in group
-            ]
-    return done
+# the algorithm before the fix lives once, as the tests' reference
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "unit")]
+from test_sequential_calibration import (  # noqa: E402
+    reference_thresholds as old_calibrate_thresholds,
+)
 
 
 def tiny_llama(layers: int):
