@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from provenance import RESULTS, provenance
+from provenance import append_rows, provenance
 
 from actsparse.config import compose_study
 from actsparse.data import TokenData
@@ -73,12 +73,7 @@ def main() -> None:
         )
         print(pd.DataFrame(rows[-1:]).drop(columns=["benchmark"]).to_string(index=False))
     table = pd.DataFrame(rows)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "full_split_ppl.parquet"
-    if out.is_file():
-        table = pd.concat([pd.read_parquet(out), table], ignore_index=True)
-    table.to_parquet(out, index=False)
-    print(f"\nwrote {out}")
+    append_rows(table, "full_split_ppl")
 
 
 if __name__ == "__main__":

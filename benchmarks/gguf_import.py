@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from provenance import RESULTS, provenance
+from provenance import append_rows, provenance
 
 from actsparse.config import compose_study
 from actsparse.plan import StudyPlan
@@ -69,12 +69,7 @@ def main() -> None:
     cols = ["model", "repeat", "gguf_mb", "n_params", "import_s", "process_wall_s", "peak_rss_mb",
             "max_logit_difference"]  # fmt: skip
     print(table[cols].round(2).to_string(index=False))
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / "gguf_import.parquet"
-    if out.is_file():
-        table = pd.concat([pd.read_parquet(out), table], ignore_index=True)
-    table.to_parquet(out, index=False)
-    print(f"\nwrote {out}")
+    append_rows(table, "gguf_import")
 
 
 if __name__ == "__main__":
