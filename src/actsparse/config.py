@@ -250,13 +250,7 @@ def gguf_file_problems(path: str, sha256: str | None) -> list[str]:
         gguf_source.check_sha256(path, sha256, path)
     except (gguf_source.GGUFError, OSError) as e:
         return [str(e)]
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
-
-    from actsparse.models.adapters import supported_model_types
-
-    problem = gguf_source.architecture_problem(
-        info.architecture, list(GGUF_SUPPORTED_ARCHITECTURES), supported_model_types(), path
-    )
+    problem = gguf_source.architecture_problem(info.architecture, path)
     return [problem] if problem else []
 
 

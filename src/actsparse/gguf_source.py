@@ -114,19 +114,23 @@ def model_type_of(architecture: str) -> str:
     return architecture.replace("-", "_")
 
 
-def architecture_problem(
-    architecture: str, gguf_supported: list[str], harness_supported: list[str], where: str
-) -> str | None:
-    """Why a GGUF architecture cannot be studied here, or None."""
-    if architecture not in gguf_supported:
+def architecture_problem(architecture: str, where: str) -> str | None:
+    """Why a GGUF architecture cannot be studied here, or None: transformers' GGUF loader
+    must read it and the harness must have a family adapter for it. (Imported here, not at
+    the top: reading a header needs neither torch nor transformers.)"""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    from actsparse.models.adapters import supported_model_types
+
+    if architecture not in GGUF_SUPPORTED_ARCHITECTURES:
         return (
             f"{where}: GGUF architecture {architecture!r} is not supported by transformers' "
-            f"GGUF loader (supported: {', '.join(sorted(gguf_supported))})"
+            f"GGUF loader (supported: {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))})"
         )
-    if model_type_of(architecture) not in harness_supported:
+    if model_type_of(architecture) not in supported_model_types():
         return (
             f"{where}: GGUF architecture {architecture!r} has no family adapter in this "
-            f"harness (supported model types: {', '.join(harness_supported)})"
+            f"harness (supported model types: {', '.join(supported_model_types())})"
         )
     return None
 

@@ -51,18 +51,6 @@ def locate(cfg: GGUFCfg, scratch: Path) -> Path:
     return path
 
 
-def check_architecture(info: gguf_source.GGUFInfo, where: str) -> None:
-    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
-
-    from actsparse.models.adapters import supported_model_types
-
-    problem = gguf_source.architecture_problem(
-        info.architecture, list(GGUF_SUPPORTED_ARCHITECTURES), supported_model_types(), where
-    )
-    if problem:
-        raise gguf_source.GGUFError(problem)
-
-
 def convert(path: Path, out: Path):
     """Load the GGUF with transformers, save a plain float32 checkpoint folder at `out`;
     return the GGUF-loaded model (the reference for the check)."""
@@ -104,7 +92,11 @@ def run(cfg: ImportJob, inputs: dict[str, str], out: Path) -> StageResult:
     scratch = out / "source"
     path = locate(cfg.gguf, scratch)
     info = gguf_source.inspect(path)
-    check_architecture(info, str(cfg.gguf.path or f"{cfg.gguf.file} of {cfg.gguf.package}"))
+    problem = gguf_source.architecture_problem(
+        info.architecture, str(cfg.gguf.path or f"{cfg.gguf.file} of {cfg.gguf.package}")
+    )
+    if problem:
+        raise gguf_source.GGUFError(problem)
     log.info("GGUF %s: %s, %d tensors %s", path.name, info.architecture, info.n_tensors,
              info.tensor_types)  # fmt: skip
     reference = convert(path, out / "model")
