@@ -555,6 +555,19 @@ class StudyPlan:
                 dirs.append(d)
         return dirs
 
+    def report_inputs(self) -> dict[str, list[str]]:
+        """The job folders the report reads beside the study table, by what it draws from
+        them: the study models' training curves, the calibrations' natural sparsity, the
+        predictors' recall and hot/cold neurons, the scaling fit (a list of none or one).
+        The report rule declares them and passes them on, so a folder that an earlier
+        config left under another hash never reaches the report."""
+        return {
+            "train": [self.train(m).out_dir for m in self.trained_models],
+            "calibrate": [self.calibrate(m).out_dir for m in self.calibrated_models],
+            "predictors": [self.predictors(m, e).out_dir for m, e in self.predictor_jobs],
+            "scaling_fit": [self.scaling_fit().out_dir] if self.cfg.scaling.sizes else [],
+        }
+
     def claims_context(self) -> dict[str, Any]:
         """What the claims table needs beside the study table: each method entry's config
         (which registered method an entry name stands for), the models made by a

@@ -193,10 +193,13 @@ def test_the_fit_stage_recovers_s_star_from_grid_folders(tmp_path):
     assert {p.name for p in result.artifacts} >= {"scaling_loss_vs_n.png", "scaling_optimum.png"}
     assert {m.metric for m in result.metrics} >= {"S_star", "N_over_Na", "alpha"}
     # a study of the grid alone: the report shows the fit's plots and tables, no leaderboard
-    from actsparse.stages.report import build
+    from actsparse.stages.report import JobFolders, build
     from actsparse.tables import METRICS as M
 
     rows = pd.concat([read_table(tmp_path / v / "metrics.parquet", M) for v in points])
     write_table(rows, tmp_path / "study" / "summary.parquet", M)
-    page = build(tmp_path / "study", tmp_path / "study" / "report").read_text()
+    folders = JobFolders.of(
+        {"train": [], "calibrate": [], "predictors": [], "scaling_fit": [str(out)]}
+    )
+    page = build(tmp_path / "study", tmp_path / "study" / "report", folders).read_text()
     assert 'src="scaling_optimum.png"' in page and "S_star" in page

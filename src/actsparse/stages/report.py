@@ -1,8 +1,10 @@
 """Report: the study as pictures and one leaderboard, in `<root>/report/index.html`.
 
-Built from the files only (the study table and the job folders), so it can be rebuilt at
-any time: `python -m actsparse.stages.report --root data/quickstart`. Plots are PNG files
-beside the page. Sections appear as their stages land: now the training curves, the
+Built from files only: the study table and the job folders the plan names
+(`StudyPlan.report_inputs`, passed by the report rule), never from a listing of the study
+folder, where an earlier config's folders stay under their old hashes. Rebuild it with
+`snakemake -c1 --forcerun report --config experiment=NAME`. Plots are PNG files beside
+the page. Sections appear as their stages land: now the training curves, the
 perplexity of every dense model next to the unigram baseline, the natural activation
 sparsity per layer found by calibration, and the sparsity sweep: perplexity against
 sparsity (one line per method), the largest level each method reaches within +1% and +5%
@@ -21,6 +23,7 @@ import json
 import math
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,32 @@ from actsparse.tables import (  # noqa: E402
     SCALING_FIT,
     read_table,
 )
+
+
+@dataclass(frozen=True)
+class JobFolders:
+    """The job folders the report reads beside the study table: the ones the plan names
+    (`StudyPlan.report_inputs`), never found by listing the study folder, where the
+    folders of an earlier config stay under their old hashes."""
+
+    train: list[Path]  # the study's trained models: loss curves
+    calibrate: list[Path]  # natural sparsity per layer
+    predictors: list[Path]  # recall vs cost, hot and cold neurons
+    scaling_fit: Path | None  # None: the study has no scaling grid
+
+    @classmethod
+    def of(cls, folders: dict[str, list[str]]) -> JobFolders:
+        """From the plan's lists of paths; sorted, so plots draw in the same order however
+        the caller listed them."""
+        fit = folders["scaling_fit"]
+        if len(fit) > 1:
+            raise ValueError(f"a study has one scaling fit, got {fit}")
+        return cls(
+            train=sorted(Path(d) for d in folders["train"]),
+            calibrate=sorted(Path(d) for d in folders["calibrate"]),
+            predictors=sorted(Path(d) for d in folders["predictors"]),
+            scaling_fit=Path(fit[0]) if fit else None,
+        )
 
 
 def _save(fig, path: Path) -> str:
@@ -484,17 +513,12 @@ def plot_natural_sparsity(calibrate_dirs: list[Path], out: Path) -> str | None:
     return _save(fig, out / "natural_sparsity.png")
 
 
-def scaling_section(root: Path, out: Path) -> tuple[list[tuple[str, str]], str]:
+def scaling_section(fit_dir: Path | None, out: Path) -> tuple[list[tuple[str, str]], str]:
     """The scaling-law fit's plots (copied) and tables: the fitted constants and S* with
-    their intervals per precision, and every sparse point against dense."""
-    fits = sorted(
-        p
-        for p in (root / "scaling").glob("fit-*")
-        if p.is_dir() and not p.name.endswith(".partial")
-    )
-    if not fits:
+    their intervals per precision, and every sparse point against dense. `fit_dir`: the
+    planned fit's folder (None: the study has no scaling grid)."""
+    if fit_dir is None:
         return [], ""
-    fit_dir = fits[-1]
     figures = []
     for title, name in (
         ("Scaling law: loss vs N per sparsity, fitted", "scaling_loss_vs_n.png"),
@@ -541,40 +565,31 @@ def claims(summary: pd.DataFrame, context: dict[str, Any]) -> pd.DataFrame:
     )
 
 
-def build(root: Path, out: Path, context: dict[str, Any] | None = None) -> Path:
+def build(
+    root: Path, out: Path, folders: JobFolders, context: dict[str, Any] | None = None
+) -> Path:
+    """The report of the study at `root`, from its table and the job `folders` the plan
+    names (`StudyPlan.report_inputs`), written to `out`."""
     summary = read_table(root / "summary.parquet", METRICS)
     staging = partial_dir(out)
     staging.mkdir(parents=True, exist_ok=True)
     board = leaderboard(summary)
-    train_dirs = sorted(
-        p for p in (root / "train").glob("*-*") if p.is_dir() and not p.name.endswith(".partial")
-    )
-    cal_dirs = sorted(
-        p
-        for p in (root / "calibrate").glob("*-*")
-        if p.is_dir() and not p.name.endswith(".partial")
-    )
-    pred_dirs = sorted(
-        p
-        for p in (root / "predictors").glob("*-*")
-        if p.is_dir() and not p.name.endswith(".partial")
-    )
     sweep = sparsity_sweep(summary)
     lowrank = lowrank_sweep(summary)
     predictors = predictor_scores(summary)
     predicted = predicted_sweep(summary)
     figures = [
-        ("Training", plot_loss_curves(train_dirs, staging)),
+        ("Training", plot_loss_curves(folders.train, staging)),
         ("Perplexity", plot_perplexity(board[board.method.isin(["dense", "unigram"])], staging)),
-        ("Natural activation sparsity", plot_natural_sparsity(cal_dirs, staging)),
+        ("Natural activation sparsity", plot_natural_sparsity(folders.calibrate, staging)),
         ("Sparsity vs perplexity", plot_sparsity_sweep(sweep, staging)),
         ("Low-rank decomposition vs perplexity", plot_lowrank_sweep(lowrank, staging)),
-        ("Predictors: recall vs cost", plot_predictor_cost(pred_dirs, staging)),
+        ("Predictors: recall vs cost", plot_predictor_cost(folders.predictors, staging)),
         ("Predicted masks vs the oracle", plot_predicted_vs_oracle(predicted, staging)),
-        ("Hot and cold neurons", plot_hotcold(pred_dirs, staging)),
+        ("Hot and cold neurons", plot_hotcold(folders.predictors, staging)),
         ("Quality vs measured decode speed", plot_quality_vs_speed(board, staging)),
     ]
-    scaling_figures, scaling_tables = scaling_section(root, staging)
+    scaling_figures, scaling_tables = scaling_section(folders.scaling_fit, staging)
     figures += scaling_figures
     board.to_csv(staging / "leaderboard.csv", index=False)
     table = _html(board)
@@ -616,7 +631,8 @@ def build(root: Path, out: Path, context: dict[str, Any] | None = None) -> Path:
         if name
     )
     if context is not None:
-        claim_rows = claims(summary, context)
+        # the claims read the fit that the scaling section shows: the one the report was given
+        claim_rows = claims(summary, {**context, "scaling_fit": folders.scaling_fit})
         claim_rows.to_csv(staging / "claims.csv", index=False)
         tables += (
             "\n<h2>Claims: each paper's claim beside what this study measured "
@@ -661,10 +677,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--root", required=True, help="the study folder, e.g. data/quickstart")
     p.add_argument("--out", help="the report folder (default: <root>/report)")
     p.add_argument("--claims", help="the plan's claims context as JSON (adds the claims table)")
+    # the job folders to read (StudyPlan.report_inputs); required, even when empty, so a
+    # report is never built from a guess at which folders belong to the study
+    for role in ("train", "calibrate", "predictors", "scaling-fit"):
+        p.add_argument(f"--{role}", nargs="*", required=True, metavar="DIR",
+                       help=f"the planned {role} job folders")  # fmt: skip
     args = p.parse_args(argv)
     root = Path(args.root)
     context = json.loads(args.claims) if args.claims else None
-    page = build(root, Path(args.out) if args.out else root / "report", context)
+    folders = JobFolders.of(
+        {role: getattr(args, role) for role in ("train", "calibrate", "predictors", "scaling_fit")}
+    )
+    page = build(root, Path(args.out) if args.out else root / "report", folders, context)
     print(f"wrote {page}", file=sys.stderr)
 
 
