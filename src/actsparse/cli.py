@@ -12,13 +12,35 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from actsparse.config import ConfigError, compose_study, to_dict
 from actsparse.tables import TableError
 
+if TYPE_CHECKING:  # pandas and the plan load only in the commands that need them
+    import pandas as pd
+
+    from actsparse.plan import StudyPlan
+
 
 def _overrides(args: argparse.Namespace) -> list[str]:
     return ([f"experiment={args.experiment}"] if args.experiment else []) + list(args.overrides)
+
+
+def _study_table(plan: StudyPlan) -> pd.DataFrame:
+    """The study table of `plan`, refused when it holds a job the current config does not
+    plan: the config changed since the table was gathered, and its numbers would sit
+    beside this config's folders (the claims' scaling fit) as if they were one study."""
+    from actsparse.tables import METRICS, read_table
+
+    summary = read_table(plan.summary_path, METRICS)
+    unplanned = set(summary.config_hash) - {job.hash for job in plan.jobs()}
+    if unplanned:
+        raise SystemExit(
+            f"actsparse: {plan.summary_path} holds {len(unplanned)} jobs that the current "
+            "config does not plan (it changed since the study ran): run the study again"
+        )
+    return summary
 
 
 def cmd_config(args: argparse.Namespace) -> None:
@@ -57,10 +79,9 @@ def cmd_show(args: argparse.Namespace) -> None:
 
     from actsparse.plan import StudyPlan
     from actsparse.stages.report import evaluate_wide
-    from actsparse.tables import METRICS, read_table
 
     plan = StudyPlan(compose_study(_overrides(args)))
-    summary = read_table(plan.summary_path, METRICS)
+    summary = _study_table(plan)
     wide = evaluate_wide(summary)
     cols = [
         c
@@ -94,10 +115,9 @@ def cmd_sparsity(args: argparse.Namespace) -> None:
 
     from actsparse.plan import StudyPlan
     from actsparse.stages.report import sparsity_frontier, sparsity_sweep
-    from actsparse.tables import METRICS, read_table
 
     plan = StudyPlan(compose_study(_overrides(args)))
-    summary = read_table(plan.summary_path, METRICS)
+    summary = _study_table(plan)
     sweep = sparsity_sweep(summary)
     if sweep.empty:
         raise SystemExit(f"actsparse: {plan.summary_path} has no sparsified variants")
@@ -130,10 +150,9 @@ def cmd_lowrank(args: argparse.Namespace) -> None:
 
     from actsparse.plan import StudyPlan
     from actsparse.stages.report import lowrank_sweep
-    from actsparse.tables import METRICS, read_table
 
     plan = StudyPlan(compose_study(_overrides(args)))
-    sweep = lowrank_sweep(read_table(plan.summary_path, METRICS))
+    sweep = lowrank_sweep(_study_table(plan))
     if sweep.empty:
         raise SystemExit(f"actsparse: {plan.summary_path} has no decomposed variants")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
@@ -153,10 +172,9 @@ def cmd_predictors(args: argparse.Namespace) -> None:
 
     from actsparse.plan import StudyPlan
     from actsparse.stages.report import predicted_sweep, predictor_scores
-    from actsparse.tables import METRICS, read_table
 
     plan = StudyPlan(compose_study(_overrides(args)))
-    summary = read_table(plan.summary_path, METRICS)
+    summary = _study_table(plan)
     scores = predictor_scores(summary)
     if scores.empty:
         raise SystemExit(f"actsparse: {plan.summary_path} has no predictors jobs")
@@ -210,10 +228,9 @@ def cmd_claims(args: argparse.Namespace) -> None:
 
     from actsparse.plan import StudyPlan
     from actsparse.stages.report import claims
-    from actsparse.tables import METRICS, read_table
 
     plan = StudyPlan(compose_study(_overrides(args)))
-    table = claims(read_table(plan.summary_path, METRICS), plan.claims_context())
+    table = claims(_study_table(plan), plan.claims_context())
     if args.csv:
         print(table.to_csv(index=False), end="")
         return
