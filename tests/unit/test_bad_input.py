@@ -9,10 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from actsparse.config import ConfigError, compose_study, to_dict
+from actsparse.config import ConfigError, compose_study
 from actsparse.io import load_tensors, save_tensors
 from actsparse.models import load_model
 from actsparse.plan import StudyPlan, config_hash
+from actsparse.schema.study import to_dict
 
 
 def _leaf_keys(d, prefix=""):

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from actsparse.config import DataCfg, SplitFiles
 from actsparse.data import SPLITS, TokenData, load_corpus
+from actsparse.schema.corpus import DataCfg, SplitFiles
 from actsparse.stages import data
 from actsparse.stages.job import run_job
 from actsparse.tables import TableError

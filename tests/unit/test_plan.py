@@ -2,8 +2,9 @@
 
 import json
 
-from actsparse.config import compose_study, to_dict
+from actsparse.config import compose_study
 from actsparse.plan import StudyPlan, config_hash
+from actsparse.schema.study import to_dict
 
 
 def _hashes(*overrides):

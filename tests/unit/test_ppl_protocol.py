@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import yaml
 from helpers import tiny_model
 
-from actsparse.config import CONF_DIR, ConfigError, EvaluateCfg, compose_study
+from actsparse.config import CONF_DIR, ConfigError, compose_study
 from actsparse.methods.sparsity.mechanism import (
     Rule,
     SparsityPlan,
@@ -24,6 +24,7 @@ from actsparse.methods.sparsity.mechanism import (
 )
 from actsparse.models import adapter_for
 from actsparse.models.adapters import LINEAR_SITES
+from actsparse.schema.stages import EvaluateCfg
 from actsparse.stages.evaluate import Protocol, evaluate_lm, unigram_logprobs, windows
 
 V = 64  # the tiny models' vocabulary

@@ -117,7 +117,7 @@ def test_the_fit_stage_recovers_s_star_from_grid_folders(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from actsparse.config import ScalingFitCfg
+    from actsparse.schema.training import ScalingFitCfg
     from actsparse.stages.scaling import GridPoint, ScalingJob, run
     from actsparse.tables import (
         ACHIEVED_SPARSITY,

@@ -6,13 +6,14 @@ import pytest
 import torch
 from helpers import TINY_V, tiny_model
 
-from actsparse.config import ArchCfg, ModelCfg, SparseTrainCfg
 from actsparse.methods.sparsity import ops
 from actsparse.methods.sparsity.mechanism import Rule, SparseGate, SparseInput
 from actsparse.methods.training import BitLinear, absmax_int8, absmean_ternary, attach
 from actsparse.models import adapter_for
 from actsparse.models.adapters import LINEAR_SITES
 from actsparse.models.tiny import build_tiny
+from actsparse.schema.models import ArchCfg, ModelCfg
+from actsparse.schema.training import SparseTrainCfg
 
 # ----------------------------------------------------------------- STE
 

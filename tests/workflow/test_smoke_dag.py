@@ -21,6 +21,7 @@ from actsparse.config import compose_study
 from actsparse.methods.lowrank import LOWRANK
 from actsparse.methods.predictors import PREDICTORS
 from actsparse.methods.sparsity import SPARSITY
+from actsparse.sweeps import decompose_entries, predictor_entries, sparsify_entries
 from actsparse.tables import (
     ACHIEVED_SPARSITY,
     ALLOCATION,
@@ -463,9 +464,13 @@ def sweep_counts(experiment: str) -> dict[str, int]:
     def on(entry) -> int:
         return models if entry.models is None else len(entry.models)
 
-    sparse = sum(on(e) * len(cfg.sparsify.levels_of(e)) for e in cfg.sparsify.entries().values())
-    lowrank = sum(on(e) * len(cfg.decompose.ratios_of(e)) for e in cfg.decompose.entries().values())
-    predictors = cfg.predictors.entries()
+    sparse = sum(
+        on(e) * len(cfg.sparsify.levels_of(e)) for e in sparsify_entries(cfg.sparsify).values()
+    )
+    lowrank = sum(
+        on(e) * len(cfg.decompose.ratios_of(e)) for e in decompose_entries(cfg.decompose).values()
+    )
+    predictors = predictor_entries(cfg.predictors)
     predicted = sum(
         on(e) * len(cfg.predictors.levels_of(e, cfg.sparsify.levels))
         for e in predictors.values()

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from actsparse.config import PRECISIONS, SparseTrainCfg
 from actsparse.methods.sparsity import ops
 from actsparse.methods.sparsity.mechanism import (
     LinearView,
@@ -33,6 +32,7 @@ from actsparse.methods.sparsity.mechanism import (
     set_module,
 )
 from actsparse.models.adapters import LINEAR_SITES, FamilyAdapter
+from actsparse.schema.training import PRECISIONS, SparseTrainCfg
 
 DEFAULT_SITES = {  # where each operator acts unless `sites` says otherwise
     "topk": list(LINEAR_SITES),  # Q-Sparse: the input of every projection

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-from actsparse.config import local_model_path_problem
 from actsparse.models.adapters import FamilyAdapter, adapter_for
 from actsparse.models.lowrank import is_lowrank, load_lowrank
+from actsparse.schema.models import local_model_path_problem
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

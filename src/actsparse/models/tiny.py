@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM, PreTrainedModel
 
-from actsparse.config import ModelCfg
+from actsparse.schema.models import ModelCfg
 
 
 def build_tiny(cfg: ModelCfg, vocab_size: int, bos_id: int, eos_id: int) -> PreTrainedModel:

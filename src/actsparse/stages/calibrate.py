@@ -31,12 +31,12 @@ import torch
 from tqdm import tqdm
 
 from actsparse.activation_stats import SiteStats, log_bin_edges
-from actsparse.config import CalibrateCfg
 from actsparse.data import TokenData, batch_at
 from actsparse.faults import kill_point
 from actsparse.io import save_tensors
 from actsparse.models import LoadCfg, default_device, load_model_as
 from actsparse.models.adapters import FamilyAdapter, linear_shape
+from actsparse.schema.stages import CalibrateCfg
 from actsparse.stages.job import Metric, StageResult, main
 from actsparse.tables import CHANNEL_STATS, HISTOGRAMS, LINEARS, write_table
 

@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from actsparse.config import DataCfg
 from actsparse.data import SPLITS, Corpus, load_corpus
 from actsparse.faults import kill_point
 from actsparse.io import atomic_path, write_text
+from actsparse.schema.corpus import DataCfg
 from actsparse.stages.job import Metric, StageResult, main
 from actsparse.tables import DATA_MANIFEST, write_table
 

@@ -50,13 +50,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from actsparse.config import EvaluateCfg
 from actsparse.data import TokenData
 from actsparse.io import write_text
 from actsparse.kernels.decode import decode_latency
 from actsparse.methods.predictors.apply import apply_predicted, load_predictors, oracle_plan
 from actsparse.methods.sparsity.mechanism import Sparsified, SparsityPlan, apply, cost_per_token
 from actsparse.models import LoadCfg, adapter_for, default_device, load_model_as, synchronize
+from actsparse.schema.stages import EvaluateCfg
 from actsparse.stages.job import Metric, StageResult, main
 from actsparse.tables import ACHIEVED_SPARSITY, write_table
 

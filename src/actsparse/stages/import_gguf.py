@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from actsparse import gguf_source
-from actsparse.config import GGUFCfg
 from actsparse.io import write_text
+from actsparse.schema.models import GGUFCfg
 from actsparse.stages.job import Metric, StageResult, main
 
 log = logging.getLogger("actsparse.import_gguf")
@@ -80,7 +80,7 @@ def convert(path: Path, out: Path):
 def max_logit_difference(reference, folder: Path, vocab: int, n_tokens: int = 32) -> float:
     """Largest |logit| difference between the GGUF-loaded model and the saved folder loaded
     by the study's loader, on fixed token ids."""
-    from actsparse.models.loader import load_model
+    from actsparse.models.loader import load_model  # transformers: only when a job runs
 
     saved, _ = load_model(folder, "float32")
     ids = torch.arange(n_tokens, dtype=torch.long).mul(7919).remainder(vocab)[None]

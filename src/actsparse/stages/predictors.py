@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from actsparse.data import TokenData, batch_at
-from actsparse.io import save_tensors, write_text
+from actsparse.io import load_tensors, save_tensors, write_text
 from actsparse.methods.predictors import PREDICTORS
 from actsparse.methods.predictors.apply import META, weights_path
 from actsparse.methods.predictors.base import Counts, block_flops, score
@@ -195,8 +195,6 @@ def _params(out: Path, n_layers: int, method) -> list[int]:
     """Parameters the predictor adds per layer (0 when it reuses the model's weights)."""
     if not method.has_weights:
         return [0]
-    from actsparse.io import load_tensors
-
     return [
         sum(t.numel() for t in load_tensors(weights_path(out, layer)).values())
         for layer in range(n_layers)

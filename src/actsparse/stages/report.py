@@ -660,6 +660,8 @@ table{{border-collapse:collapse}}td,th{{padding:3px 10px;border-bottom:1px solid
 
 def _track(root: Path, out: Path, summary: pd.DataFrame, plots: list[str]) -> None:
     """The report's plots and tables as one MLflow run (stage 'report') of the study."""
+    # imported here: the plan loads torch (through the method registries) and tracking
+    # loads mlflow, which the report's tables and plots do not need
     from actsparse.plan import config_hash
     from actsparse.tracking import JobRun
 

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import NullFormatter
 
-from actsparse.config import ScalingFitCfg
 from actsparse.io import atomic_path
 from actsparse.scaling import PARAMS, Fit, bootstrap, fit_law, interval
+from actsparse.schema.training import ScalingFitCfg
 from actsparse.stages.job import Metric, StageResult, main
 from actsparse.tables import (
     ACHIEVED_SPARSITY,

@@ -32,7 +32,6 @@ import torch
 from tqdm import tqdm
 from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
 
-from actsparse.config import ModelCfg, SparseTrainCfg, TrainCfg, to_dict
 from actsparse.data import TokenData, batch_at
 from actsparse.faults import kill_point
 from actsparse.io import atomic_path, write_text
@@ -40,6 +39,9 @@ from actsparse.methods.training import attach
 from actsparse.models.adapters import adapter_for, linear_params
 from actsparse.models.loader import default_device
 from actsparse.models.tiny import build_tiny
+from actsparse.schema.models import ModelCfg
+from actsparse.schema.study import to_dict
+from actsparse.schema.training import SparseTrainCfg, TrainCfg
 from actsparse.stages.job import Metric, StageResult, main
 from actsparse.tables import ACHIEVED_SPARSITY, LOSS_CURVE, write_table
 

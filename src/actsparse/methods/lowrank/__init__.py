@@ -5,9 +5,8 @@ into rank-k factors `A (m, k)`, `B (k, n)`; the decompose stage swaps the linear
 `LowRankLinear` holding them and saves a model the one loader reloads.
 """
 
-from actsparse.methods.registry import Registry
-
-LOWRANK: Registry = Registry("low-rank")
-
 # importing the method files registers them
-from actsparse.methods.lowrank import asvd, nsvd, svd, svdllm  # noqa: E402, F401
+from actsparse.methods.lowrank import asvd, nsvd, svd, svdllm  # noqa: F401
+from actsparse.methods.lowrank.base import LOWRANK
+
+__all__ = ["LOWRANK"]

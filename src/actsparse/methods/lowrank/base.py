@@ -9,7 +9,12 @@ from typing import Any, ClassVar
 import torch
 from omegaconf import MISSING
 
-from actsparse.methods.registry import parse_entry
+from actsparse.methods.registry import Registry, parse_entry
+from actsparse.schema.stages import ratio_problems
+
+# every method file registers here; import it from `actsparse.methods.lowrank`, which
+# imports them all (see methods/sparsity/base.py)
+LOWRANK: Registry = Registry("low-rank")
 
 # which block linears a decomposition touches, by the site they read
 TARGETS = {
@@ -38,18 +43,6 @@ class LowRankMethodCfg:
 
     def sites(self) -> list[str]:
         return [s for t in self.targets for s in TARGETS.get(t, ())]
-
-
-def ratio_problems(ratios: list[float]) -> list[tuple[str, str]]:
-    """(key, message) for each compression ratio outside (0, 1)."""
-    return [
-        (
-            "ratios",
-            f"compression ratios (fraction of parameters removed) must be in (0, 1), got {r}",
-        )
-        for r in ratios
-        if not 0.0 < r < 1.0
-    ]
 
 
 @dataclass

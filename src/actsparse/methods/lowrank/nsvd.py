@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from actsparse.methods.lowrank import LOWRANK
-from actsparse.methods.lowrank.base import LowRankMethod
+from actsparse.methods.lowrank.base import LOWRANK, LowRankMethod
 from actsparse.methods.lowrank.linalg import truncated, whitened_truncation
 from actsparse.methods.lowrank.svdllm import SVDLLMCfg, site_whitening
 

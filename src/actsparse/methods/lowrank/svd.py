@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from actsparse.methods.lowrank import LOWRANK
-from actsparse.methods.lowrank.base import LowRankMethod
+from actsparse.methods.lowrank.base import LOWRANK, LowRankMethod
 from actsparse.methods.lowrank.linalg import truncated
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from actsparse.methods.lowrank import LOWRANK
-from actsparse.methods.lowrank.base import LowRankMethod, LowRankMethodCfg
+from actsparse.methods.lowrank.base import LOWRANK, LowRankMethod, LowRankMethodCfg
 from actsparse.methods.lowrank.linalg import whitened_truncation, whitening
 
 WHITENINGS = ("cholesky", "eigh")

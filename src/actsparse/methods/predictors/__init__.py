@@ -7,14 +7,13 @@ on held-out tokens; the evaluate stage runs the model with the predicted masks
 (`apply.py`) next to the oracle at the same sparsity.
 """
 
-from actsparse.methods.registry import Registry
-
-PREDICTORS: Registry = Registry("predictor")
-
 # importing the method files registers them
-from actsparse.methods.predictors import (  # noqa: E402, F401
+from actsparse.methods.predictors import (  # noqa: F401
     dejavu_heads,
     dejavu_mlp,
     hotcold,
     spark,
 )
+from actsparse.methods.predictors.base import PREDICTORS
+
+__all__ = ["PREDICTORS"]

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from actsparse.io import load_tensors
-from actsparse.methods.predictors import PREDICTORS
+from actsparse.methods.predictors.base import PREDICTORS
 from actsparse.methods.predictors.labels import layer_widths, predictor_io
 from actsparse.methods.sparsity.contextual import known_skips
 from actsparse.methods.sparsity.mechanism import (

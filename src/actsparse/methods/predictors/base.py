@@ -33,12 +33,16 @@ from omegaconf import MISSING
 from torch import nn
 
 from actsparse.methods.predictors.labels import LABEL_RULES, LabelSet, layer_widths
-from actsparse.methods.registry import parse_entry
-from actsparse.methods.sparsity.base import level_problems
+from actsparse.methods.registry import Registry, parse_entry
 from actsparse.methods.sparsity.ops import top_scores_mask
 from actsparse.models.adapters import FamilyAdapter, linear_params
+from actsparse.schema.stages import level_problems
 
 log = logging.getLogger("actsparse.predictors")
+
+# every predictor file registers here; import it from `actsparse.methods.predictors`,
+# which imports them all (see methods/sparsity/base.py)
+PREDICTORS: Registry = Registry("predictor")
 
 BCE_OFFSET = 0.005  # Deja Vu: negatives weighted p + 0.005, positives 1 - (p + 0.005)
 

@@ -5,8 +5,7 @@ logit per head, trained with the weighted BCE on the top-fraction-by-output-norm
 
 from __future__ import annotations
 
-from actsparse.methods.predictors import PREDICTORS
-from actsparse.methods.predictors.base import LowRankTrained
+from actsparse.methods.predictors.base import PREDICTORS, LowRankTrained
 
 
 @PREDICTORS.register("dejavu_heads")

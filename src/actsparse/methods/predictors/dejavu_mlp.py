@@ -4,8 +4,7 @@ to one logit per neuron, trained with the weighted BCE on labels of active neuro
 
 from __future__ import annotations
 
-from actsparse.methods.predictors import PREDICTORS
-from actsparse.methods.predictors.base import LowRankTrained
+from actsparse.methods.predictors.base import PREDICTORS, LowRankTrained
 
 
 @PREDICTORS.register("dejavu_mlp")

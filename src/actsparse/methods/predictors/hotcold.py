@@ -12,8 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from actsparse.methods.predictors import PREDICTORS
-from actsparse.methods.predictors.base import PredictorCfg, ReportMethod
+from actsparse.methods.predictors.base import PREDICTORS, PredictorCfg, ReportMethod
 from actsparse.methods.predictors.labels import LabelSet
 
 TOP_PCTS = (1, 5, 10, 20, 50)

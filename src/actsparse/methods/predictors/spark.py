@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from actsparse.methods.predictors import PREDICTORS
-from actsparse.methods.predictors.base import PredictorCfg, PredictorMethod
+from actsparse.methods.predictors.base import PREDICTORS, PredictorCfg, PredictorMethod
 from actsparse.methods.predictors.labels import layer_widths
 from actsparse.models.adapters import FamilyAdapter
 

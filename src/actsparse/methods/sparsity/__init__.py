@@ -4,12 +4,8 @@ Every method places `Rule`s at sites through the one mechanism (`mechanism.py`);
 sparsify stage builds a plan per (model, method, level) and the evaluate stage applies it.
 """
 
-from actsparse.methods.registry import Registry
-
-SPARSITY: Registry = Registry("sparsity")
-
 # importing the method files registers them
-from actsparse.methods.sparsity import (  # noqa: E402, F401
+from actsparse.methods.sparsity import (  # noqa: F401
     cats,
     contextual,
     stat_topk,
@@ -17,3 +13,6 @@ from actsparse.methods.sparsity import (  # noqa: E402, F401
     threshold,
     topk,
 )
+from actsparse.methods.sparsity.base import SPARSITY
+
+__all__ = ["SPARSITY"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -12,11 +12,19 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
-from actsparse.activation_stats import histogram_quantile
-from actsparse.methods.registry import parse_entry
-from actsparse.methods.sparsity.mechanism import SparsityPlan
+from actsparse.activation_stats import histogram_quantile, log_bin_edges
+from actsparse.data import batch_at
+from actsparse.methods.registry import Registry, parse_entry
+from actsparse.methods.sparsity.mechanism import SparsityPlan, apply
 from actsparse.models.adapters import LINEAR_SITES, SITES, FamilyAdapter, linear_shape
+from actsparse.schema.stages import level_problems
 from actsparse.tables import CHANNEL_STATS, HISTOGRAMS, LINEARS, read_table
+
+# Every method file registers itself here (`@SPARSITY.register("teal")`). Import it from
+# `actsparse.methods.sparsity`, whose `__init__` imports every method file, so that the
+# registry is full; it lives in this module so that the method files need not import
+# their own package back.
+SPARSITY: Registry = Registry("sparsity")
 
 
 @dataclass
@@ -33,15 +41,6 @@ class SparsityMethodCfg:
 
     def problems(self) -> list[tuple[str, str]]:
         return level_problems(self.levels or [])
-
-
-def level_problems(levels: list[float]) -> list[tuple[str, str]]:
-    """(key, message) for each sparsity level outside [0, 1)."""
-    return [
-        ("levels", f"sparsity levels must be in [0, 1), got {level}")
-        for level in levels
-        if not 0.0 <= level < 1.0
-    ]
 
 
 def check_sites(sites: list[str], allowed: tuple[str, ...] = SITES) -> list[tuple[str, str]]:
@@ -294,12 +293,6 @@ def calibrate_thresholds(placed: list, cfg: ThresholdMethodCfg, ctx: BuildContex
     one forward pass plus, per site, the blocks up to that site: linear in the depth,
     where running the model from its first layer to reach each layer was quadratic.
     """
-    from dataclasses import replace
-
-    from actsparse.activation_stats import log_bin_edges
-    from actsparse.data import batch_at
-    from actsparse.methods.sparsity.mechanism import SparsityPlan, apply
-
     if cfg.calibration == "dense":
         assert ctx.stats is not None
         return [

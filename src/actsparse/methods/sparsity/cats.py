@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from actsparse.methods.sparsity import SPARSITY
 from actsparse.methods.sparsity.base import (
+    SPARSITY,
     BuildContext,
     SparsityMethod,
     ThresholdMethodCfg,

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from actsparse.methods.sparsity import SPARSITY
-from actsparse.methods.sparsity.base import BuildContext, SparsityMethod, SparsityMethodCfg
+from actsparse.methods.sparsity.base import (
+    SPARSITY,
+    BuildContext,
+    SparsityMethod,
+    SparsityMethodCfg,
+)
 from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
 from actsparse.models.adapters import n_heads
 

@@ -25,8 +25,8 @@ import torch
 from tqdm import tqdm
 
 from actsparse.data import batch_at
-from actsparse.methods.sparsity import SPARSITY
 from actsparse.methods.sparsity.base import (
+    SPARSITY,
     BuildContext,
     SparsityMethod,
     ThresholdMethodCfg,
