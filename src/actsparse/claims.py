@@ -177,16 +177,16 @@ def _threshold_claim(
         )
         absent = [lv for lv in levels if not ((g.level - lv).abs() < 1e-9).any()]
         over = g[g["ppl_increase_%"] > budget]
-        if absent:
-            verdict = NOT_COMPARABLE
-            reason = f"{entry}: no evaluation at {', '.join(f'{100 * v:g}%' for v in absent)}"
-        elif over.empty:
-            verdict, reason = HOLDS, f"{entry}: within +{budget:g}% at every level"
-        else:
+        missing = f"no evaluation at {', '.join(f'{100 * v:g}%' for v in absent)}"
+        if not over.empty:  # over budget at a level the claim covers disproves it
             verdict = FAILS
             reason = f"{entry}: over +{budget:g}% at " + ", ".join(
                 f"{100 * v:g}%" for v in over.level
-            )
+            ) + (f" ({missing})" if absent else "")
+        elif absent:  # within budget where measured, but the claim's range is not covered
+            verdict, reason = NOT_COMPARABLE, f"{entry}: {missing}"
+        else:
+            verdict, reason = HOLDS, f"{entry}: within +{budget:g}% at every level"
         rows.append(_row(claim, measured, model, t.protocols.get(model, ""), verdict, reason))
     return rows
 

@@ -62,7 +62,7 @@ def test_dhar_negligible_means_within_one_percent(increase, verdict):
     assert f"{increase:+.2f}%" in r.measured
 
 
-def test_teal_uses_the_greedy_entry_and_needs_both_levels():
+def test_teal_uses_the_greedy_entry_and_needs_both_levels_to_hold():
     rows = [
         ("m", "t_uniform", 0.4, 10, 0.1), ("m", "t_uniform", 0.5, 10, 0.2),  # ignored: greedy exists
         ("m", "t_greedy", 0.4, 10, 2.0), ("m", "t_greedy", 0.5, 10, 7.0),
@@ -72,6 +72,9 @@ def test_teal_uses_the_greedy_entry_and_needs_both_levels():
     assert len(r) == 1 and r.iloc[0].verdict == FAILS and "over +5% at 50%" in r.iloc[0].reason
     r = rows_of(tables(rows[:3]), "TEAL").iloc[0]
     assert r.verdict == NOT_COMPARABLE and "no evaluation at 50%" in r.reason
+    # over budget at one level the claim covers disproves it, the other level missing or not
+    r = rows_of(tables(rows[:2] + rows[3:4]), "TEAL").iloc[0]
+    assert r.verdict == FAILS and r.reason == "t_greedy: over +5% at 50% (no evaluation at 40%)"
 
 
 def test_the_lowrank_ordering_at_20_percent():
