@@ -568,7 +568,7 @@ class StudyPlan:
             "train": [self.train(m).out_dir for m in self.trained_models],
             "calibrate": [self.calibrate(m).out_dir for m in self.calibrated_models],
             "predictors": [self.predictors(m, e).out_dir for m, e in self.predictor_jobs],
-            "scaling_fit": [self.scaling_fit().out_dir] if self.cfg.scaling.sizes else [],
+            "scaling_fit": [d for d in [self.scaling_fit_dir] if d is not None],
         }
 
     def claims_context(self) -> dict[str, Any]:
@@ -583,8 +583,13 @@ class StudyPlan:
             "decomposed_models": sorted(
                 m for m, c in self.cfg.models.items() if c.source == "decompose"
             ),
-            "scaling_fit": self.scaling_fit().out_dir if self.cfg.scaling.sizes else None,
+            "scaling_fit": self.scaling_fit_dir,
         }
+
+    @property
+    def scaling_fit_dir(self) -> str | None:
+        """The scaling-law fit's folder; None when the study has no scaling grid."""
+        return self.scaling_fit().out_dir if self.cfg.scaling.sizes else None
 
     @property
     def summary_path(self) -> str:
