@@ -15,6 +15,8 @@
 #   <root>/calibrate/<model>-<hash>/      channel_stats/, histograms/, gram/ (per layer), linears.parquet
 #   <root>/data/<eval corpus>-<hash>/     the same for each eval_data corpus (study tokenizer)
 #   <root>/decompose/<model>.<entry>.r<pct>-<hash>/  model/ (+ lowrank.json), decomposition.parquet
+#   <root>/allocate/<model>.<entry>-<hash>/  allocations.parquet (an entry's allocation search,
+#                  e.g. TEAL's greedy walk, for all of its levels)
 #   <root>/sparsify/<model>.<entry>.s<pct>-<hash>/  allocation.parquet, sparsity.json
 #   <root>/predictors/<model>.<entry>-<hash>/  predictors.json, weights/, predictor_metrics.parquet
 #                  (hotcold: neuron_frequency.parquet, hotcold.parquet)
@@ -41,6 +43,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/calibrate.smk"
 include: "workflow/rules/decompose.smk"
+include: "workflow/rules/allocate.smk"
 include: "workflow/rules/sparsify.smk"
 include: "workflow/rules/predictors.smk"
 include: "workflow/rules/evaluate.smk"

@@ -349,26 +349,65 @@ class StudyPlan:
         """entry -> the method's typed config (parsed once)."""
         return sweeps.sparsify_entries(self.cfg.sparsify)
 
-    def sparsify(self, model: str, entry: str, level: float) -> Job:
+    def _sparsity_method_cfg(self, entry: str) -> dict[str, Any]:
         method = self.cfg.sparsify.methods[entry]["method"]
         method_cfg = to_dict(self.sparsity_entries[entry])
-        method_cfg.pop("levels"), method_cfg.pop("models")  # not this job's identity
+        method_cfg.pop("levels"), method_cfg.pop("models")  # not a job's identity
+        return {**method_cfg, "method": method}
+
+    def _sparsity_inputs(self, model: str, entry: str) -> dict[str, str]:
+        inputs = {"model": self.model_path(model)}
+        if SPARSITY.get(self.cfg.sparsify.methods[entry]["method"]).needs_calibration:
+            inputs["calibration"] = self.calibrate(model).out_dir
+            # sequential calibration's tokens: the same corpus as the statistics
+            inputs["data"] = self.calibration_data(model).out_dir
+        return inputs  # top-K rules read no statistics or tokens
+
+    def sparsify(self, model: str, entry: str, level: float) -> Job:
         config = {
             "entry": entry,
-            "method": {**method_cfg, "method": method},
+            "method": self._sparsity_method_cfg(entry),
             "level": level,
             "window": self.cfg.evaluate.seq_len,
             "load": self._model_load(model),
             "seed": self.cfg.study.seed,
         }
-        inputs = {"model": self.model_path(model)}
-        if SPARSITY.get(method).needs_calibration:  # top-K rules read no statistics or tokens
-            inputs["calibration"] = self.calibrate(model).out_dir
-            # sequential calibration's tokens: the same corpus as the statistics
-            inputs["data"] = self.calibration_data(model).out_dir
+        inputs = self._sparsity_inputs(model, entry)
+        if level > 0.0 and self._searches_allocation(entry):
+            inputs["allocation"] = self.allocate(model, entry).out_dir
         return self._job(
             "sparsify", self.sparse_variant(model, entry, level), config, inputs, model
         )
+
+    def _searches_allocation(self, entry: str) -> bool:
+        cfg = self.sparsity_entries[entry]
+        return bool(SPARSITY.get(cfg.method)().searches_allocation(cfg))
+
+    @property
+    def allocation_searches(self) -> list[tuple[str, str]]:
+        """(model, entry) of every allocate job: one search per entry that searches its
+        per-module levels for all of its levels at once (TEAL's greedy walk)."""
+        return list(
+            dict.fromkeys(
+                (model, entry)
+                for model, entry, level in self.sparse_variants
+                if level > 0.0 and self._searches_allocation(entry)
+            )
+        )
+
+    def allocate(self, model: str, entry: str) -> Job:
+        """The allocation search of `entry` on `model`, for each of its nonzero levels."""
+        levels = self.cfg.sparsify.levels_of(self.sparsity_entries[entry])
+        config = {
+            "entry": entry,
+            "method": self._sparsity_method_cfg(entry),
+            "levels": sorted(lv for lv in levels if lv > 0.0),
+            "window": self.cfg.evaluate.seq_len,
+            "load": self._model_load(model),
+            "seed": self.cfg.study.seed,
+        }
+        inputs = self._sparsity_inputs(model, entry)
+        return self._job("allocate", f"{model}.{entry}", config, inputs, model)
 
     def evaluate_sparse(self, model: str, entry: str, level: float) -> Job:
         """A sparsified variant, with the dense model (same weights) as fidelity reference."""
@@ -537,6 +576,7 @@ class StudyPlan:
             if job is not None and job.out_dir not in decomposed:
                 decomposed[job.out_dir] = (m.base, m.entry, m.ratio)
         out += [self.decompose(*v) for v in decomposed.values()]
+        out += [self.allocate(*v) for v in self.allocation_searches]
         out += [self.sparsify(*v) for v in self.sparse_variants]
         out += [self.predictors(*v) for v in self.predictor_jobs]
         out += [self.evaluate(m) for m in self.models]

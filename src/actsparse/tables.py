@@ -106,6 +106,15 @@ ALLOCATION = pa.schema(
     ]
 )
 
+# An allocate job's search: the level of every module at each target level of one entry
+ALLOCATIONS = pa.schema(
+    [
+        ("target", pa.float64()),  # the entry's level (a model-wide effective sparsity)
+        ("module", pa.string()),  # the projection
+        ("level", pa.float64()),  # its fraction of zeros
+    ]
+)
+
 # Zeros an evaluation counted per wrapped module on its tokens
 ACHIEVED_SPARSITY = pa.schema(
     [
@@ -231,6 +240,7 @@ SCHEMAS = {
     "histograms": HISTOGRAMS,
     "linears": LINEARS,
     "allocation": ALLOCATION,
+    "allocations": ALLOCATIONS,
     "achieved_sparsity": ACHIEVED_SPARSITY,
     "decomposition": DECOMPOSITION,
     "predictor_metrics": PREDICTOR_METRICS,

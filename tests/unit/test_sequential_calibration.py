@@ -186,8 +186,8 @@ def test_plans_equal_the_slow_reference(family, method, keys, monkeypatch):
     ctx.stats = _DenseStats()
     # the greedy search is untouched by the change and slow: searched once for both runs
     searched = {}
-    greedy = teal.greedy_levels
-    monkeypatch.setattr(teal, "greedy_levels", lambda *a: searched.setdefault("levels", greedy(*a)))
+    greedy = teal.greedy_path
+    monkeypatch.setattr(teal, "greedy_path", lambda *a: searched.setdefault("levels", greedy(*a)))
     new = SPARSITY.get(method)().plan(cfg, 0.5, ctx).placed
     for mod in (threshold, cats, teal):
         monkeypatch.setattr(mod, "calibrate_thresholds", reference_thresholds)

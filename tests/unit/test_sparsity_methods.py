@@ -20,7 +20,8 @@ from actsparse.methods.sparsity.mechanism import (
     cost_per_token,
     placed_for_sites,
 )
-from actsparse.methods.sparsity.teal import greedy_levels
+from actsparse.data import batch_at
+from actsparse.methods.sparsity.teal import _BlockSearch, greedy_path
 from actsparse.models import adapter_for
 from actsparse.models.adapters import LINEAR_SITES, linear_shape
 
@@ -201,7 +202,7 @@ def test_teal_greedy_reaches_the_target_with_real_parameter_counts():
         model, adapter, list(LINEAR_SITES), lambda *_: Rule("threshold", 0.0, 0.0)
     )
     ctx.stats = Stats()
-    levels = greedy_levels(cfg, 0.5, ctx)
+    levels = greedy_path(cfg, [0.5], ctx)[0.5]
     for layer in range(2):
         mods = {n: m for s in LINEAR_SITES for n, m in adapter.site_linears(model, layer)[s]}
         params = {n: math.prod(linear_shape(m)) for n, m in mods.items()}
@@ -215,6 +216,34 @@ def test_teal_greedy_reaches_the_target_with_real_parameter_counts():
         steps = {n: levels[n] * params[n] / (0.1 * TINY_D * TINY_D) for n in mods}
         off = [n for n, k in steps.items() if abs(k - round(k)) > 1e-6]
         assert len(off) <= 1, steps
+
+
+class _QuantileStats:
+    """Thresholds that grow with the level, as a histogram's quantiles do."""
+
+    def threshold(self, layer, site, level):
+        return 0.02 * level + 0.001 * layer
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_teal_greedy_path_equals_one_walk_per_level(family):
+    """One walk serving 25/40/70% (the allocate job's) gives each level exactly the levels
+    of a walk made for that level alone."""
+    model = tiny_model(family)
+    ctx = _ctx(model)
+    ctx.stats = _QuantileStats()
+    cfg = _cfg("teal", allocation="greedy", greedy_step=0.1)
+    path = greedy_path(cfg, [0.7, 0.25, 0.4], ctx)
+    assert sorted(path) == [0.25, 0.4, 0.7]
+    x = torch.cat([batch_at(ctx.tokens, b, 1, 16, ctx.seed) for b in range(4)])
+    for level in path:
+        alone = {}  # the plain walk to this level alone, block by block
+        for layer in range(2):
+            with _BlockSearch(cfg, ctx, layer, x) as block:
+                zeros = {name: 0.0 for name in block.params}
+                alone.update(block.walk(zeros, 0.0, level, stop_before_cut=False)[0])
+        assert path[level] == alone, level  # exact: the same steps, the same floats
+    assert len({round(v, 6) for v in path[0.7].values()}) > 1  # not uniform
 
 
 def test_bad_level_and_missing_site_name_the_method_site_and_layer():

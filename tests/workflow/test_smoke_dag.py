@@ -45,12 +45,13 @@ pytestmark = pytest.mark.workflow
 # the decomposed model), decompositions, models evaluated dense (two trained, one decomposed),
 # predictors jobs (one of them the hot/cold report) and evaluations with predicted masks
 N_SPARSE, N_LOWRANK, N_DENSE = 9, 4, 3
+N_ALLOCATE = 1  # TEAL's greedy walk
 N_PREDICTORS, N_PREDICTED = 5, 4
 N_EVALUATE = N_DENSE + N_LOWRANK + N_SPARSE + N_PREDICTED
 # the scaling grid: 2 sizes x 3 levels (fitted), Spark, Block Q-Sparse, 1.58-bit top-K
 N_GRID = 2 * 3 + 3
 # data (code, prose), train, calibrate x2; the grid's train jobs and the fit
-N_JOBS = 2 + 2 + 2 + N_LOWRANK + N_SPARSE + N_PREDICTORS + N_EVALUATE + N_GRID + 1
+N_JOBS = 2 + 2 + 2 + N_LOWRANK + N_ALLOCATE + N_SPARSE + N_PREDICTORS + N_EVALUATE + N_GRID + 1
 
 
 def job_dirs(root: Path) -> list[Path]:
@@ -101,6 +102,7 @@ def test_every_output_validates_against_its_schema(smoke_run):
     stages = [p.parent.name for p in jobs]
     assert (stages.count("sparsify"), stages.count("evaluate")) == (N_SPARSE, N_EVALUATE)
     assert stages.count("decompose") == N_LOWRANK
+    assert stages.count("allocate") == N_ALLOCATE
     assert stages.count("predictors") == N_PREDICTORS
     assert (stages.count("train"), stages.count("scaling")) == (2 + N_GRID, 1)
     assert len(jobs) == N_JOBS and not list(root.glob("*/*.partial"))
@@ -163,7 +165,8 @@ def test_every_output_validates_against_its_schema(smoke_run):
     eff = sparse[sparse.metric == "effective_sparsity"].set_index("variant").value
     assert ((eff > 0.05) & (eff < 0.8)).all() and len(eff) == N_SPARSE + N_PREDICTED
     assert set(summary.stage) == {
-        "data", "train", "calibrate", "decompose", "sparsify", "predictors", "evaluate", "scaling"
+        "data", "train", "calibrate", "decompose", "allocate", "sparsify", "predictors",
+        "evaluate", "scaling",
     }  # fmt: skip
     # every registered predictor runs; trained ones are saved per layer and scored
     methods = set()

@@ -87,6 +87,7 @@ PRIORITY = {
     "train": 90,
     "calibrate": 80,
     "scaling": 75,
+    "allocate": 72,
     "predictors": 70,
     "decompose": 60,
     "sparsify": 50,

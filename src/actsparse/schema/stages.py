@@ -227,6 +227,7 @@ class ResourcesCfg:
     calibrate: RuleResources = field(default_factory=RuleResources)
     decompose: RuleResources = field(default_factory=RuleResources)
     sparsify: RuleResources = field(default_factory=RuleResources)
+    allocate: RuleResources = field(default_factory=RuleResources)  # allocation searches
     predictors: RuleResources = field(default_factory=RuleResources)
     evaluate: RuleResources = field(default_factory=RuleResources)
     grid: RuleResources = field(default_factory=RuleResources)  # scaling-grid train jobs
@@ -234,5 +235,5 @@ class ResourcesCfg:
 
     def problems(self) -> list[tuple[str, str]]:
         rules = ("data", "import_gguf", "train", "calibrate", "decompose", "sparsify",
-                 "predictors", "evaluate", "grid", "scaling")  # fmt: skip
+                 "allocate", "predictors", "evaluate", "grid", "scaling")  # fmt: skip
         return [(f"{rule}.{k}", m) for rule in rules for k, m in getattr(self, rule).problems()]

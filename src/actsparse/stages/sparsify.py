@@ -1,6 +1,7 @@
 """Sparsify stage: build one method's sparsity plan for one model at one level.
 
-Reads the model and (for calibrated methods) the calibrate job's histograms; writes
+Reads the model, (for calibrated methods) the calibrate job's histograms and (for a
+method that searches its allocation once for all levels) the allocate job's; writes
 `allocation.parquet` (one rule per wrapped module: site, rule, target level, threshold)
 and `sparsity.json` (method, entry, level, which weight rows the method lets a kernel
 skip). The evaluate stage applies the plan to the same model and measures it.
@@ -17,10 +18,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from actsparse.data import TokenData
 from actsparse.methods.registry import checked_entry
 from actsparse.methods.sparsity import SPARSITY
-from actsparse.methods.sparsity.base import BuildContext, CalibrationStats
+from actsparse.methods.sparsity.base import build_context, read_allocation
 from actsparse.methods.sparsity.ops import gaussian_kept_error
 from actsparse.models import LoadCfg, default_device, load_model_as
 from actsparse.stages.job import Metric, StageResult, main
@@ -42,11 +42,9 @@ def build_plan(cfg: SparsifyJob, inputs: dict[str, str], model, adapter, dev: to
     method, mcfg = checked_entry(
         SPARSITY, cfg.method, f"sparsify.methods.{cfg.entry}", f"sparsity method {cfg.entry!r}"
     )
-    stats = CalibrationStats(inputs["calibration"]) if method.needs_calibration else None
-    tokens = (
-        torch.from_numpy(TokenData(inputs["data"]).tokens("train")) if "data" in inputs else None
-    )
-    ctx = BuildContext(model, adapter, stats, tokens, dev, cfg.seed, cfg.window)
+    ctx = build_context(method, inputs, model, adapter, dev, cfg.seed, cfg.window)
+    if "allocation" in inputs:  # the entry's allocation search, made once for every level
+        ctx.allocation = read_allocation(inputs["allocation"], cfg.level)
     return method.plan(mcfg, cfg.level, ctx, cfg.entry)
 
 

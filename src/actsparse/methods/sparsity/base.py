@@ -13,12 +13,12 @@ import torch
 from omegaconf import MISSING
 
 from actsparse.activation_stats import histogram_quantile, log_bin_edges
-from actsparse.data import batch_at
+from actsparse.data import TokenData, batch_at
 from actsparse.methods.registry import Registry, parse_entry
 from actsparse.methods.sparsity.mechanism import SparsityPlan, apply
 from actsparse.models.adapters import LINEAR_SITES, SITES, FamilyAdapter, linear_shape
 from actsparse.schema.stages import level_problems
-from actsparse.tables import CHANNEL_STATS, HISTOGRAMS, LINEARS, read_table
+from actsparse.tables import ALLOCATIONS, CHANNEL_STATS, HISTOGRAMS, LINEARS, read_table
 
 # Every method file registers itself here (`@SPARSITY.register("teal")`). Import it from
 # `actsparse.methods.sparsity`, whose `__init__` imports every method file, so that the
@@ -120,6 +120,39 @@ class BuildContext:
     device: torch.device
     seed: int = 0
     window: int | None = None  # the evaluation's window (evaluate.seq_len; None: the context)
+    # module -> level at this build's level, from the entry's allocation search (the
+    # allocate stage); None: a method that searches does it itself, for this level only
+    allocation: dict[str, float] | None = None
+
+
+def build_context(
+    method: SparsityMethod,
+    inputs: dict[str, str],
+    model,
+    adapter: FamilyAdapter,
+    device: torch.device,
+    seed: int,
+    window: int | None,
+) -> BuildContext:
+    """What a sparsify or allocate job gives a method: the calibrate job's statistics (for
+    calibrated methods) and the calibration corpus's train-split tokens (where planned)."""
+    stats = CalibrationStats(inputs["calibration"]) if method.needs_calibration else None
+    tokens = (
+        torch.from_numpy(TokenData(inputs["data"]).tokens("train")) if "data" in inputs else None
+    )
+    return BuildContext(model, adapter, stats, tokens, device, seed, window)
+
+
+def read_allocation(folder: str | Path, level: float) -> dict[str, float]:
+    """module -> level found for `level` by an allocate job (`allocations.parquet`)."""
+    table = read_table(Path(folder) / "allocations.parquet", ALLOCATIONS)
+    rows = table[np.isclose(table.target, level, rtol=0.0, atol=1e-12)]
+    if rows.empty:
+        raise ValueError(
+            f"{folder}: the allocation search has no level {level} (it has "
+            f"{sorted(set(table.target))}); rerun allocate with this level"
+        )
+    return dict(zip(rows.module, rows.level.astype(float), strict=True))
 
 
 class SparsityMethod(ABC):
@@ -149,6 +182,18 @@ class SparsityMethod(ABC):
     @abstractmethod
     def build(self, cfg: Any, level: float, ctx: BuildContext) -> SparsityPlan:
         """The method's rules for `ctx.model` at `level` (level and sites already checked)."""
+
+    def searches_allocation(self, cfg: Any) -> bool:
+        """Whether this entry's per-module levels come from a search that serves all of its
+        levels at once (TEAL's greedy walk). The study then runs it in one allocate job per
+        model, and each level's build reads its part as `ctx.allocation`."""
+        return False
+
+    def search_allocations(
+        self, cfg: Any, levels: list[float], ctx: BuildContext
+    ) -> dict[float, dict[str, float]]:
+        """level -> (module -> level) for every level of the entry (see searches_allocation)."""
+        raise NotImplementedError(f"{cfg.method} has no allocation search")
 
 
 # --------------------------------------------------------------------------- thresholds

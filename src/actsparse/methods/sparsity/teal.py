@@ -19,6 +19,7 @@ Allocation:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -77,11 +78,21 @@ class TealCfg(ThresholdMethodCfg):
 class Teal(SparsityMethod):
     Config = TealCfg
 
+    def searches_allocation(self, cfg: TealCfg) -> bool:
+        return cfg.allocation == "greedy"
+
+    def search_allocations(
+        self, cfg: TealCfg, levels: list[float], ctx: BuildContext
+    ) -> dict[float, dict[str, float]]:
+        return greedy_path(cfg, levels, ctx)
+
     def build(self, cfg: TealCfg, level: float, ctx: BuildContext) -> SparsityPlan:
         if cfg.allocation == "uniform" or level == 0.0:
             levels: dict[str, float] = {}
+        elif ctx.allocation is not None:  # the allocate job's walk
+            levels = ctx.allocation
         else:
-            levels = greedy_levels(cfg, level, ctx)
+            levels = greedy_path(cfg, [level], ctx)[level]
         placed = placed_for_sites(
             ctx.model,
             ctx.adapter,
@@ -91,77 +102,123 @@ class Teal(SparsityMethod):
         return SparsityPlan(cfg.method, "", level, calibrate_thresholds(placed, cfg, ctx))
 
 
-def _rule(stats, layer: int, site: str, level: float) -> Rule:
-    return Rule("threshold", level, stats.threshold(layer, site, level))
-
-
 @torch.no_grad()
-def greedy_levels(cfg: TealCfg, target: float, ctx: BuildContext) -> dict[str, float]:
-    """module -> sparsity level from TEAL's block-wise greedy search (module doc)."""
+def greedy_path(
+    cfg: TealCfg, targets: list[float], ctx: BuildContext
+) -> dict[float, dict[str, float]]:
+    """target -> (module -> sparsity level) from TEAL's block-wise greedy search (module
+    doc), for every target in one walk per block.
+
+    Walks for two targets take the same steps until a step toward the lower one would be
+    cut short to land on it. There the walk for that target is finished on a copy, and the
+    shared walk goes on toward the next target; so each target's levels are exactly those
+    of a walk made for it alone, and all of them cost about one walk to the highest."""
     model, adapter, stats = ctx.model, ctx.adapter, ctx.stats
     if ctx.tokens is None or stats is None:
         raise ValueError("teal greedy allocation needs calibration tokens and statistics")
+    targets = sorted({float(t) for t in targets if t > 0.0})
     seq_len = context_len(model, cfg.greedy_seq_len)
     n_batches = max(1, cfg.greedy_tokens // seq_len)
     x = torch.cat([batch_at(ctx.tokens, b, 1, seq_len, ctx.seed) for b in range(n_batches)])
-    hidden = int(model.config.hidden_size)
-    out: dict[str, float] = {}
-    for layer in tqdm(range(len(adapter.layers(model))), desc=f"teal greedy s={target:g}"):
-        inputs = block_inputs(model, adapter, layer, [x])  # earlier blocks dense
-        dense = run_block(model, adapter, layer, inputs)[0].float()
-        dense_sq = float((dense**2).sum())
-        mods = [
-            (site, name, linear_shape(m)[0], float(linear_shape(m)[0] * linear_shape(m)[1]))
-            for site in cfg.sites
-            for name, m in adapter.site_linears(model, layer)[site]
-        ]
-        params_of = {name: p for _, name, _, p in mods}
-        total = sum(params_of.values())
-        lv = {name: 0.0 for _, name, _, _ in mods}
-        # one wrapper per projection; trials only swap their thresholds
-        handle = apply(
-            model,
-            adapter,
-            SparsityPlan(
-                "teal",
-                "greedy",
-                target,
-                [Placed(layer, s, n, w, Rule("threshold", 0.0, 0.0)) for s, n, w, _ in mods],
-            ),
-        )
-        site_of = {name: site for site, name, _, _ in mods}
-
-        def set_level(name: str, level: float, layer=layer, handle=handle, site_of=site_of):
-            w = handle.wrappers[name]
-            t = stats.threshold(layer, site_of[name], level)
-            w.placed = replace(w.placed, rule=Rule("threshold", level, t))
-
-        eff = 0.0
-        try:
-            while eff < target - 1e-9:
-                best: tuple[float, str, float] | None = None
-                for _, name, _, params in mods:
-                    step = cfg.greedy_step * hidden * hidden / params  # TEAL: 0.05 / w_p
-                    new = min(lv[name] + step, lv[name] + (target - eff) * total / params)
-                    if new > cfg.max_level:
-                        continue
-                    set_level(name, new)
-                    y = run_block(model, adapter, layer, inputs)[0].float()
-                    err = float(((y - dense) ** 2).sum()) / dense_sq
-                    set_level(name, lv[name])
-                    if best is None or err < best[0]:
-                        best = (err, name, new)
-                if best is None:
-                    raise ValueError(
-                        f"teal greedy: layer {layer} cannot reach effective sparsity {target} "
-                        f"with every projection at most {cfg.max_level}"
-                    )
-                _, name, new = best
-                eff += (new - lv[name]) * params_of[name] / total
-                lv[name] = new
-                set_level(name, new)
-        finally:
-            handle.remove()
-        log.info("layer %d: %s", layer, {k.rsplit(".", 1)[1]: round(v, 3) for k, v in lv.items()})
-        out.update(lv)
+    out: dict[float, dict[str, float]] = {t: {} for t in targets}
+    desc = "teal greedy s=" + ",".join(f"{t:g}" for t in targets)
+    for layer in tqdm(range(len(adapter.layers(model))), desc=desc):
+        with _BlockSearch(cfg, ctx, layer, x) as block:
+            lv = {name: 0.0 for name in block.params}
+            eff = 0.0
+            for target in targets:
+                lv, eff, cut = block.walk(lv, eff, target, stop_before_cut=True)
+                if cut:
+                    found, _, _ = block.walk(dict(lv), eff, target, stop_before_cut=False)
+                    block.set_levels(lv)  # the shared walk resumes from before the cut
+                else:
+                    found = dict(lv)
+                out[target].update(found)
+                log.info(
+                    "layer %d, s=%g: %s",
+                    layer,
+                    target,
+                    {k.rsplit(".", 1)[1]: round(v, 3) for k, v in found.items()},
+                )
     return out
+
+
+class _BlockSearch:
+    """One block's greedy search: its captured inputs and dense output, one threshold
+    wrapper per projection (trials only swap thresholds), the relative error of a trial."""
+
+    def __init__(self, cfg: TealCfg, ctx: BuildContext, layer: int, x: torch.Tensor):
+        model, adapter = ctx.model, ctx.adapter
+        self.cfg, self.ctx, self.layer = cfg, ctx, layer
+        self.inputs = block_inputs(model, adapter, layer, [x])  # earlier blocks dense
+        self.dense = run_block(model, adapter, layer, self.inputs)[0].float()
+        self.dense_sq = float((self.dense**2).sum())
+        mods = [
+            (site, name, module)
+            for site in cfg.sites
+            for name, module in adapter.site_linears(model, layer)[site]
+        ]
+        self.site_of = {name: site for site, name, _ in mods}
+        self.params = {name: float(math.prod(linear_shape(m))) for _, name, m in mods}
+        self.total = sum(self.params.values())
+        self.hidden = int(model.config.hidden_size)
+        placed = [
+            Placed(layer, s, n, linear_shape(m)[0], Rule("threshold", 0.0, 0.0))
+            for s, n, m in mods
+        ]
+        self.handle = apply(model, adapter, SparsityPlan("teal", "greedy", 0.0, placed))
+
+    def __enter__(self) -> _BlockSearch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+    def set_level(self, name: str, level: float) -> None:
+        w = self.handle.wrappers[name]
+        t = self.ctx.stats.threshold(self.layer, self.site_of[name], level)
+        w.placed = replace(w.placed, rule=Rule("threshold", level, t))
+
+    def set_levels(self, lv: dict[str, float]) -> None:
+        for name, level in lv.items():
+            self.set_level(name, level)
+
+    def error(self) -> float:
+        y = run_block(self.ctx.model, self.ctx.adapter, self.layer, self.inputs)[0].float()
+        return float(((y - self.dense) ** 2).sum()) / self.dense_sq
+
+    def walk(
+        self, lv: dict[str, float], eff: float, target: float, stop_before_cut: bool
+    ) -> tuple[dict[str, float], float, bool]:
+        """Greedy steps from (levels `lv`, effective sparsity `eff`) until `eff` reaches
+        `target`; with `stop_before_cut`, stop before a step that some projection would
+        have to cut short. Returns the levels, the effective sparsity, and whether it
+        stopped there. The wrappers hold the returned levels."""
+        cfg = self.cfg
+        while eff < target - 1e-9:
+            candidates = []
+            for name, params in self.params.items():
+                full = lv[name] + cfg.greedy_step * self.hidden * self.hidden / params  # TEAL: 0.05 / w_p
+                landing = lv[name] + (target - eff) * self.total / params
+                if landing < full and stop_before_cut:
+                    return lv, eff, True
+                candidates.append((name, min(full, landing)))
+            best: tuple[float, str, float] | None = None
+            for name, new in candidates:
+                if new > cfg.max_level:
+                    continue
+                self.set_level(name, new)
+                err = self.error()
+                self.set_level(name, lv[name])
+                if best is None or err < best[0]:
+                    best = (err, name, new)
+            if best is None:
+                raise ValueError(
+                    f"teal greedy: layer {self.layer} cannot reach effective sparsity "
+                    f"{target} with every projection at most {cfg.max_level}"
+                )
+            _, name, new = best
+            eff += (new - lv[name]) * self.params[name] / self.total
+            lv = {**lv, name: new}
+            self.set_level(name, new)
+        return lv, eff, False
