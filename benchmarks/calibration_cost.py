@@ -34,9 +34,9 @@ from provenance import RESULTS, provenance
 from actsparse.methods.sparsity import SPARSITY
 from actsparse.methods.sparsity.base import (
     BuildContext,
-    calibrate_thresholds,
     context_len,
 )
+from actsparse.methods.sparsity.calibration import calibrate_thresholds
 from actsparse.methods.sparsity.mechanism import (
     Rule,
     placed_for_sites,

@@ -20,7 +20,7 @@ from actsparse.methods.predictors import PREDICTORS
 from actsparse.methods.sparsity import SPARSITY
 from actsparse.schema.corpus import TokenizerCfg
 from actsparse.schema.study import StudyConfig, to_dict
-from actsparse.schema.training import SparseTrainCfg
+from actsparse.schema.training import TRAIN_OPERATORS, SparseTrainCfg
 
 
 def config_hash(obj: Any, n: int = 8) -> str:
@@ -124,6 +124,7 @@ class StudyPlan:
             "model": model,
             "hash": h,
             "output": out,
+            "output_root": self.cfg.study.output_root,  # the MLflow store sits there
             "inputs": inputs,
             "config": config,
         }
@@ -186,8 +187,6 @@ class StudyPlan:
             "train": to_dict(self.cfg.train),
             "seed": self.cfg.study.seed,
         }
-        if config["model"]["arch"].get("hidden_act") is None:  # the family's own: hashes
-            config["model"]["arch"].pop("hidden_act", None)  # from before the key stay valid
         inputs = {"data": self.data(self.data_variant(model)).out_dir}
         return self._job("train", model, config, inputs, model)
 
@@ -225,11 +224,8 @@ class StudyPlan:
         return self._calibrate_jobs[model]
 
     def _calibrate(self, model: str) -> Job:
-        calibrate = to_dict(self.cfg.calibrate)
-        if calibrate["corpus"] is None:  # the study's corpus: hashes from before the key
-            del calibrate["corpus"]  # stay valid
         config = {
-            "calibrate": calibrate,
+            "calibrate": to_dict(self.cfg.calibrate),
             "load": self._model_load(model),
             "seed": self.cfg.study.seed,
         }
@@ -258,14 +254,8 @@ class StudyPlan:
     ) -> Job:
         """An evaluate job of `model`'s weights, or of `weights` made from them (a
         decomposition); `model`'s own weights are the fidelity reference."""
-        evaluate = to_dict(self.cfg.evaluate)
-        # the perplexity protocol at its defaults: hashes from before the keys stay valid
-        if evaluate["stride"] is None:
-            del evaluate["stride"]
-        if evaluate["dense_prefill"] == 0:
-            del evaluate["dense_prefill"]
         config = {
-            "evaluate": evaluate,
+            "evaluate": to_dict(self.cfg.evaluate),
             "load": self._model_load(model),
             **method,
             "seed": self.cfg.study.seed,
@@ -445,7 +435,7 @@ class StudyPlan:
         ]
 
     def _labels_need_calibration(self, entry: str) -> bool:
-        return getattr(self.predictor_entries[entry], "label", "") == "threshold"
+        return bool(self.predictor_entries[entry].reads_statistics())
 
     def predictors(self, model: str, entry: str) -> Job:
         method_cfg = to_dict(self.predictor_entries[entry])
@@ -506,8 +496,8 @@ class StudyPlan:
             "level": level,
             # the fitted grid acts at every projection input
             "sites": op.sites if variant and operator != "none" else unused.sites,
-            "rescale": op.rescale if operator in ("topk", "block_topk") else unused.rescale,
-            "block": op.block if operator == "block_topk" else unused.block,
+            "rescale": op.rescale if TRAIN_OPERATORS[operator].rescales else unused.rescale,
+            "block": op.block if TRAIN_OPERATORS[operator].groups_sequences else unused.block,
             "precision": precision,
         }
         config = {

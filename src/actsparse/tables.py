@@ -232,25 +232,6 @@ SCALING_COMPARE = pa.schema(
     ]
 )
 
-SCHEMAS = {
-    "metrics": METRICS,
-    "data_manifest": DATA_MANIFEST,
-    "loss_curve": LOSS_CURVE,
-    "channel_stats": CHANNEL_STATS,
-    "histograms": HISTOGRAMS,
-    "linears": LINEARS,
-    "allocation": ALLOCATION,
-    "allocations": ALLOCATIONS,
-    "achieved_sparsity": ACHIEVED_SPARSITY,
-    "decomposition": DECOMPOSITION,
-    "predictor_metrics": PREDICTOR_METRICS,
-    "neuron_frequency": NEURON_FREQUENCY,
-    "hotcold": HOTCOLD,
-    "scaling_points": SCALING_POINTS,
-    "scaling_fit": SCALING_FIT,
-    "scaling_compare": SCALING_COMPARE,
-}
-
 
 class TableError(ValueError):
     """A table that is missing, unreadable or does not match its schema (names the file)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from actsparse import gguf_source
 from actsparse.models.adapters import LINEAR_SITES, adapter_for
 from actsparse.schema.study import StudyConfig
-from actsparse.schema.training import ScalingCfg, SparseTrainCfg
+from actsparse.schema.training import TRAIN_OPERATORS, ScalingCfg, SparseTrainCfg
 from actsparse.sweeps import decompose_entries, predictor_entries, sparsify_entries, sweep_problems
 
 
@@ -31,9 +31,12 @@ def study_problems(cfg: StudyConfig) -> list[tuple[str, str]]:
 
 
 def sparse_train_site_problems(point: SparseTrainCfg) -> list[tuple[str, str]]:
-    """The `sites` of a training-time operator: stat_topk acts at the gate, the others at
-    the adapters' linear-input sites."""
-    allowed = ("gate",) if point.operator == "stat_topk" else LINEAR_SITES
+    """The `sites` of a training-time operator: Spark's at the gate, the others at the
+    adapters' linear-input sites."""
+    op = TRAIN_OPERATORS.get(point.operator)
+    if op is None:
+        return []  # the schema reports the name
+    allowed = ("gate",) if op.gate_only else LINEAR_SITES
     bad = [x for x in point.sites or [] if x not in allowed]
     if not bad:
         return []

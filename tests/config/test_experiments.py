@@ -232,7 +232,7 @@ def test_real_model_presets_calibrate_on_c4_and_evaluate_on_wikitext2(experiment
         ),
         (
             ["experiment=smoke", "scaling.operator=stat_topk"],
-            r"scaling\.operator: the fitted operator is topk or block_topk",
+            r"scaling\.operator: the fitted operator is one of topk, block_topk",
         ),
         (
             ["experiment=smoke", "scaling.levels=[0.0,0.4,1.0]"],

@@ -15,12 +15,10 @@ from actsparse.activation_stats import SiteStats, histogram_quantile, log_bin_ed
 from actsparse.data import batch_at
 from actsparse.methods.sparsity import SPARSITY, cats, teal, threshold
 from actsparse.methods.sparsity.base import (
-    SITE_ORDER,
     BuildContext,
-    block_calls,
-    calibrate_thresholds,
     context_len,
 )
+from actsparse.methods.sparsity.calibration import SITE_ORDER, block_calls, calibrate_thresholds
 from actsparse.methods.sparsity.mechanism import (
     Placed,
     Rule,

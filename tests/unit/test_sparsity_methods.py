@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import FAMILIES, TINY_D, TINY_F, TINY_V, final_output, tiny_model
 
+from actsparse.data import batch_at
 from actsparse.methods.sparsity import SPARSITY
 from actsparse.methods.sparsity.base import BuildContext
 from actsparse.methods.sparsity.mechanism import (
@@ -20,7 +21,6 @@ from actsparse.methods.sparsity.mechanism import (
     cost_per_token,
     placed_for_sites,
 )
-from actsparse.data import batch_at
 from actsparse.methods.sparsity.teal import _BlockSearch, greedy_path
 from actsparse.models import adapter_for
 from actsparse.models.adapters import LINEAR_SITES, linear_shape
@@ -186,7 +186,7 @@ def test_teal_greedy_reaches_the_target_with_real_parameter_counts():
     ctx = _ctx(model)
     adapter = ctx.adapter
     # greedy searches with the dense histograms: make them from the model's own activations
-    from actsparse.methods.sparsity.base import calibrate_thresholds
+    from actsparse.methods.sparsity.calibration import calibrate_thresholds
 
     class Stats:
         def threshold(self, layer, site, level):

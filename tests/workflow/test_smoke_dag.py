@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import smoke_plan
 from mlflow.tracking import MlflowClient
 from smk import SMOKE_BUDGET_S, copy_workflow, planned, snakemake
 
@@ -41,17 +42,20 @@ from actsparse.tables import (
 )
 
 pytestmark = pytest.mark.workflow
-# the smoke experiment (conf/experiment/smoke.yaml): sparsified variants (one of them of
-# the decomposed model), decompositions, models evaluated dense (two trained, one decomposed),
-# predictors jobs (one of them the hot/cold report) and evaluations with predicted masks
-N_SPARSE, N_LOWRANK, N_DENSE = 9, 4, 3
-N_ALLOCATE = 1  # TEAL's greedy walk
-N_PREDICTORS, N_PREDICTED = 5, 4
+# the smoke experiment's jobs, counted from its plan (conf/experiment/smoke.yaml): what
+# the DAG must have made; the plan's own tests pin which jobs a config plans
+PLAN = smoke_plan(Path("data"))
+N_SPARSE, N_LOWRANK, N_DENSE = (
+    len(PLAN.sparse_variants), len(PLAN.decomposed_variants), len(PLAN.models)
+)  # fmt: skip
+N_ALLOCATE = len(PLAN.allocation_searches)  # TEAL's greedy walk
+N_PREDICTORS, N_PREDICTED = len(PLAN.predictor_jobs), len(PLAN.predicted_variants)
 N_EVALUATE = N_DENSE + N_LOWRANK + N_SPARSE + N_PREDICTED
-# the scaling grid: 2 sizes x 3 levels (fitted), Spark, Block Q-Sparse, 1.58-bit top-K
-N_GRID = 2 * 3 + 3
-# data (code, prose), train, calibrate x2; the grid's train jobs and the fit
-N_JOBS = 2 + 2 + 2 + N_LOWRANK + N_ALLOCATE + N_SPARSE + N_PREDICTORS + N_EVALUATE + N_GRID + 1
+N_GRID = len(PLAN.grid_points)  # the scaling grid: fitted points and each variant's
+N_JOBS = len(PLAN.jobs())
+assert (
+    N_JOBS == 2 + 2 + 2 + N_LOWRANK + N_ALLOCATE + N_SPARSE + N_PREDICTORS + N_EVALUATE + N_GRID + 1
+)
 
 
 def job_dirs(root: Path) -> list[Path]:
@@ -80,9 +84,7 @@ def test_bad_config_stops_before_any_job(workdir):
 
 def test_a_target_in_the_wrong_folder_is_refused(workdir):
     """A grid point asked for under train/ (where a study model's rule would build it)."""
-    from helpers import smoke_plan
-
-    point = smoke_plan(Path("data")).grid_train("w16", "fp", "", 0.0)
+    point = PLAN.grid_train("w16", "fp", "", 0.0)
     wrong = point.out_dir.replace("/scaling/train/", "/train/")
     r = snakemake(workdir, "-n", wrong, "--config", "experiment=smoke")
     assert r.returncode != 0
@@ -306,16 +308,7 @@ def test_every_job_is_an_mlflow_run_on_the_server(smoke_run, mlflow_server):
         assert tags["variant"] == variant and tags["config_hash"] == config_hash
         assert tags["git_commit"]
     stages = sorted(t["stage"] for t in by_id.values())
-    assert stages == sorted(
-        ["data", "data", "train", "train", "calibrate", "calibrate", "report"]
-        + ["evaluate"] * N_DENSE
-        + ["decompose", "evaluate"] * N_LOWRANK
-        + ["sparsify", "evaluate"] * N_SPARSE
-        + ["predictors"] * N_PREDICTORS
-        + ["evaluate"] * N_PREDICTED
-        + ["train"] * N_GRID
-        + ["scaling"]
-    )
+    assert stages == sorted([job.stage for job in PLAN.jobs()] + ["report"])
     report = next(i for i, t in by_id.items() if t["stage"] == "report")
     assert "sparsity_vs_perplexity.png" in {
         a.path for a in MlflowClient(mlflow_server).list_artifacts(report)
@@ -407,6 +400,7 @@ def test_reruns_follow_config_changes(smoke_run):
             "train": 2,
             "calibrate": 2,
             "decompose": N_LOWRANK,
+            "allocate": N_ALLOCATE,
             "sparsify": N_SPARSE,
             "predictors": N_PREDICTORS,
             "evaluate": N_EVALUATE,
@@ -421,6 +415,7 @@ def test_reruns_follow_config_changes(smoke_run):
     original = _edit(teal, "max_level: 0.99", "max_level: 0.98")
     try:
         assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {
+            "allocate": 1,  # the greedy walk
             "sparsify": 2,
             "evaluate": 2,
             "summary": 1,

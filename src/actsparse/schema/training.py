@@ -50,7 +50,24 @@ class TrainCfg:
         return out
 
 
-TRAIN_OPERATORS = ("none", "topk", "block_topk", "stat_topk")
+@dataclass(frozen=True)
+class TrainOperator:
+    """What the config checks and the plan need to know of a training-time operator (its
+    rule is built in `methods.training`)."""
+
+    gate_only: bool = False  # acts at the gate pre-activation of a gated FFN (Spark)
+    groups_sequences: bool = False  # one pattern per position over `block` sequences
+    rescales: bool = False  # `rescale` applies (restores each row's L2 norm)
+    fitted: bool = False  # Q-Sparse's scaling law can be fitted to it
+
+
+TRAIN_OPERATORS = {
+    "none": TrainOperator(),
+    "topk": TrainOperator(rescales=True, fitted=True),  # Q-Sparse
+    "block_topk": TrainOperator(groups_sequences=True, rescales=True, fitted=True),
+    "stat_topk": TrainOperator(gate_only=True),  # Spark's statistical top-k
+}
+FITTED_OPERATORS = tuple(name for name, op in TRAIN_OPERATORS.items() if op.fitted)
 PRECISIONS = ("fp", "b1.58")
 
 
@@ -136,7 +153,7 @@ class ScalingCfg:
     sizes: dict[str, ArchCfg] = field(default_factory=dict)
     levels: list[float] = field(default_factory=lambda: [0.0, 0.4, 0.8])
     precisions: list[str] = field(default_factory=lambda: ["fp"])
-    operator: str = "topk"  # the fitted operator: topk | block_topk
+    operator: str = "topk"  # the fitted operator: one of FITTED_OPERATORS
     rescale: bool = True
     block: int = 4
     train: TrainCfg = field(default_factory=TrainCfg)
@@ -167,14 +184,23 @@ class ScalingCfg:
                             f"{arch.max_position_embeddings} < scaling.train.seq_len={self.train.seq_len}"))  # fmt: skip
         if self.family != "llama":
             ops = {self.operator, *(v.operator for v in self.variants.values())}
-            for op in sorted(ops & {"block_topk", "stat_topk"}):
-                why = ("groups sequences, and OPT flattens the batch before its FFN (a group "
-                       "would see later tokens)" if op == "block_topk" else "acts at the gate "
-                       "of a gated FFN")  # fmt: skip
-                out.append(("family", f"{op} {why}: it needs family llama"))
-        if self.operator not in ("topk", "block_topk"):
+            for name in sorted(ops & set(TRAIN_OPERATORS)):
+                op = TRAIN_OPERATORS[name]
+                if op.groups_sequences:
+                    why = ("groups sequences, and OPT flattens the batch before its FFN (a "
+                           "group would see later tokens)")  # fmt: skip
+                elif op.gate_only:
+                    why = "acts at the gate of a gated FFN"
+                else:
+                    continue
+                out.append(("family", f"{name} {why}: it needs family llama"))
+        if self.operator not in FITTED_OPERATORS:
             out.append(
-                ("operator", f"the fitted operator is topk or block_topk; got {self.operator!r}")
+                (
+                    "operator",
+                    f"the fitted operator is one of {', '.join(FITTED_OPERATORS)}; "
+                    f"got {self.operator!r}",
+                )  # fmt: skip
             )
         points = [
             (k, m)

@@ -1,6 +1,7 @@
-"""Evaluate stage: one harness for every variant (the dense baseline now; methods later).
+"""Evaluate stage: one harness for every variant (dense, decomposed, sparsified, with
+predicted masks).
 
-Protocol (METHODS.md, "Evaluation protocol"; docs/usage.md, "Perplexity protocols"):
+Protocol (docs/usage.md, "Perplexity protocols"):
 - perplexity over windows of `seq_len` tokens (the model's context length unless set) of
   the held-out split, from its start (BOS, where the tokenizer adds one, only there):
   non-overlapping by default, every token of a window but the first predicted; with

@@ -67,7 +67,7 @@ def load_spec(arg: str) -> dict[str, Any]:
         if not path.is_file():
             raise SystemExit(f"error: job spec not found: {path}")
         spec = yaml.safe_load(path.read_text())
-    for key in ("study", "stage", "variant", "hash", "output", "inputs", "config"):
+    for key in ("study", "stage", "variant", "hash", "output", "output_root", "inputs", "config"):
         if key not in spec:
             raise SystemExit(f"error: job spec is missing {key!r}")
     return spec
@@ -97,11 +97,9 @@ def run_job(
     staging.mkdir(parents=True, exist_ok=True)
     write_text(staging / "config.yaml", yaml.safe_dump(spec, sort_keys=False))
 
-    # <output_root>/<study>/<stage>/<variant>-<hash>; a scaling-grid point (a train job
-    # whose variant has dots: model names have none) sits in <study>/scaling/train/
-    grid_point = spec["stage"] == "train" and "." in spec["variant"]
-    output_root = out.parents[3 if grid_point else 2]
-    tracker = JobRun(spec["study"], spec["stage"], spec["variant"], spec["hash"], output_root)
+    tracker = JobRun(
+        spec["study"], spec["stage"], spec["variant"], spec["hash"], spec["output_root"]
+    )
     run_id = tracker.start(job_params(spec))
     write_text(staging / "mlflow_run_id", run_id + "\n")
 

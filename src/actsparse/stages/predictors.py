@@ -35,7 +35,7 @@ from actsparse.io import load_tensors, save_tensors, write_text
 from actsparse.methods.predictors import PREDICTORS
 from actsparse.methods.predictors.apply import META, weights_path
 from actsparse.methods.predictors.base import Counts, block_flops, score
-from actsparse.methods.predictors.labels import LabelSet, LabelSpec, collect, resolve_rule
+from actsparse.methods.predictors.labels import LabelSet, collect, label_spec
 from actsparse.methods.registry import checked_entry
 from actsparse.methods.sparsity.base import CalibrationStats, context_len
 from actsparse.models import LoadCfg, default_device, load_model_as
@@ -55,26 +55,11 @@ class PredictorsJob:
     seed: int = 0
 
 
-def label_spec(mcfg, target: str, adapter, inputs: dict[str, str], n_layers: int) -> LabelSpec:
-    if target == "heads":
-        return LabelSpec("heads", "topk", mcfg.label_level)
-    rule = resolve_rule(mcfg.label, adapter)
-    thresholds = None
-    if rule == "threshold":
-        if "calibration" not in inputs:
-            raise ValueError("threshold labels need the calibrate job's histograms (input)")
-        stats = CalibrationStats(inputs["calibration"])
-        thresholds = [
-            stats.threshold(layer, "ffn_intermediate", mcfg.label_level)
-            for layer in range(n_layers)
-        ]
-    return LabelSpec("mlp", rule, mcfg.label_level, thresholds)
-
-
 def collect_labels(cfg: PredictorsJob, mcfg, target: str, model, adapter, inputs, folder: Path):
     data = TokenData(inputs["data"])
     seq_len = context_len(model, mcfg.seq_len or cfg.window or 10**9)
-    spec = label_spec(mcfg, target, adapter, inputs, len(adapter.layers(model)))
+    stats = CalibrationStats(inputs["calibration"]) if "calibration" in inputs else None
+    spec = label_spec(mcfg, target, adapter, stats, len(adapter.layers(model)))
     train = torch.from_numpy(data.tokens("train"))
     n_windows = max(1, mcfg.n_tokens // seq_len)
     train_w = torch.cat(

@@ -21,7 +21,6 @@ import torch
 from actsparse.methods.registry import checked_entry
 from actsparse.methods.sparsity import SPARSITY
 from actsparse.methods.sparsity.base import build_context, read_allocation
-from actsparse.methods.sparsity.ops import gaussian_kept_error
 from actsparse.models import LoadCfg, default_device, load_model_as
 from actsparse.stages.job import Metric, StageResult, main
 
@@ -39,19 +38,20 @@ class SparsifyJob:
 
 
 def build_plan(cfg: SparsifyJob, inputs: dict[str, str], model, adapter, dev: torch.device):
+    """(the registered method, its plan for the job's model and level)."""
     method, mcfg = checked_entry(
         SPARSITY, cfg.method, f"sparsify.methods.{cfg.entry}", f"sparsity method {cfg.entry!r}"
     )
     ctx = build_context(method, inputs, model, adapter, dev, cfg.seed, cfg.window)
     if "allocation" in inputs:  # the entry's allocation search, made once for every level
         ctx.allocation = read_allocation(inputs["allocation"], cfg.level)
-    return method.plan(mcfg, cfg.level, ctx, cfg.entry)
+    return method, method.plan(mcfg, cfg.level, ctx, cfg.entry)
 
 
 def run(cfg: SparsifyJob, inputs: dict[str, str], out: Path) -> StageResult:
     dev = default_device()
     model, adapter = load_model_as(inputs["model"], cfg.load, device=dev)
-    plan = build_plan(cfg, inputs, model, adapter, dev)
+    method, plan = build_plan(cfg, inputs, model, adapter, dev)
     plan.save(out)
     frame = pd.DataFrame(
         [(p.site, p.rule.level, p.rule.threshold) for p in plan.placed],
@@ -63,11 +63,9 @@ def run(cfg: SparsifyJob, inputs: dict[str, str], out: Path) -> StageResult:
         metrics.append(Metric(f"allocated_level.{site}", float(g.level.mean()), **kw))
         if g.threshold.notna().any():
             metrics.append(Metric(f"threshold_mean.{site}", float(g.threshold.mean()), **kw))
-    if plan.method == "stat_topk" and plan.placed:
-        width = plan.placed[0].width
-        err = gaussian_kept_error(width, cfg.level)
-        metrics.append(Metric("gaussian_kept_error", err, **kw))
-        log.info("stat_topk on Gaussian rows of width %d: kept-fraction error %.4f", width, err)
+    for name, value in method.plan_metrics(plan).items():
+        metrics.append(Metric(name, value, **kw))
+        log.info("%s: %s %.4g", cfg.entry, name, value)
     log.info(
         "%s: %d rules, effective allocation %s",
         cfg.entry,

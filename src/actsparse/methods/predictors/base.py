@@ -62,6 +62,10 @@ class PredictorCfg:
     batch_size: int = 8  # windows per forward pass while collecting labels
     keep_labels: bool = False  # keep the collected labels in the job folder
 
+    def reads_statistics(self) -> bool:
+        """Whether the labels need the calibrate job's histograms (threshold labels)."""
+        return self.label == "threshold"
+
     def problems(self) -> list[tuple[str, str]]:
         out = level_problems(self.levels or [])
         if self.label not in LABEL_RULES:

@@ -106,6 +106,23 @@ class LabelSpec:
     thresholds: list[float] | None = None  # threshold rule: one per layer
 
 
+def label_spec(mcfg, target: str, adapter: FamilyAdapter, stats, n_layers: int) -> LabelSpec:
+    """What a predictor entry labels: heads by top-K, MLP neurons by its `label` rule
+    (threshold labels read their thresholds from `stats`, the calibrate job's)."""
+    if target == "heads":
+        return LabelSpec("heads", "topk", mcfg.label_level)
+    rule = resolve_rule(mcfg.label, adapter)
+    thresholds = None
+    if rule == "threshold":
+        if stats is None:
+            raise ValueError("threshold labels need the calibrate job's histograms (input)")
+        thresholds = [
+            stats.threshold(layer, "ffn_intermediate", mcfg.label_level)
+            for layer in range(n_layers)
+        ]
+    return LabelSpec("mlp", rule, mcfg.label_level, thresholds)
+
+
 class LabelSet:
     """A folder of collected labels (see module doc), read as memory maps."""
 

@@ -6,7 +6,7 @@ the key (gate, or fc1) matrix as the predictor: the scores are the partial pre-a
 is added. The top-K scores choose the neurons; a chosen neuron is then computed in full
 (a model trained dense has no reason to tolerate Spark's `act(K1^T x[:r]) * (K2^T x[r:])`
 bracketing, so post hoc the partial product only ranks). `rank` is `r` (null: d / 4,
-our choice: METHODS.md leaves `r` unconfirmed). Scores rank by value (Spark's top-k keeps
+our choice: the paper's `r` for this placement is not confirmed). Scores rank by value (Spark's top-k keeps
 the largest pre-activations), so on a gated FFN they rank `gate`, not `act(gate) * up`.
 Its FLOPs (`2 r d_ff`) are counted in full as predictor cost: an upper bound, since the
 chosen neurons reuse them.

@@ -10,9 +10,8 @@ from actsparse.methods.sparsity.base import (
     SPARSITY,
     BuildContext,
     SparsityMethod,
-    ThresholdMethodCfg,
-    calibrate_thresholds,
 )
+from actsparse.methods.sparsity.calibration import ThresholdMethodCfg, calibrate_thresholds
 from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
 
 

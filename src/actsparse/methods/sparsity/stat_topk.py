@@ -27,6 +27,7 @@ from actsparse.methods.sparsity.base import (
 )
 from actsparse.methods.sparsity.cats import gate_skips
 from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
+from actsparse.methods.sparsity.ops import gaussian_kept_error
 from actsparse.methods.sparsity.threshold import MAGNITUDE_SITES
 
 
@@ -54,3 +55,10 @@ class StatTopK(SparsityMethod):
         if cfg.site == "gate":
             gate_skips(ctx.model, ctx.adapter, plan)
         return plan
+
+    def plan_metrics(self, plan: SparsityPlan) -> dict[str, float]:
+        """How far the Gaussian assumption's threshold lands from k on Gaussian rows of the
+        plan's width: the estimator's own error, apart from the model's distributions."""
+        if not plan.placed:
+            return {}
+        return {"gaussian_kept_error": gaussian_kept_error(plan.placed[0].width, plan.level)}

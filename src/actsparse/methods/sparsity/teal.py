@@ -30,11 +30,10 @@ from actsparse.methods.sparsity.base import (
     SPARSITY,
     BuildContext,
     SparsityMethod,
-    ThresholdMethodCfg,
-    calibrate_thresholds,
     check_sites,
     context_len,
 )
+from actsparse.methods.sparsity.calibration import ThresholdMethodCfg, calibrate_thresholds
 from actsparse.methods.sparsity.mechanism import (
     Placed,
     Rule,
@@ -163,8 +162,7 @@ class _BlockSearch:
         self.total = sum(self.params.values())
         self.hidden = int(model.config.hidden_size)
         placed = [
-            Placed(layer, s, n, linear_shape(m)[0], Rule("threshold", 0.0, 0.0))
-            for s, n, m in mods
+            Placed(layer, s, n, linear_shape(m)[0], Rule("threshold", 0.0, 0.0)) for s, n, m in mods
         ]
         self.handle = apply(model, adapter, SparsityPlan("teal", "greedy", 0.0, placed))
 
@@ -198,7 +196,9 @@ class _BlockSearch:
         while eff < target - 1e-9:
             candidates = []
             for name, params in self.params.items():
-                full = lv[name] + cfg.greedy_step * self.hidden * self.hidden / params  # TEAL: 0.05 / w_p
+                full = (
+                    lv[name] + cfg.greedy_step * self.hidden * self.hidden / params
+                )  # TEAL: 0.05 / w_p
                 landing = lv[name] + (target - eff) * self.total / params
                 if landing < full and stop_before_cut:
                     return lv, eff, True

@@ -9,10 +9,9 @@ from actsparse.methods.sparsity.base import (
     SPARSITY,
     BuildContext,
     SparsityMethod,
-    ThresholdMethodCfg,
-    calibrate_thresholds,
     check_sites,
 )
+from actsparse.methods.sparsity.calibration import ThresholdMethodCfg, calibrate_thresholds
 from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
 
 MAGNITUDE_SITES = ("attn_in", "o_proj_in", "ffn_in", "ffn_intermediate", "gate")

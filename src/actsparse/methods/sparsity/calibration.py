@@ -1,0 +1,218 @@
+"""Sequential threshold calibration: every threshold rule of a plan calibrated in forward
+order on activations with every earlier rule switched on (the methods whose rules are
+magnitude thresholds: threshold, TEAL, CATS). Each block's inputs are captured once with
+the upstream rules on and carried forward, so a plan costs about one forward pass per
+site rather than one per layer."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+
+import torch
+
+from actsparse.activation_stats import histogram_quantile, log_bin_edges
+from actsparse.data import batch_at
+from actsparse.methods.sparsity.base import BuildContext, SparsityMethodCfg, context_len
+from actsparse.methods.sparsity.mechanism import SparsityPlan, apply
+from actsparse.models.adapters import FamilyAdapter
+
+SITE_ORDER = ("attn_in", "o_proj_in", "ffn_in", "gate", "ffn_intermediate", "heads")
+
+
+@dataclass
+class ThresholdMethodCfg(SparsityMethodCfg):
+    """Keys of methods whose rules are magnitude thresholds calibrated for a target level."""
+
+    # sequential: each (layer, site) in forward order is calibrated on activations with
+    # every earlier rule applied, so upstream sparsity cannot shift what it achieves;
+    # dense: every threshold from the dense model's histograms (the calibrate stage), as
+    # in TEAL's paper: downstream sites then drift from their targets
+    calibration: str = "sequential"
+    calib_tokens: int = 16384  # sequential: calibration tokens (train split)
+    calib_seq_len: int | None = None  # null: the evaluation's window (activations depend on it)
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if self.calibration not in ("sequential", "dense"):
+            out.append(
+                ("calibration", f"must be 'sequential' or 'dense', got {self.calibration!r}")
+            )
+        if self.calib_tokens < 2 or (self.calib_seq_len is not None and self.calib_seq_len < 2):
+            out.append(("calib_tokens", "calib_tokens and calib_seq_len must be >= 2"))
+        return out
+
+
+class _Stop(Exception):
+    """Ends a forward pass early once what it was run for has been seen."""
+
+
+def _split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]:
+    """(hidden states, other positional args, kwargs) of a block call."""
+    if args:
+        return args[0], args[1:], kwargs
+    kwargs = dict(kwargs)
+    return kwargs.pop("hidden_states"), (), kwargs
+
+
+def _call_block(block, hidden: torch.Tensor, call: tuple[tuple, dict]) -> torch.Tensor:
+    rest, kwargs = call
+    out = block(hidden, *rest, **kwargs)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _count_magnitudes(
+    hist: torch.Tensor, x: torch.Tensor, edges: torch.Tensor, width: int, where: str
+) -> None:
+    """Add the histogram of |x| to `hist` (bins as in `SiteStats`, binned the same way, in
+    float64): thresholds need nothing else, and the moments `SiteStats` also keeps cost
+    as much as the block itself at FFN widths."""
+    x = x.reshape(-1, x.shape[-1])
+    if x.shape[1] != width:
+        raise ValueError(f"{where}: expected {width} channels, got {x.shape[1]}")
+    if not torch.isfinite(x).all():
+        raise FloatingPointError(f"{where}: non-finite activations (NaN or inf)")
+    idx = torch.bucketize(x.abs().reshape(-1).to(torch.float64), edges, right=True)
+    hist += torch.bincount(idx, minlength=len(hist))
+
+
+@torch.no_grad()
+def block_calls(model, adapter: FamilyAdapter, last: int, batches: list) -> tuple[list, list]:
+    """What blocks `0..last` are called with for each batch of token ids, without running
+    them: (the hidden states block 0 receives per batch, `calls[layer][batch]` = the
+    other (args, kwargs) of that block's call: masks, rotary embeddings, positions).
+
+    The model's own forward computes these (no family-specific code); its blocks are
+    stood in for by pass-throughs meanwhile, so this costs the embeddings only. They are
+    taken per layer since they may differ between layers (Qwen2's sliding-window layers
+    get another mask).
+    """
+    blocks = adapter.layers(model)
+    device = next(model.parameters()).device
+    first: list[torch.Tensor] = []
+    calls: list[list] = [[] for _ in range(last + 1)]
+    passed: list[torch.Tensor | None] = [None]
+
+    def stand_in(layer: int):
+        def forward(*args, **kwargs):
+            hidden, rest, kw = _split_call(args, kwargs)
+            if layer == 0:
+                first.append(hidden)
+            elif hidden is not passed[0]:
+                # carrying outputs forward assumes the model feeds each block's output
+                # straight into the next one
+                raise RuntimeError(
+                    f"block {layer} does not receive block {layer - 1}'s output as its "
+                    "hidden states: sequential calibration cannot carry them forward"
+                )
+            calls[layer].append((rest, kw))
+            if layer == last:
+                raise _Stop
+            passed[0] = hidden
+            return hidden
+
+        return forward
+
+    saved = {i: blocks[i].__dict__.get("forward") for i in range(last + 1)}
+    try:
+        for i in range(last + 1):
+            blocks[i].forward = stand_in(i)
+        for x in batches:
+            passed[0] = None
+            with contextlib.suppress(_Stop):
+                model(input_ids=x.to(device), use_cache=False)
+    finally:
+        for i, forward in saved.items():
+            if forward is None:
+                del blocks[i].forward
+            else:
+                blocks[i].forward = forward
+    if any(len(c) != len(batches) for c in calls):
+        raise RuntimeError(
+            f"the model did not call blocks 0..{last} once each per batch: sequential "
+            "calibration cannot carry their outputs forward"
+        )
+    return first, calls
+
+
+@torch.no_grad()
+def calibrate_thresholds(placed: list, cfg: ThresholdMethodCfg, ctx: BuildContext) -> list:
+    """Fill in the threshold of every threshold rule in `placed` for its level.
+
+    A threshold `t` with `P(|x| < t) = level` (TEAL's `F^-1(0.5 + s/2)`), read from a
+    histogram of |x|: the calibrate stage's (dense) or one collected here, in forward
+    order, with the rules already calibrated switched on (sequential).
+
+    Sequentially, the blocks run one at a time on every calibration batch: each block's
+    outputs, with the rules of its own and every earlier block on, are kept as the next
+    block's inputs (the hidden states of all calibration tokens at one layer are held).
+    Each site's statistics come from its block rerun on those inputs with the rules
+    calibrated so far on, stopped once the site's activation has been seen. The cost is
+    one forward pass plus, per site, the blocks up to that site: linear in the depth,
+    where running the model from its first layer to reach each layer was quadratic.
+    """
+    if cfg.calibration == "dense":
+        assert ctx.stats is not None
+        return [
+            replace(
+                p,
+                rule=replace(p.rule, threshold=ctx.stats.threshold(p.layer, p.site, p.rule.level)),
+            )
+            for p in placed
+        ]
+    if ctx.tokens is None:
+        raise ValueError("sequential threshold calibration needs calibration tokens")
+    model, adapter = ctx.model, ctx.adapter
+    seq_len = context_len(model, cfg.calib_seq_len or ctx.window or 10**9)
+    n_batches = max(1, cfg.calib_tokens // (8 * seq_len))
+    batches = [batch_at(ctx.tokens, b, 8, seq_len, ctx.seed) for b in range(n_batches)]
+    edges = log_bin_edges(2048, 1e-6, 1e4).to(ctx.device)
+    groups: dict[tuple[int, str], list] = {}
+    for p in placed:
+        groups.setdefault((p.layer, p.site), []).append(p)
+    if not groups:
+        return []
+    last = max(layer for layer, _ in groups)
+    blocks = adapter.layers(model)
+    hidden, calls = block_calls(model, adapter, last, batches)
+    done: list = []
+    for layer in range(last + 1):
+        block = blocks[layer]
+        for site in [s for s in SITE_ORDER if (layer, s) in groups]:
+            group = groups[(layer, site)]
+            hist = torch.zeros(len(edges) + 1, dtype=torch.int64, device=ctx.device)
+            where = f"layer {layer} site {site}"
+
+            def seen(x, h=hist, n=group[0].width, w=where):
+                _count_magnitudes(h, x, edges, n, w)
+                raise _Stop  # the rest of the block cannot change this site's statistics
+
+            if site == "gate":
+                _, act = adapter.act_module(model, layer)
+                hook = act.register_forward_hook(lambda m, a, out, f=seen: f(out))
+            else:
+                module = model.get_submodule(group[0].module)
+                hook = module.register_forward_pre_hook(lambda m, a, f=seen: f(a[0]))
+            handle = apply(model, adapter, SparsityPlan("calibration", "", 0.0, done))
+            try:
+                for h, call in zip(hidden, calls[layer], strict=True):
+                    with contextlib.suppress(_Stop):
+                        _call_block(block, h, call)
+            finally:
+                hook.remove()
+                handle.remove()
+            counts, e = hist.cpu().numpy(), edges.cpu().numpy()
+            done += [
+                replace(
+                    p, rule=replace(p.rule, threshold=histogram_quantile(e, counts, p.rule.level))
+                )
+                for p in group
+            ]
+        if layer < last:
+            handle = apply(model, adapter, SparsityPlan("calibration", "", 0.0, done))
+            try:
+                for b, call in enumerate(calls[layer]):
+                    hidden[b] = _call_block(block, hidden[b], call)
+            finally:
+                handle.remove()
+    return done
