@@ -474,7 +474,13 @@ def sweep_counts(experiment: str) -> dict[str, int]:
         for e in predictors.values()
         if PREDICTORS.get(e.method).evaluated  # (hot/cold is a report)
     )
+    allocate = sum(  # one greedy walk per model and entry, for all of its levels
+        on(e)
+        for e in sparsify_entries(cfg.sparsify).values()
+        if SPARSITY.get(e.method)().searches_allocation(e)
+    )
     return {
+        **({"allocate": allocate} if allocate else {}),
         "data": models,  # WikiText-2, with each checkpoint's tokenizer
         "eval_data": models * len(cfg.eval_data),  # C4, likewise
         "calibrate": models,
@@ -489,7 +495,7 @@ def sweep_counts(experiment: str) -> dict[str, int]:
 
 
 @pytest.mark.parametrize(
-    ("experiment", "total"), [("llama2_7b", 103), ("mistral_7b", 103), ("opt_6_7b", 73)]
+    ("experiment", "total"), [("llama2_7b", 104), ("mistral_7b", 104), ("opt_6_7b", 73)]
 )
 def test_real_model_presets_plan_without_downloading(workdir, experiment, total):
     """The full sweep of each 7B preset, planned offline. (How long planning takes is
