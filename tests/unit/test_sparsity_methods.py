@@ -409,3 +409,14 @@ def test_natural_zeros_are_counted_before_the_rule():
     assert (got.natural > 0.2).all()  # ReLU
     assert (got.achieved >= got.natural).all() and (got.achieved >= 0.25).all()
     assert (got.target == 1 - int(0.75 * TINY_F) / TINY_F).all()  # top-K's exact target
+
+
+def test_an_allocation_search_without_the_level_is_refused_naming_both(tmp_path):
+    from actsparse.methods.sparsity.base import read_allocation
+    from actsparse.tables import ALLOCATIONS, write_table
+
+    rows = pd.DataFrame({"target": [0.25, 0.5], "module": ["m.q", "m.q"], "level": [0.3, 0.6]})
+    write_table(rows, tmp_path / "allocations.parquet", ALLOCATIONS)
+    assert read_allocation(tmp_path, 0.5) == {"m.q": 0.6}
+    with pytest.raises(ValueError, match=r"has no level 0.7 \(it has \[0.25, 0.5\]\)"):
+        read_allocation(tmp_path, 0.7)
