@@ -60,7 +60,7 @@ def main() -> None:
             )
         )
         data_dir = run_job(
-            plan.data(plan.data_variant(args.model)).spec, data_stage.DataJob, data_stage.run
+            plan.data(plan.data_variant(args.model)), data_stage.DataJob, data_stage.run
         )
         # a randomly initialised model of the study's architecture: memory does not depend on training
         from transformers import AutoTokenizer
@@ -84,7 +84,7 @@ def main() -> None:
                     ]
                 )
             ).calibrate(args.model)
-            spec = {**job.spec, "inputs": {"model": str(model_dir), "data": str(data_dir)}}
+            spec = {**job, "inputs": {"model": str(model_dir), "data": str(data_dir)}}
             rss, wall = peak_rss_of(
                 [
                     sys.executable,

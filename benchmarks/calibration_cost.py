@@ -37,10 +37,7 @@ from actsparse.methods.sparsity.base import (
     context_len,
 )
 from actsparse.methods.sparsity.calibration import calibrate_thresholds
-from actsparse.methods.sparsity.mechanism import (
-    Rule,
-    placed_for_sites,
-)
+from actsparse.methods.sparsity.mechanism import Rule, placed_for_sites
 from actsparse.models import adapter_for
 
 REPO = Path(__file__).resolve().parents[1]

@@ -43,7 +43,7 @@ def main() -> None:
     model_dir = plan.model_path(args.model)
     if not data_dir.is_dir():
         raise SystemExit(f"run the study's data job first: {data_dir} is missing")
-    load = LoadCfg(**plan.evaluate(args.model).spec["config"]["load"])
+    load = LoadCfg(**plan.evaluate(args.model).config["load"])
     model, _ = load_model_as(model_dir, load)
     data = TokenData(data_dir)
     tokens = data.tokens(e.split)

@@ -41,7 +41,7 @@ def main() -> None:
             job = plan.import_gguf(args.model)
             t = time.perf_counter()
             subprocess.run(
-                [sys.executable, "-m", "actsparse.stages.import_gguf", "--spec", job.spec_json,
+                [sys.executable, "-m", "actsparse.stages.import_gguf", "--spec", job.json,
                  "--threads", str(args.threads)],
                 check=True, capture_output=True,
             )  # fmt: skip

@@ -44,13 +44,8 @@ from torch import nn
 from actsparse.methods.lowrank.base import LayerStats
 from actsparse.methods.sparsity import SPARSITY, ops
 from actsparse.methods.sparsity.base import BuildContext
-from actsparse.methods.sparsity.mechanism import (
-    Rule,
-    SparsityPlan,
-    apply,
-    placed_for_sites,
-    set_module,
-)
+from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
+from actsparse.methods.sparsity.wrappers import apply, set_module
 from actsparse.models import load_model
 from actsparse.models.lowrank import replace as replace_module
 from actsparse.schema.stages import CalibrateCfg

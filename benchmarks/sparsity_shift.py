@@ -20,7 +20,8 @@ import yaml
 from provenance import RESULTS, provenance
 
 from actsparse.data import TokenData, batch_at
-from actsparse.methods.sparsity.mechanism import SparsityPlan, apply
+from actsparse.methods.sparsity.mechanism import SparsityPlan
+from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models import load_model
 from actsparse.stages.evaluate import windows
 

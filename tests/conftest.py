@@ -44,9 +44,9 @@ def smoke_outputs(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("smoke")
     plan = smoke_plan(tmp)
-    run_job(plan.data("stdlib").spec, data.DataJob, data.run)
+    run_job(plan.data("stdlib"), data.DataJob, data.run)
     for _, variant in plan.eval_data_variants:  # the out-of-distribution corpus
-        run_job(plan.data(variant).spec, data.DataJob, data.run)
+        run_job(plan.data(variant), data.DataJob, data.run)
     for m in plan.trained_models:
-        run_job(plan.train(m).spec, train.TrainJob, train.run, resumable=True)
+        run_job(plan.train(m), train.TrainJob, train.run, resumable=True)
     return plan

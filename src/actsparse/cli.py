@@ -79,7 +79,7 @@ def cmd_show(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     from actsparse.plan import StudyPlan
-    from actsparse.stages.report import evaluate_wide
+    from actsparse.results import evaluate_wide
 
     plan = StudyPlan(compose_study(_overrides(args)))
     summary = _study_table(plan)
@@ -115,7 +115,7 @@ def cmd_sparsity(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from actsparse.plan import StudyPlan
-    from actsparse.stages.report import sparsity_frontier, sparsity_sweep
+    from actsparse.results import sparsity_frontier, sparsity_sweep
 
     plan = StudyPlan(compose_study(_overrides(args)))
     summary = _study_table(plan)
@@ -150,7 +150,7 @@ def cmd_lowrank(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from actsparse.plan import StudyPlan
-    from actsparse.stages.report import lowrank_sweep
+    from actsparse.results import lowrank_sweep
 
     plan = StudyPlan(compose_study(_overrides(args)))
     sweep = lowrank_sweep(_study_table(plan))
@@ -172,7 +172,7 @@ def cmd_predictors(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from actsparse.plan import StudyPlan
-    from actsparse.stages.report import predicted_sweep, predictor_scores
+    from actsparse.results import predicted_sweep, predictor_scores
 
     plan = StudyPlan(compose_study(_overrides(args)))
     summary = _study_table(plan)
@@ -228,7 +228,7 @@ def cmd_claims(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from actsparse.plan import StudyPlan
-    from actsparse.stages.report import claims
+    from actsparse.results import claims
 
     plan = StudyPlan(compose_study(_overrides(args)))
     table = claims(_study_table(plan), plan.claims_context())

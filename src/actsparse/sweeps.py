@@ -12,7 +12,7 @@ from typing import Any
 
 from actsparse.methods.lowrank import LOWRANK
 from actsparse.methods.predictors import PREDICTORS
-from actsparse.methods.registry import Registry
+from actsparse.methods.registry import MethodEntry, Registry
 from actsparse.methods.sparsity import SPARSITY
 from actsparse.schema.stages import DecomposeCfg, PredictorsCfg, SparsifyCfg
 from actsparse.schema.study import StudyConfig
@@ -25,26 +25,26 @@ REGISTRIES: dict[str, Registry] = {
 }
 
 
-def _entries(group: str, methods: dict[str, Any]) -> dict[str, Any]:
+def _entries(group: str, methods: dict[str, Any]) -> dict[str, MethodEntry]:
     registry = REGISTRIES[group]
     return {
-        name: registry.get(raw["method"]).parse(raw, f"{group}.methods.{name}")
+        name: MethodEntry.parse(registry, name, raw, f"{group}.methods.{name}")
         for name, raw in methods.items()
     }
 
 
-def sparsify_entries(sweep: SparsifyCfg) -> dict[str, Any]:
-    """entry name -> the sparsity method's typed config (checked by `entry_problems` first)."""
+def sparsify_entries(sweep: SparsifyCfg) -> dict[str, MethodEntry]:
+    """entry name -> the parsed sparsity entry (checked by `entry_problems` first)."""
     return _entries("sparsify", sweep.methods)
 
 
-def decompose_entries(sweep: DecomposeCfg) -> dict[str, Any]:
-    """entry name -> the low-rank method's typed config."""
+def decompose_entries(sweep: DecomposeCfg) -> dict[str, MethodEntry]:
+    """entry name -> the parsed low-rank entry."""
     return _entries("decompose", sweep.methods)
 
 
-def predictor_entries(sweep: PredictorsCfg) -> dict[str, Any]:
-    """entry name -> the predictor's typed config."""
+def predictor_entries(sweep: PredictorsCfg) -> dict[str, MethodEntry]:
+    """entry name -> the parsed predictor entry."""
     return _entries("predictors", sweep.methods)
 
 
@@ -81,9 +81,9 @@ def entry_problems(
             )
             continue
         try:
-            cfg = registry.get(raw["method"]).parse(raw, f"{group}.{key}")
+            entry = MethodEntry.parse(registry, name, raw, f"{group}.{key}")
         except ValueError as e:
             out.append((key, str(e)))
             continue
-        out += [(f"{key}.{k}", m) for k, m in cfg.problems()]
+        out += [(f"{key}.{k}", m) for k, m in entry.cfg.problems()]
     return out

@@ -17,6 +17,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from actsparse.schema.job import JobSpec
+
 REPO_DIR = Path(__file__).resolve().parents[2]
 
 
@@ -57,9 +59,9 @@ def metric_key(metric: str, method: str, split: str, corpus: str = "") -> str:
     return "".join(ch if ch.isalnum() or ch in "._-/ " else "_" for ch in ".".join(parts))
 
 
-def job_params(spec: dict[str, Any]) -> dict[str, Any]:
+def job_params(spec: JobSpec) -> dict[str, Any]:
     """What a job logs as MLflow params: its config slice and its inputs."""
-    return {"config": spec["config"], "inputs": spec["inputs"]}
+    return {"config": spec.config, "inputs": spec.inputs}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -71,7 +71,7 @@ def _sparsify_model_problems(cfg: StudyConfig) -> list[tuple[str, str]]:
             if family is None:
                 continue
             adapter = adapter_for(family)
-            for site in entry.sites_used():
+            for site in entry.cfg.sites_used():
                 try:
                     adapter.check_site(site, f"sparsity method {name!r} on model {model!r}")
                 except ValueError as e:

@@ -40,10 +40,10 @@ def test_real_model_preset_uses_the_checkpoint_tokenizer_per_model():
     assert plan.trained_models == []
     assert plan.data_variants == ["wikitext2.llama2_7b"]
     assert (
-        plan.data("wikitext2.llama2_7b").spec["config"]["tokenizer_from"]["path"]
+        plan.data("wikitext2.llama2_7b").config["tokenizer_from"]["path"]
         == "meta-llama/Llama-2-7b-hf"
     )
-    assert plan.calibrate("llama2_7b").spec["inputs"]["model"] == "meta-llama/Llama-2-7b-hf"
+    assert plan.calibrate("llama2_7b").inputs["model"] == "meta-llama/Llama-2-7b-hf"
 
 
 @pytest.mark.parametrize(
@@ -57,17 +57,17 @@ def test_real_model_preset_uses_the_checkpoint_tokenizer_per_model():
 def test_real_model_presets_calibrate_on_c4_and_evaluate_on_wikitext2(experiment, model, path):
     plan = StudyPlan(compose_study([f"experiment={experiment}"]))
     c4 = plan.data(f"c4.{model}")  # C4 from the hub, tokenized by the checkpoint's tokenizer
-    assert c4.spec["config"]["data"]["hf"]["path"] == "allenai/c4"
-    assert c4.spec["config"]["tokenizer_from"]["path"] == path
-    assert plan.calibrate(model).spec["inputs"]["data"] == c4.out_dir
-    assert plan.calibrate(model).spec["config"]["calibrate"]["split"] == "train"
+    assert c4.config["data"]["hf"]["path"] == "allenai/c4"
+    assert c4.config["tokenizer_from"]["path"] == path
+    assert plan.calibrate(model).inputs["data"] == c4.out_dir
+    assert plan.calibrate(model).config["calibrate"]["split"] == "train"
     wikitext2 = plan.data(f"wikitext2.{model}").out_dir
-    dense = plan.evaluate(model).spec["inputs"]
+    dense = plan.evaluate(model).inputs
     assert dense["data"] == wikitext2 and dense["data.c4"] == c4.out_dir
-    assert plan.predictors(model, "dejavu_mlp").spec["inputs"]["data"] == wikitext2
+    assert plan.predictors(model, "dejavu_mlp").inputs["data"] == wikitext2
     # `calibrate.corpus=null` switches back to WikiText-2 (SVD-LLM's calibration corpus)
     back = StudyPlan(compose_study([f"experiment={experiment}", "calibrate.corpus=null"]))
-    assert back.calibrate(model).spec["inputs"]["data"] == wikitext2
+    assert back.calibrate(model).inputs["data"] == wikitext2
 
 
 @pytest.mark.parametrize(

@@ -52,17 +52,13 @@ def test_any_overrides_end_in_a_clear_error_or_a_valid_plan(overrides):
     plan = StudyPlan(cfg)
     jobs = plan.jobs()
     assert jobs and all(
-        j.hash
-        == config_hash({"stage": j.stage, "config": j.spec["config"], "inputs": _ids(j, plan.root)})
+        j.hash == config_hash({"stage": j.stage, "config": j.config, "inputs": _ids(j, plan.root)})
         for j in jobs
     )
 
 
 def _ids(job, root: str):
-    return {
-        k: v[len(root) + 1 :] if v.startswith(root + "/") else v
-        for k, v in job.spec["inputs"].items()
-    }
+    return {k: v[len(root) + 1 :] if v.startswith(root + "/") else v for k, v in job.inputs.items()}
 
 
 @pytest.mark.parametrize("value", ["[]", "[1,2]", "{a: 1}", "3", "null"])

@@ -1,6 +1,7 @@
 """Calibration statistics equal a float64 reference computed from all activations at once."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,8 @@ def _reference(plan, model_name):
     """Every site's activations of every calibration batch, kept in memory (the naive way)."""
     job = plan.calibrate(model_name)
     c = plan.cfg.calibrate
-    model, adapter = load_model(job.spec["inputs"]["model"])
-    tokens = torch.from_numpy(TokenData(job.spec["inputs"]["data"]).tokens("train"))
+    model, adapter = load_model(job.inputs["model"])
+    tokens = torch.from_numpy(TokenData(job.inputs["data"]).tokens("train"))
     acts = {}
     for layer in range(len(adapter.layers(model))):
         for site, linears in adapter.site_linears(model, layer).items():
@@ -46,7 +47,7 @@ def _reference(plan, model_name):
 @pytest.mark.parametrize("model_name", ["llama_micro", "opt_micro"])
 def test_statistics_match_the_float64_reference(smoke_outputs, model_name):
     plan = smoke_outputs
-    out = run_job(plan.calibrate(model_name).spec, calibrate.CalibrateJob, calibrate.run)
+    out = run_job(plan.calibrate(model_name), calibrate.CalibrateJob, calibrate.run)
     ref = _reference(plan, model_name)
     layers = sorted({k[0] for k in ref})
     linears = read_table(out / "linears.parquet", LINEARS)
@@ -93,12 +94,9 @@ def test_layer_by_layer_passes_give_identical_statistics(smoke_outputs, tmp_path
     job_all = smoke_outputs.calibrate("llama_micro")
     out_all = Path(job_all.out_dir)
     if not out_all.is_dir():
-        run_job(job_all.spec, calibrate.CalibrateJob, calibrate.run)
+        run_job(job_all, calibrate.CalibrateJob, calibrate.run)
     one = smoke_plan(tmp_path, "calibrate.layers_per_pass=1")
-    spec = {
-        **one.calibrate("llama_micro").spec,
-        "inputs": job_all.spec["inputs"],
-    }  # same model and data
+    spec = replace(one.calibrate("llama_micro"), inputs=job_all.inputs)  # same model and data
     out_one = run_job(spec, calibrate.CalibrateJob, calibrate.run)
     for layer in (0, 1):
         tag = f"layer_{layer:03d}"

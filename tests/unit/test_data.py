@@ -98,7 +98,7 @@ def test_data_stage_shards_decode_back_to_the_corpus(tmp_path, shared_data):
 
     plan = smoke_plan(tmp_path)
     job = plan.data("stdlib")
-    out = run_job(job.spec, data.DataJob, data.run)
+    out = run_job(job, data.DataJob, data.run)
     td = TokenData(out)
     tok = AutoTokenizer.from_pretrained(td.tokenizer_dir)
     assert len(tok) == 512
@@ -125,7 +125,7 @@ def test_corrupted_shards_and_manifest_are_named(tmp_path):
     from helpers import smoke_plan
 
     plan = smoke_plan(tmp_path, "data.shard_tokens=20000")
-    out = run_job(plan.data("stdlib").spec, data.DataJob, data.run)
+    out = run_job(plan.data("stdlib"), data.DataJob, data.run)
     bad = tmp_path / "copy"
     shutil.copytree(out, bad)
     shard = bad / "tokens" / "train_0001.npy"

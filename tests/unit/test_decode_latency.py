@@ -14,9 +14,9 @@ from actsparse.methods.sparsity.mechanism import (
     Rule,
     SparsityPlan,
     activation_width,
-    apply,
     placed_for_sites,
 )
+from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models import adapter_for
 from actsparse.models.adapters import LINEAR_SITES
 

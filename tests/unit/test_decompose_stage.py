@@ -3,6 +3,7 @@ reloaded through the one loader with the same logits; the smoke micro Llama in-p
 from its real calibration; bad statistics refused naming the layer."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -171,13 +172,13 @@ def test_non_finite_weights_and_bad_ratio_are_refused():
 def calibrated(smoke_outputs):
     plan = smoke_outputs
     for m in ("llama_micro", "opt_micro"):
-        run_job(plan.calibrate(m).spec, calibrate.CalibrateJob, calibrate.run)
+        run_job(plan.calibrate(m), calibrate.CalibrateJob, calibrate.run)
     return plan
 
 
 def test_svdllm_on_the_micro_llama_from_its_calibration(calibrated):
     plan = calibrated
-    out = run_job(plan.decompose("llama_micro", "svdllm", 0.3).spec, DecomposeJob, decompose.run)
+    out = run_job(plan.decompose("llama_micro", "svdllm", 0.3), DecomposeJob, decompose.run)
     table = read_table(out / "decomposition.parquet", DECOMPOSITION)
     assert len(table) == 2 * 7 and (table.act_rel_err < table.weight_rel_err).all()
     manifest = json.loads((out / "model" / "lowrank.json").read_text())
@@ -185,7 +186,7 @@ def test_svdllm_on_the_micro_llama_from_its_calibration(calibrated):
     m = read_table(out / "metrics.parquet", METRICS).set_index("metric").value
     assert m["ratio_removed"] == 0.3 and 0.6 < m["fraction_kept"] <= 0.7
     ev = run_job(
-        plan.evaluate_decomposed("llama_micro", "svdllm", 0.3).spec,
+        plan.evaluate_decomposed("llama_micro", "svdllm", 0.3),
         evaluate.EvaluateJob,
         evaluate.run,
     )
@@ -202,12 +203,12 @@ def test_svdllm_on_the_micro_llama_from_its_calibration(calibrated):
 
 def test_a_covariance_from_another_model_is_refused(calibrated):
     plan = calibrated
-    spec = plan.decompose("llama_micro", "svd", 0.3).spec
-    spec = {
-        **spec,
-        "inputs": {**spec["inputs"], "calibration": plan.calibrate("opt_micro").out_dir},
-    }
-    spec["output"] += "-other"
+    job = plan.decompose("llama_micro", "svd", 0.3)
+    spec = replace(
+        job,
+        inputs={**job.inputs, "calibration": plan.calibrate("opt_micro").out_dir},
+        output=job.output + "-other",
+    )
     with pytest.raises(
         ValueError,
         match=r"layer 0 model\.layers\.0\.mlp\.down_proj \(svd\): the covariance in .*opt_micro.* is "
@@ -220,7 +221,7 @@ def test_the_cost_model_counts_low_rank_factors_and_input_zeros():
     """A low-rank linear reads k (n + m) weights; zeros at its input skip only k n of them."""
     import pandas as pd
 
-    from actsparse.methods.sparsity.mechanism import cost_per_token
+    from actsparse.methods.sparsity.cost import cost_per_token
 
     model = tiny_model("llama")
     adapter = adapter_for("llama")

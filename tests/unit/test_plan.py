@@ -56,14 +56,14 @@ def test_a_greedy_entry_searches_once_for_all_its_levels():
     plan = StudyPlan(compose_study(["experiment=smoke", "sparsify.levels=[0.0,0.5,0.7]"]))
     search = plan.allocate("llama_micro", "teal_greedy")
     assert plan.allocation_searches == [("llama_micro", "teal_greedy")]
-    assert search.spec["config"]["levels"] == [0.5, 0.7]
+    assert search.config["levels"] == [0.5, 0.7]
     assert search.out_dir.endswith(f"/allocate/llama_micro.teal_greedy-{search.hash}")
     for level in (0.5, 0.7):
         job = plan.sparsify("llama_micro", "teal_greedy", level)
-        assert job.spec["inputs"]["allocation"] == search.out_dir
+        assert job.inputs["allocation"] == search.out_dir
         assert plan.upstream_dirs(job)[-1] == search.out_dir
-    assert "allocation" not in plan.sparsify("llama_micro", "teal_greedy", 0.0).spec["inputs"]
-    assert "allocation" not in plan.sparsify("llama_micro", "teal", 0.5).spec["inputs"]
+    assert "allocation" not in plan.sparsify("llama_micro", "teal_greedy", 0.0).inputs
+    assert "allocation" not in plan.sparsify("llama_micro", "teal", 0.5).inputs
     a, b = _hashes(), _hashes("sparsify.methods.teal_greedy.greedy_step=0.2")
     assert {k for k in a if a[k] != b[k]} == {
         ("allocate", "llama_micro.teal_greedy"),
@@ -84,25 +84,25 @@ def test_a_decompose_change_touches_that_entry_and_what_is_built_on_it():
 def test_decomposed_variants_read_calibration_and_are_judged_against_their_base():
     plan = StudyPlan(compose_study(["experiment=smoke"]))
     dec = plan.decompose("llama_micro", "nsvd", 0.3)
-    assert dec.spec["inputs"] == {
+    assert dec.inputs == {
         "model": plan.model_path("llama_micro"),
         "calibration": plan.calibrate("llama_micro").out_dir,
     }
-    assert dec.spec["config"]["method"]["k1_fraction"] == 0.95
+    assert dec.config["method"]["k1_fraction"] == 0.95
     ev = plan.evaluate_decomposed("llama_micro", "nsvd", 0.3)
-    assert ev.spec["inputs"]["model"] == f"{dec.out_dir}/model"
-    assert ev.spec["inputs"]["reference"] == plan.model_path("llama_micro")
-    assert ev.spec["config"]["level"] == 0.3
+    assert ev.inputs["model"] == f"{dec.out_dir}/model"
+    assert ev.inputs["reference"] == plan.model_path("llama_micro")
+    assert ev.config["level"] == 0.3
     # the eval corpus is tokenized with the study data job's BPE
     pydoc = plan.data("pydoc")
-    assert pydoc.spec["inputs"] == {"tokenizer": plan.data("stdlib").out_dir}
-    assert ev.spec["inputs"]["data.pydoc"] == pydoc.out_dir
+    assert pydoc.inputs == {"tokenizer": plan.data("stdlib").out_dir}
+    assert ev.inputs["data.pydoc"] == pydoc.out_dir
     # composition: the decomposed model is a model of the study
     assert plan.model_path("llama_micro_svdllm") == (
         f"{plan.decompose('llama_micro', 'svdllm', 0.3).out_dir}/model"
     )
     sp = plan.sparsify("llama_micro_svdllm", "topk", 0.5)
-    assert sp.spec["inputs"] == {"model": plan.model_path("llama_micro_svdllm")}
+    assert sp.inputs == {"model": plan.model_path("llama_micro_svdllm")}
     # a decomposed model is calibrated only when a calibrated method runs on it
     assert plan.calibrated_models == ["llama_micro", "opt_micro"]
     plan = StudyPlan(
@@ -110,8 +110,8 @@ def test_decomposed_variants_read_calibration_and_are_judged_against_their_base(
     )
     assert plan.calibrated_models == ["llama_micro", "opt_micro", "llama_micro_svdllm"]
     sp = plan.sparsify("llama_micro_svdllm", "teal", 0.5)
-    assert sp.spec["inputs"]["calibration"] == plan.calibrate("llama_micro_svdllm").out_dir
-    assert plan.calibrate("llama_micro_svdllm").spec["inputs"]["model"] == plan.model_path(
+    assert sp.inputs["calibration"] == plan.calibrate("llama_micro_svdllm").out_dir
+    assert plan.calibrate("llama_micro_svdllm").inputs["model"] == plan.model_path(
         "llama_micro_svdllm"
     )
 
@@ -135,14 +135,14 @@ def test_predicted_masks_are_evaluated_per_level_with_the_predictors_as_input():
     assert ("opt_micro", "dejavu_heads", 0.9) in plan.predicted_variants
     assert not any(e == "hotcold" for _, e, _ in plan.predicted_variants)  # a report
     job = plan.evaluate_predicted("opt_micro", "dejavu_heads", 0.9)
-    assert job.spec["inputs"]["predictors"] == plan.predictors("opt_micro", "dejavu_heads").out_dir
-    assert job.variant == "opt_micro.dejavu_heads.s90" and job.spec["config"]["level"] == 0.9
+    assert job.inputs["predictors"] == plan.predictors("opt_micro", "dejavu_heads").out_dir
+    assert job.variant == "opt_micro.dejavu_heads.s90" and job.config["level"] == 0.9
     # the recall-at-K levels are part of the predictors job, so they rerun it
-    assert plan.predictors("opt_micro", "dejavu_heads").spec["config"]["levels"] == [0.5, 0.9]
-    pred = plan.predictors("opt_micro", "dejavu_heads").spec["inputs"]
+    assert plan.predictors("opt_micro", "dejavu_heads").config["levels"] == [0.5, 0.9]
+    pred = plan.predictors("opt_micro", "dejavu_heads").inputs
     assert set(pred) == {"model", "data"}  # norm-ranked labels read no statistics
     thr = StudyPlan(compose_study(["experiment=smoke", "predictors.methods.spark.label=threshold"]))
-    assert thr.predictors("llama_micro", "spark").spec["inputs"]["calibration"] == (
+    assert thr.predictors("llama_micro", "spark").inputs["calibration"] == (
         thr.calibrate("llama_micro").out_dir
     )
     none = StudyPlan(compose_study(["experiment=smoke", "predictors.methods.spark.models=[]"]))
@@ -198,7 +198,7 @@ def test_the_study_name_and_output_root_do_not_enter_slices():
 def test_spec_carries_slice_inputs_and_output():
     plan = StudyPlan(compose_study(["experiment=smoke"]))
     job = plan.calibrate("llama_micro")
-    spec = json.loads(job.spec_json)
+    spec = json.loads(job.json)
     assert spec["output"] == job.out_dir
     assert spec["inputs"]["model"] == plan.train("llama_micro").out_dir + "/model"
     assert spec["inputs"]["data"] == plan.data("stdlib").out_dir
@@ -216,7 +216,7 @@ def test_the_scaling_grid_is_one_train_job_per_point_and_one_fit():
         "w16.fp.s0", "w16.fp.s40", "w16.fp.s80", "w32.fp.s0", "w32.fp.s40", "w32.fp.s80",
         "w16.fp.spark.s92", "w16.fp.block.s40", "w16.b158.ternary.s40",
     ]  # fmt: skip
-    sparse = {j.variant: j.spec["config"]["sparse"] for j in grid}
+    sparse = {j.variant: j.config["sparse"] for j in grid}
     assert sparse["w16.fp.s0"]["operator"] == "none"  # level 0 is the dense baseline
     assert sparse["w16.fp.s40"] == {
         "operator": "topk", "level": 0.4, "sites": None, "rescale": True, "block": 4,
@@ -225,11 +225,11 @@ def test_the_scaling_grid_is_one_train_job_per_point_and_one_fit():
     assert sparse["w16.fp.spark.s92"]["operator"] == "stat_topk"
     assert sparse["w16.b158.ternary.s40"]["precision"] == "b1.58"
     assert all(j.out_dir.startswith(f"{plan.root}/scaling/train/") for j in grid)
-    assert grid[0].spec["config"]["model"]["arch"]["hidden_act"] == "relu2"
+    assert grid[0].config["model"]["arch"]["hidden_act"] == "relu2"
     fit = plan.scaling_fit()
     assert fit.out_dir == f"{plan.root}/scaling/fit-{fit.hash}"
     assert set(plan.upstream_dirs(fit)) == {j.out_dir for j in grid}
-    assert fit.spec["config"]["points"]["w16.fp.spark.s92"] == {
+    assert fit.config["points"]["w16.fp.spark.s92"] == {
         "size": "w16", "precision": "fp", "variant": "spark", "level": 0.92,
     }  # fmt: skip
     assert plan.job("scaling", "fit") == fit and plan.job("train", "w32.fp.s80") == grid[5]
@@ -262,11 +262,11 @@ def test_an_option_a_grid_point_does_not_use_leaves_its_hash_alone():
 
 def test_hidden_act_enters_a_study_models_slice_only_as_set():
     plan = StudyPlan(compose_study(["experiment=smoke"]))
-    assert plan.train("llama_micro").spec["config"]["model"]["arch"]["hidden_act"] is None
+    assert plan.train("llama_micro").config["model"]["arch"]["hidden_act"] is None
     relu2 = StudyPlan(
         compose_study(["experiment=smoke", "+models.llama_micro.arch.hidden_act=relu2"])
     )
-    assert relu2.train("llama_micro").spec["config"]["model"]["arch"]["hidden_act"] == "relu2"
+    assert relu2.train("llama_micro").config["model"]["arch"]["hidden_act"] == "relu2"
     assert relu2.train("llama_micro").hash != plan.train("llama_micro").hash
 
 
@@ -276,18 +276,16 @@ def test_a_calibration_corpus_changes_calibrate_its_input_and_what_reads_statist
     pydoc = plan.data("pydoc").out_dir  # the eval_data corpus, with the study's BPE
     for model in ("llama_micro", "opt_micro"):
         job = plan.calibrate(model)
-        assert (
-            job.spec["inputs"]["data"] == pydoc != default.calibrate(model).spec["inputs"]["data"]
-        )
-        assert job.spec["config"]["calibrate"]["corpus"] == "pydoc"
+        assert job.inputs["data"] == pydoc != default.calibrate(model).inputs["data"]
+        assert job.config["calibrate"]["corpus"] == "pydoc"
         assert job.hash != default.calibrate(model).hash
         assert pydoc in plan.upstream_dirs(job)  # Snakemake waits for that data job
     # sequential threshold calibration reads the same corpus as the statistics
-    assert plan.sparsify("llama_micro", "teal", 0.5).spec["inputs"]["data"] == pydoc
-    assert "data" not in plan.sparsify("llama_micro", "topk", 0.5).spec["inputs"]
+    assert plan.sparsify("llama_micro", "teal", 0.5).inputs["data"] == pydoc
+    assert "data" not in plan.sparsify("llama_micro", "topk", 0.5).inputs
     # evaluation and predictor labels stay on the study corpus
-    assert plan.evaluate("llama_micro").spec["inputs"]["data"] == plan.data("stdlib").out_dir
-    pred = plan.predictors("opt_micro", "dejavu_heads").spec["inputs"]["data"]
+    assert plan.evaluate("llama_micro").inputs["data"] == plan.data("stdlib").out_dir
+    pred = plan.predictors("opt_micro", "dejavu_heads").inputs["data"]
     assert pred == plan.data("stdlib").out_dir
     # exactly the jobs a change of any calibrate key reruns (calibrate and its readers)
     a, b = _hashes(), _hashes("calibrate.corpus=pydoc")
@@ -298,7 +296,7 @@ def test_a_calibration_corpus_changes_calibrate_its_input_and_what_reads_statist
 
 def test_the_perplexity_protocol_is_part_of_every_evaluate_slice():
     plan = StudyPlan(compose_study(["experiment=smoke"]))
-    evaluate = plan.evaluate("llama_micro").spec["config"]["evaluate"]
+    evaluate = plan.evaluate("llama_micro").config["evaluate"]
     assert (evaluate["stride"], evaluate["dense_prefill"]) == (None, 0.0)
     a = _hashes()
     assert _changed(a, _hashes("evaluate.stride=16")) == ["evaluate"]
@@ -318,6 +316,6 @@ def test_a_checkpoints_corpus_is_tokenized_with_its_own_tokenizer_beside_the_stu
     assert plan.data_variants == ["stdlib", "stdlib.hub"]
     assert plan.data("stdlib").hash == before.data("stdlib").hash
     job = plan.data("stdlib.hub")
-    assert job.spec["config"]["tokenizer_from"]["path"] == "org/some-model"
-    assert job.spec["config"]["data"]["tokenizer"]["kind"] == "model"
-    assert plan.evaluate("hub").spec["inputs"]["data"] == job.out_dir
+    assert job.config["tokenizer_from"]["path"] == "org/some-model"
+    assert job.config["data"]["tokenizer"]["kind"] == "model"
+    assert plan.evaluate("hub").inputs["data"] == job.out_dir

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import math
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,12 +17,8 @@ import yaml
 from helpers import tiny_model
 
 from actsparse.config import CONF_DIR, ConfigError, compose_study
-from actsparse.methods.sparsity.mechanism import (
-    Rule,
-    SparsityPlan,
-    apply,
-    placed_for_sites,
-)
+from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
+from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models import adapter_for
 from actsparse.models.adapters import LINEAR_SITES
 from actsparse.schema.stages import EvaluateCfg
@@ -373,16 +370,19 @@ def test_the_stage_records_its_protocol_and_runs_teals(smoke_outputs):
     from actsparse.tables import ACHIEVED_SPARSITY, METRICS, read_table
 
     plan = smoke_outputs
-    sp = run_job(plan.sparsify("llama_micro", "topk", 0.5).spec, sparsify.SparsifyJob, sparsify.run)
+    sp = run_job(plan.sparsify("llama_micro", "topk", 0.5), sparsify.SparsifyJob, sparsify.run)
     widths = {p.module: p.width for p in SparsityPlan.load(sp).placed}
-    base = plan.evaluate_sparse("llama_micro", "topk", 0.5).spec
+    base = plan.evaluate_sparse("llama_micro", "topk", 0.5)
     out = {}
     for name, extra in (("default", {}), ("teal", {"stride": 16, "dense_prefill": 0.5})):
-        spec = {**base, "output": f"{base['output']}-{name}"}
-        spec["config"] = {
-            **base["config"],
-            "evaluate": {**base["config"]["evaluate"], **extra, "decode_reps": 0},
-        }
+        spec = replace(
+            base,
+            output=f"{base.output}-{name}",
+            config={
+                **base.config,
+                "evaluate": {**base.config["evaluate"], **extra, "decode_reps": 0},
+            },
+        )
         folder = run_job(spec, evaluate.EvaluateJob, evaluate.run)
         m = read_table(folder / "metrics.parquet", METRICS)
         m = m[(m.corpus == "stdlib") & (m.method == "topk")].set_index("metric").value

@@ -33,8 +33,8 @@ from actsparse.methods.predictors.labels import (
     resolve_rule,
 )
 from actsparse.methods.predictors.spark import PartialKey, key_linear
-from actsparse.methods.sparsity.mechanism import apply
 from actsparse.methods.sparsity.ops import keep_count
+from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models import adapter_for
 
 

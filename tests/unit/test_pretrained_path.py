@@ -40,11 +40,11 @@ def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_p
         )
     )
     assert plan.trained_models == [] and plan.data_variants == ["stdlib.local"]
-    data_dir = run_job(plan.data("stdlib.local").spec, data.DataJob, data.run)
+    data_dir = run_job(plan.data("stdlib.local"), data.DataJob, data.run)
     assert plan.eval_data_variants == [("pydoc", "pydoc.local")]  # the checkpoint's tokenizer too
-    run_job(plan.data("pydoc.local").spec, data.DataJob, data.run)
-    cal = run_job(plan.calibrate("local").spec, calibrate.CalibrateJob, calibrate.run)
-    ev = run_job(plan.evaluate("local").spec, evaluate.EvaluateJob, evaluate.run)
+    run_job(plan.data("pydoc.local"), data.DataJob, data.run)
+    cal = run_job(plan.calibrate("local"), calibrate.CalibrateJob, calibrate.run)
+    ev = run_job(plan.evaluate("local"), evaluate.EvaluateJob, evaluate.run)
     # the checkpoint's tokenizer re-tokenizes the same corpus to the same ids as the study's BPE
     import numpy as np
 
@@ -59,21 +59,17 @@ def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_p
     ].value.item()
     assert math.isfinite(ppl) and ppl > 1
     # a sparsified variant of the checkpoint (the gate site: checked on the loaded family)
-    sp = run_job(plan.sparsify("local", "cats", 0.5).spec, sparsify.SparsifyJob, sparsify.run)
-    ev = run_job(
-        plan.evaluate_sparse("local", "cats", 0.5).spec, evaluate.EvaluateJob, evaluate.run
-    )
+    sp = run_job(plan.sparsify("local", "cats", 0.5), sparsify.SparsifyJob, sparsify.run)
+    ev = run_job(plan.evaluate_sparse("local", "cats", 0.5), evaluate.EvaluateJob, evaluate.run)
     m = read_table(ev / "metrics.parquet", METRICS).set_index("metric")
     assert abs(m.loc["sparsity.gate", "value"] - 0.5) < 0.05
     assert (sp / "allocation.parquet").is_file()
     # predictors for the checkpoint (labels from its own tokenizer's tokens), then its
     # predicted masks beside the oracle
-    pr = run_job(
-        plan.predictors("local", "dejavu_mlp").spec, predictors.PredictorsJob, predictors.run
-    )
+    pr = run_job(plan.predictors("local", "dejavu_mlp"), predictors.PredictorsJob, predictors.run)
     assert len(list((pr / "weights").glob("layer_*.safetensors"))) == 2
     ev = run_job(
-        plan.evaluate_predicted("local", "dejavu_mlp", 0.5).spec, evaluate.EvaluateJob, evaluate.run
+        plan.evaluate_predicted("local", "dejavu_mlp", 0.5), evaluate.EvaluateJob, evaluate.run
     )
     m = read_table(ev / "metrics.parquet", METRICS).set_index("metric").value
     assert math.isfinite(m["oracle_gap_pct"]) and m["predictor_flops_per_token"] > 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from actsparse.stages.report import evaluate_wide, main_corpus
+from actsparse.results import evaluate_wide, main_corpus
 
 
 def rows(*specs):

@@ -2,6 +2,7 @@
 written, applied and measured; statistics from another model are refused."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -14,13 +15,13 @@ from actsparse.tables import ACHIEVED_SPARSITY, ALLOCATION, METRICS, read_table
 def calibrated(smoke_outputs):
     plan = smoke_outputs
     for m in plan.base_models:  # the decomposed model is not made here
-        run_job(plan.calibrate(m).spec, calibrate.CalibrateJob, calibrate.run)
+        run_job(plan.calibrate(m), calibrate.CalibrateJob, calibrate.run)
     return plan
 
 
 def test_a_teal_plan_is_written_applied_and_measured(calibrated):
     plan = calibrated
-    sp = run_job(plan.sparsify("llama_micro", "teal", 0.5).spec, sparsify.SparsifyJob, sparsify.run)
+    sp = run_job(plan.sparsify("llama_micro", "teal", 0.5), sparsify.SparsifyJob, sparsify.run)
     allocation = read_table(sp / "allocation.parquet", ALLOCATION)
     assert set(allocation.site) == {"attn_in", "o_proj_in", "ffn_in", "ffn_intermediate"}
     assert (allocation.level == 0.5).all() and (allocation.threshold > 0).all()
@@ -29,7 +30,7 @@ def test_a_teal_plan_is_written_applied_and_measured(calibrated):
     assert (meta["method"], meta["entry"], meta["level"]) == ("teal", "teal", 0.5)
 
     ev = run_job(
-        plan.evaluate_sparse("llama_micro", "teal", 0.5).spec, evaluate.EvaluateJob, evaluate.run
+        plan.evaluate_sparse("llama_micro", "teal", 0.5), evaluate.EvaluateJob, evaluate.run
     )
     achieved = read_table(ev / "achieved_sparsity.parquet", ACHIEVED_SPARSITY)
     assert set(achieved.module) == set(allocation.module)
@@ -46,12 +47,12 @@ def test_a_teal_plan_is_written_applied_and_measured(calibrated):
 
 def test_statistics_calibrated_on_another_model_are_refused(calibrated):
     plan = calibrated
-    spec = plan.sparsify("llama_micro", "teal", 0.5).spec
-    spec = {
-        **spec,
-        "inputs": {**spec["inputs"], "calibration": plan.calibrate("opt_micro").out_dir},
-    }
-    spec["output"] = spec["output"] + "-other"
+    job = plan.sparsify("llama_micro", "teal", 0.5)
+    spec = replace(
+        job,
+        inputs={**job.inputs, "calibration": plan.calibrate("opt_micro").out_dir},
+        output=job.output + "-other",
+    )
     with pytest.raises(
         ValueError,
         match=r"sparsity method 'teal' \(teal\): layer 0 site 'ffn_intermediate'.*width 64.*width 128 \(shape mismatch",

@@ -13,15 +13,10 @@ from helpers import FAMILIES, TINY_D, TINY_F, TINY_V, final_output, tiny_model
 from actsparse.data import batch_at
 from actsparse.methods.sparsity import SPARSITY
 from actsparse.methods.sparsity.base import BuildContext
-from actsparse.methods.sparsity.mechanism import (
-    Placed,
-    Rule,
-    SparsityPlan,
-    apply,
-    cost_per_token,
-    placed_for_sites,
-)
+from actsparse.methods.sparsity.cost import cost_per_token
+from actsparse.methods.sparsity.mechanism import Placed, Rule, SparsityPlan, placed_for_sites
 from actsparse.methods.sparsity.teal import _BlockSearch, greedy_path
+from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models import adapter_for
 from actsparse.models.adapters import LINEAR_SITES, linear_shape
 

@@ -43,19 +43,19 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_loss_curve(tmp_pat
     runs = {}
     for name in ("straight", "killed"):
         plan = smoke_plan(tmp_path / name, *(f"{group}.{k}" for k in keys))
-        run_job(plan.data("stdlib").spec, data.DataJob, data.run)
+        run_job(plan.data("stdlib"), data.DataJob, data.run)
         runs[name] = (
             plan.train("llama_micro")
             if which == "study model"
             else plan.grid_train("w16", "b1.58", "ternary", 0.4)
         )
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    subprocess.run(_train_cmd(runs["straight"].spec_json), check=True, env=env, capture_output=True)
+    subprocess.run(_train_cmd(runs["straight"].json), check=True, env=env, capture_output=True)
 
     job = runs["killed"]
     ckpt = partial_dir(job.out_dir) / "ckpt" / "state.pt"
     proc = subprocess.Popen(
-        _train_cmd(job.spec_json), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _train_cmd(job.json), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.time() + 120
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
@@ -66,7 +66,7 @@ def test_killed_run_resumes_from_its_checkpoint_with_the_same_loss_curve(tmp_pat
         pytest.fail("the run finished or failed before writing a checkpoint")
     assert not os.path.exists(job.out_dir), "a killed job must not leave a complete-looking output"
 
-    result = subprocess.run(_train_cmd(job.spec_json), env=env, capture_output=True, text=True)
+    result = subprocess.run(_train_cmd(job.json), env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resuming from checkpoint at step" in result.stderr
     a = read_table(f"{runs['straight'].out_dir}/loss_curve.parquet", LOSS_CURVE).drop(
@@ -85,12 +85,12 @@ def test_sigterm_unwinds_marks_the_run_failed_and_leaves_no_output(tmp_path):
     from actsparse.stages.job import run_job
 
     plan = smoke_plan(tmp_path, "train.steps=5000", "train.ckpt_interval=20")
-    run_job(plan.data("stdlib").spec, data.DataJob, data.run)
+    run_job(plan.data("stdlib"), data.DataJob, data.run)
     job = plan.train("llama_micro")
     ckpt = partial_dir(job.out_dir) / "ckpt" / "state.pt"
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     proc = subprocess.Popen(
-        _train_cmd(job.spec_json),
+        _train_cmd(job.json),
         env={**os.environ, "MLFLOW_TRACKING_URI": uri},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -117,9 +117,9 @@ def test_a_sparse_grid_point_records_its_operators_and_saves_a_plain_model(tmp_p
     from actsparse.tables import ACHIEVED_SPARSITY, METRICS
 
     plan = smoke_plan(tmp_path, "scaling.train.steps=4", "scaling.train.eval_interval=2")
-    run_job(plan.data("stdlib").spec, data.DataJob, data.run)
+    run_job(plan.data("stdlib"), data.DataJob, data.run)
     job = plan.grid_train("w16", "fp", "", 0.4)
-    out = run_job(job.spec, train.TrainJob, train.run, resumable=True)
+    out = run_job(job, train.TrainJob, train.run, resumable=True)
     sparse = json.loads((out / "sparse_training.json").read_text())
     assert sparse["operator"] == "topk" and sparse["level"] == 0.4
     achieved = read_table(out / "achieved_sparsity.parquet", ACHIEVED_SPARSITY)

@@ -7,7 +7,8 @@ import torch
 from helpers import TINY_V, tiny_model
 
 from actsparse.methods.sparsity import ops
-from actsparse.methods.sparsity.mechanism import Rule, SparseGate, SparseInput
+from actsparse.methods.sparsity.mechanism import Rule
+from actsparse.methods.sparsity.wrappers import SparseGate, SparseInput
 from actsparse.methods.training import BitLinear, absmax_int8, absmean_ternary, attach
 from actsparse.models import adapter_for
 from actsparse.models.adapters import LINEAR_SITES

@@ -39,7 +39,7 @@ def job_of(stage, wildcards, folder=None):
 
 
 def spec_of(stage, folder=None):
-    return lambda wildcards: job_of(stage, wildcards, folder).spec_json
+    return lambda wildcards: job_of(stage, wildcards, folder).json
 
 
 def inputs_of(stage, folder=None):

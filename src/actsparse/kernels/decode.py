@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..methods.sparsity.mechanism import LinearView
+from actsparse.methods.sparsity.wrappers import LinearView
 from .checks import DTYPES
 from .sparse_gemv import input_sparse_gemv, transpose_for_sparse
 from .timing import interleaved

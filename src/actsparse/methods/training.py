@@ -22,15 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from actsparse.methods.sparsity import ops
-from actsparse.methods.sparsity.mechanism import (
-    LinearView,
-    Rule,
-    Sparsified,
-    SparsityPlan,
-    apply,
-    placed_for_sites,
-    set_module,
-)
+from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
+from actsparse.methods.sparsity.wrappers import LinearView, Sparsified, apply, set_module
 from actsparse.models.adapters import LINEAR_SITES, FamilyAdapter
 from actsparse.schema.training import PRECISIONS, SparseTrainCfg
 

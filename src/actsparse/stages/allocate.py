@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from actsparse.methods.registry import checked_entry
+from actsparse.methods.registry import MethodEntry
 from actsparse.methods.sparsity import SPARSITY
 from actsparse.methods.sparsity.base import build_context
 from actsparse.models import LoadCfg, default_device, load_model_as
@@ -38,7 +38,8 @@ class AllocateJob:
 
 def run(cfg: AllocateJob, inputs: dict[str, str], out: Path) -> StageResult:
     where = f"sparsify.methods.{cfg.entry}"
-    method, mcfg = checked_entry(SPARSITY, cfg.method, where, f"sparsity method {cfg.entry!r}")
+    entry = MethodEntry.for_job(SPARSITY, cfg.entry, cfg.method, where)
+    method, mcfg = entry.method_instance(), entry.cfg
     if not method.searches_allocation(mcfg):
         raise ValueError(f"{where}: {mcfg.method} with these keys searches no allocation")
     dev = default_device()

@@ -25,7 +25,7 @@ from actsparse.io import load_tensors, read_safetensors_metadata
 from actsparse.methods.lowrank import LOWRANK
 from actsparse.methods.lowrank.base import LayerStats
 from actsparse.methods.lowrank.linalg import check_finite, rank_for_ratio
-from actsparse.methods.registry import checked_entry
+from actsparse.methods.registry import MethodEntry
 from actsparse.models import LoadCfg, default_device, load_model_as
 from actsparse.models.adapters import FamilyAdapter, linear_shape
 from actsparse.models.lowrank import LowRankLinear, dense_weight, replace, save_lowrank
@@ -78,9 +78,8 @@ def decompose_model(
     model, adapter: FamilyAdapter, cfg: DecomposeJob, calib: CalibrationReader
 ) -> pd.DataFrame:
     """Swap every target linear of `model` for its low-rank factors; one row per linear."""
-    method, mcfg = checked_entry(
-        LOWRANK, cfg.method, f"decompose.methods.{cfg.entry}", f"low-rank method {cfg.entry!r}"
-    )
+    entry = MethodEntry.for_job(LOWRANK, cfg.entry, cfg.method, f"decompose.methods.{cfg.entry}")
+    method, mcfg = entry.method_instance(), entry.cfg
     n_layers = len(adapter.layers(model))
     if calib.n_layers() != n_layers:
         raise ValueError(

@@ -55,7 +55,9 @@ from actsparse.data import TokenData
 from actsparse.io import write_text
 from actsparse.kernels.decode import decode_latency
 from actsparse.methods.predictors.apply import apply_predicted, load_predictors, oracle_plan
-from actsparse.methods.sparsity.mechanism import Sparsified, SparsityPlan, apply, cost_per_token
+from actsparse.methods.sparsity.cost import cost_per_token
+from actsparse.methods.sparsity.mechanism import SparsityPlan
+from actsparse.methods.sparsity.wrappers import Sparsified, apply
 from actsparse.models import LoadCfg, adapter_for, default_device, load_model_as, synchronize
 from actsparse.schema.stages import EvaluateCfg
 from actsparse.stages.job import Metric, StageResult, main

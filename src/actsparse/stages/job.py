@@ -33,6 +33,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from actsparse.faults import kill_point
 from actsparse.io import commit_dir, partial_dir, write_text
+from actsparse.schema.job import JobSpec, SpecError
 from actsparse.tables import METRICS, write_table
 from actsparse.tracking import JobRun, job_params, metric_key
 
@@ -57,20 +58,20 @@ class StageResult:
     artifacts: list[Path] = field(default_factory=list)  # extra files to log to MLflow
 
 
-def load_spec(arg: str) -> dict[str, Any]:
+def load_spec(arg: str) -> JobSpec:
     """A spec from a config.yaml path or a JSON string."""
     text = arg.strip()
     if text.startswith("{"):
-        spec = json.loads(text)
+        raw, where = json.loads(text), "job spec"
     else:
         path = Path(arg)
         if not path.is_file():
             raise SystemExit(f"error: job spec not found: {path}")
-        spec = yaml.safe_load(path.read_text())
-    for key in ("study", "stage", "variant", "hash", "output", "output_root", "inputs", "config"):
-        if key not in spec:
-            raise SystemExit(f"error: job spec is missing {key!r}")
-    return spec
+        raw, where = yaml.safe_load(path.read_text()), f"job spec {path}"
+    try:
+        return JobSpec.from_dict(raw, where)
+    except SpecError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def typed(cls: type[C], config: dict[str, Any], where: str) -> C:
@@ -83,48 +84,46 @@ def typed(cls: type[C], config: dict[str, Any], where: str) -> C:
 
 
 def run_job(
-    spec: dict[str, Any],
+    spec: JobSpec,
     cfg_cls: type[C],
     run: Callable[[C, dict[str, str], Path], StageResult],
     resumable: bool = False,
 ) -> Path:
     """Run one stage job from its spec; return the finished output folder."""
-    out = Path(spec["output"])
-    cfg = typed(cfg_cls, spec["config"], f"the {spec['stage']} job spec")
+    out = Path(spec.output)
+    cfg = typed(cfg_cls, spec.config, f"the {spec.stage} job spec")
     staging = partial_dir(out)
     if staging.exists() and not resumable:
         shutil.rmtree(staging)  # a killed earlier attempt: start over
     staging.mkdir(parents=True, exist_ok=True)
-    write_text(staging / "config.yaml", yaml.safe_dump(spec, sort_keys=False))
+    write_text(staging / "config.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
 
-    tracker = JobRun(
-        spec["study"], spec["stage"], spec["variant"], spec["hash"], spec["output_root"]
-    )
+    tracker = JobRun(spec.study, spec.stage, spec.variant, spec.hash, spec.output_root)
     run_id = tracker.start(job_params(spec))
     write_text(staging / "mlflow_run_id", run_id + "\n")
 
     t0 = time.perf_counter()
     try:
-        result = run(cfg, dict(spec["inputs"]), staging)
+        result = run(cfg, dict(spec.inputs), staging)
     except BaseException:
         tracker.fail()
         raise
     wall = time.perf_counter() - t0
-    level = spec["config"].get("level")
-    result.metrics.append(Metric("wall_time_s", wall, method=_method(spec), level=level))
+    level = spec.config.get("level")
+    result.metrics.append(Metric("wall_time_s", wall, method=spec.method, level=level))
 
     rows = [
         {
-            "stage": spec["stage"],
+            "stage": spec.stage,
             "method": m.method,
-            "variant": spec["variant"],
+            "variant": spec.variant,
             "level": m.level,
-            "model": m.model or spec.get("model", ""),
+            "model": m.model or spec.model,
             "corpus": m.corpus,
             "split": m.split,
             "metric": m.metric,
             "value": float(m.value),
-            "config_hash": spec["hash"],
+            "config_hash": spec.hash,
             "mlflow_run_id": run_id,
         }
         for m in result.metrics
@@ -136,16 +135,8 @@ def run_job(
     )
     kill_point("job.before_commit")
     commit_dir(staging, out)
-    log.info("%s/%s done in %.1fs -> %s", spec["stage"], spec["variant"], wall, out)
+    log.info("%s/%s done in %.1fs -> %s", spec.stage, spec.variant, wall, out)
     return out
-
-
-def _method(spec: dict[str, Any]) -> str:
-    """The job's method: an evaluate job's `method`, a sparsify job's entry, else dense."""
-    config = spec["config"]
-    if "entry" in config:
-        return str(config["entry"])
-    return str(config.get("method", "dense"))
 
 
 def _terminate(signum: int, frame: object) -> None:
@@ -179,8 +170,8 @@ def main(
         stream=sys.stderr,
     )
     spec = load_spec(args.spec or args.config)
-    if spec["stage"] != stage:
-        parser.error(f"spec is for stage {spec['stage']!r}, not {stage!r}")
+    if spec.stage != stage:
+        parser.error(f"spec is for stage {spec.stage!r}, not {stage!r}")
     # SLURM's scancel and time limits send SIGTERM: unwind (marking the MLflow run FAILED
     # and leaving only the .partial folder) instead of dying mid-write
     signal.signal(signal.SIGTERM, _terminate)

@@ -36,7 +36,7 @@ from actsparse.methods.predictors import PREDICTORS
 from actsparse.methods.predictors.apply import META, weights_path
 from actsparse.methods.predictors.base import Counts, block_flops, score
 from actsparse.methods.predictors.labels import LabelSet, collect, label_spec
-from actsparse.methods.registry import checked_entry
+from actsparse.methods.registry import MethodEntry
 from actsparse.methods.sparsity.base import CalibrationStats, context_len
 from actsparse.models import LoadCfg, default_device, load_model_as
 from actsparse.stages.job import Metric, StageResult, main
@@ -83,7 +83,10 @@ def collect_labels(cfg: PredictorsJob, mcfg, target: str, model, adapter, inputs
 def run(cfg: PredictorsJob, inputs: dict[str, str], out: Path) -> StageResult:
     dev = default_device()
     who = f"predictor {cfg.entry!r}"
-    method, mcfg = checked_entry(PREDICTORS, cfg.method, f"predictors.methods.{cfg.entry}", who)
+    entry = MethodEntry.for_job(
+        PREDICTORS, cfg.entry, cfg.method, f"predictors.methods.{cfg.entry}"
+    )
+    method, mcfg = entry.method_instance(), entry.cfg
     model, adapter = load_model_as(inputs["model"], cfg.load, device=dev)
     method.check(mcfg, model, adapter, who)
     target = method.target

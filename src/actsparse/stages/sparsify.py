@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from actsparse.methods.registry import checked_entry
+from actsparse.methods.registry import MethodEntry
 from actsparse.methods.sparsity import SPARSITY
 from actsparse.methods.sparsity.base import build_context, read_allocation
 from actsparse.models import LoadCfg, default_device, load_model_as
@@ -39,9 +39,8 @@ class SparsifyJob:
 
 def build_plan(cfg: SparsifyJob, inputs: dict[str, str], model, adapter, dev: torch.device):
     """(the registered method, its plan for the job's model and level)."""
-    method, mcfg = checked_entry(
-        SPARSITY, cfg.method, f"sparsify.methods.{cfg.entry}", f"sparsity method {cfg.entry!r}"
-    )
+    entry = MethodEntry.for_job(SPARSITY, cfg.entry, cfg.method, f"sparsify.methods.{cfg.entry}")
+    method, mcfg = entry.method_instance(), entry.cfg
     ctx = build_context(method, inputs, model, adapter, dev, cfg.seed, cfg.window)
     if "allocation" in inputs:  # the entry's allocation search, made once for every level
         ctx.allocation = read_allocation(inputs["allocation"], cfg.level)

@@ -18,15 +18,9 @@ from actsparse.io import load_tensors
 from actsparse.methods.predictors.base import PREDICTORS
 from actsparse.methods.predictors.labels import layer_widths, predictor_io
 from actsparse.methods.sparsity.contextual import known_skips
-from actsparse.methods.sparsity.mechanism import (
-    Placed,
-    PredictedInput,
-    Rule,
-    Sparsified,
-    SparsityPlan,
-    apply,
-)
+from actsparse.methods.sparsity.mechanism import Placed, Rule, SparsityPlan
 from actsparse.methods.sparsity.ops import top_scores_mask
+from actsparse.methods.sparsity.wrappers import PredictedInput, Sparsified, apply
 from actsparse.models.adapters import FamilyAdapter, linear_shape, n_heads
 
 META = "predictors.json"

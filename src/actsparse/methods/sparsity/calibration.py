@@ -14,7 +14,8 @@ import torch
 from actsparse.activation_stats import histogram_quantile, log_bin_edges
 from actsparse.data import batch_at
 from actsparse.methods.sparsity.base import BuildContext, SparsityMethodCfg, context_len
-from actsparse.methods.sparsity.mechanism import SparsityPlan, apply
+from actsparse.methods.sparsity.mechanism import SparsityPlan
+from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models.adapters import FamilyAdapter
 
 SITE_ORDER = ("attn_in", "o_proj_in", "ffn_in", "gate", "ffn_intermediate", "heads")

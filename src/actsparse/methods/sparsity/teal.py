@@ -33,16 +33,10 @@ from actsparse.methods.sparsity.base import (
     check_sites,
     context_len,
 )
+from actsparse.methods.sparsity.blocks import block_inputs, run_block
 from actsparse.methods.sparsity.calibration import ThresholdMethodCfg, calibrate_thresholds
-from actsparse.methods.sparsity.mechanism import (
-    Placed,
-    Rule,
-    SparsityPlan,
-    apply,
-    block_inputs,
-    placed_for_sites,
-    run_block,
-)
+from actsparse.methods.sparsity.mechanism import Placed, Rule, SparsityPlan, placed_for_sites
+from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models.adapters import LINEAR_SITES, linear_shape
 
 log = logging.getLogger("actsparse.teal")
