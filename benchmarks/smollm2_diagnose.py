@@ -41,6 +41,7 @@ import torch
 from provenance import RESULTS, provenance
 from torch import nn
 
+from actsparse.conf import defaults
 from actsparse.methods.lowrank.base import LayerStats
 from actsparse.methods.sparsity import SPARSITY, ops
 from actsparse.methods.sparsity.base import BuildContext
@@ -267,8 +268,13 @@ def part_stat(model, adapter, test_ids: np.ndarray, args) -> pd.DataFrame:
 def calibrate(model, adapter, valid_ids: np.ndarray, args, out: Path) -> None:
     """The calibrate stage's statistics of every layer on the valid split, written as the
     stage writes them (so `CalibrationReader` reads them)."""
-    cfg = CalibrateCfg(
-        split="valid", n_tokens=args.calib_tokens, seq_len=args.calib_seq_len, batch_size=8
+    cfg = defaults(
+        CalibrateCfg,
+        "calibrate",
+        split="valid",
+        n_tokens=args.calib_tokens,
+        seq_len=args.calib_seq_len,
+        batch_size=8,
     )
     n_layers = len(adapter.layers(model))
     stats = collect(

@@ -265,6 +265,18 @@ def cmd_relog(args: argparse.Namespace) -> None:
         gather([j.out_dir for j in plan.jobs()], plan.summary_path)  # run ids may have changed
 
 
+def cmd_methods(args: argparse.Namespace) -> None:
+    from actsparse import cards
+
+    if args.write_docs:
+        root = Path(__file__).resolve().parents[2]
+        changed = cards.write_docs(root)
+        print("rewrote " + ", ".join(changed) if changed else "the docs' tables are current")
+        return
+    for name, (make, doc) in cards.TABLES.items():
+        print(f"## {name} ({doc})\n\n{make()}\n")
+
+
 def cmd_ui(args: argparse.Namespace) -> None:
     from actsparse.tracking import tracking_uri
 
@@ -316,6 +328,9 @@ def main(argv: list[str] | None = None) -> None:
             p.add_argument("--json", action="store_true", help="also print every row as JSON")
         if name == "claims":
             p.add_argument("--csv", action="store_true", help="print the table as CSV")
+    p = sub.add_parser("methods", help="print the registered methods' tables (as in the docs)")
+    p.add_argument("--write-docs", action="store_true", help="write them into docs/*.md")
+    p.set_defaults(fn=cmd_methods)
     p = sub.add_parser("ui", help="open the MLflow UI on the study runs (binds 127.0.0.1)")
     p.add_argument(
         "--root", default="data", help="the output root holding mlflow.db (default: data)"

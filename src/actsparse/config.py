@@ -20,10 +20,9 @@ from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from actsparse.conf import CONF_DIR
 from actsparse.schema.study import StudyConfig
 from actsparse.validation import study_problems
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 class ConfigError(ValueError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from actsparse.conf import read_conf
 from actsparse.methods.lowrank import LOWRANK
 from actsparse.methods.predictors import PREDICTORS
 from actsparse.methods.registry import MethodEntry, Registry
@@ -46,6 +47,13 @@ def decompose_entries(sweep: DecomposeCfg) -> dict[str, MethodEntry]:
 def predictor_entries(sweep: PredictorsCfg) -> dict[str, MethodEntry]:
     """entry name -> the parsed predictor entry."""
     return _entries("predictors", sweep.methods)
+
+
+def default_entry(group: str, method: str) -> MethodEntry:
+    """A method as its conf file has it (`conf/<group>/<method>.yaml`), as an entry of the
+    same name: e.g. `default_entry("sparsify", "teal").cfg.sites`."""
+    raw = read_conf(group, method)
+    return MethodEntry.parse(REGISTRIES[group], method, raw, f"conf/{group}/{method}.yaml")
 
 
 def sweep_problems(cfg: StudyConfig) -> list[tuple[str, str]]:

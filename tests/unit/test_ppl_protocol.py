@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 from helpers import tiny_model
 
-from actsparse.config import CONF_DIR, ConfigError, compose_study
+from actsparse.conf import defaults
+from actsparse.config import ConfigError, compose_study
 from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
 from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models import adapter_for
@@ -97,16 +97,20 @@ def zero_everything(model, family: str, sites=LINEAR_SITES):
 # ------------------------------------------------------------------ defaults
 
 
-def test_the_yaml_defaults_are_the_dataclass_defaults():
-    written = yaml.safe_load((CONF_DIR / "evaluate" / "default.yaml").read_text())
-    defaults = EvaluateCfg()
-    assert set(written) == set(vars(defaults))
-    assert {k: getattr(defaults, k) for k in written} == written
-    assert written["stride"] is None and written["dense_prefill"] == 0
+def _evaluate(**changes) -> EvaluateCfg:
+    """The evaluate stage's settings as conf/evaluate/default.yaml has them, with `changes`."""
+    return defaults(EvaluateCfg, "evaluate", **changes)
+
+
+def test_the_default_protocol_is_the_plain_one():
+    """conf/evaluate/default.yaml (the protocol's one home) scores non-overlapping windows
+    with every position sparsified."""
+    e = _evaluate()
+    assert e.stride is None and e.dense_prefill == 0
 
 
 def test_the_default_protocol_is_non_overlapping_windows_scoring_every_prediction():
-    p = Protocol.of(EvaluateCfg(), 512)
+    p = Protocol.of(_evaluate(), 512)
     assert p == Protocol(512) and p.tag == "w512" and p.prefill == 0
     assert [p.first_scored(w) for w in range(3)] == [0, 0, 0]
     assert windows(np.arange(70), T, None, stride=None).equal(windows(np.arange(70), T, None))
@@ -119,7 +123,7 @@ def test_the_default_path_gives_exactly_the_previous_numbers(family):
     wins = windows(_tokens(7 * T + 5), T, None)
     uni = _unigram()
     before = _previous_evaluate_lm(model, wins, 3, uni, reference, 40)
-    for protocol in (None, Protocol.of(EvaluateCfg(), T)):
+    for protocol in (None, Protocol.of(_evaluate(), T)):
         r = evaluate_lm(model, wins, 3, uni, reference, 40, protocol=protocol)
         now = (r.nll, r.n_predicted, r.unigram_nll, r.hidden_rel_err, r.hidden_cosine, r.kl)
         assert now == before  # bit for bit
@@ -152,7 +156,7 @@ def test_sliding_window_perplexity_equals_a_float64_token_by_token_reference(str
     tokens = _tokens(83)
     wins = windows(tokens, T, None, stride=stride)
     uni = _unigram()
-    protocol = Protocol.of(EvaluateCfg(stride=stride), T)
+    protocol = Protocol.of(_evaluate(stride=stride), T)
     r = evaluate_lm(model, wins, 4, uni, protocol=protocol)
 
     exact = copy.deepcopy(model).double()
@@ -196,7 +200,7 @@ def test_a_dense_prefix_gives_the_dense_models_logits_there_and_only_there(famil
     model = tiny_model(family)
     handle = zero_everything(model, family, sites)
     x = torch.from_numpy(_tokens(3 * T)).view(3, T)
-    p = Protocol.of(EvaluateCfg(dense_prefill=0.25), T).prefill
+    p = Protocol.of(_evaluate(dense_prefill=0.25), T).prefill
     assert p == T // 4
     with torch.no_grad():
         with handle.disabled():
@@ -264,7 +268,7 @@ def test_dense_prefill_scores_only_predictions_from_sparsified_positions(stride)
     model = tiny_model("llama")
     handle = zero_everything(model, "llama")
     tokens = _tokens(70)
-    e = EvaluateCfg(stride=stride, dense_prefill=0.5)
+    e = _evaluate(stride=stride, dense_prefill=0.5)
     protocol = Protocol.of(e, T)
     p = protocol.prefill
     assert p == T // 2 and protocol.tag == ("w16" if stride is None else "w16.s5") + ".prefill0.5"
@@ -296,7 +300,7 @@ def test_dense_prefill_scores_only_predictions_from_sparsified_positions(stride)
 def test_teal_protocol_as_config():
     """TEAL (utils/eval_ppl.py): 2048 + 512 = 2560-token inputs every 512 tokens, the last
     512 scored; its SparsifyFn leaves the first L - L // 2 = 1280 positions dense."""
-    p = Protocol.of(EvaluateCfg(seq_len=2560, stride=512, dense_prefill=0.5), 2560)
+    p = Protocol.of(_evaluate(seq_len=2560, stride=512, dense_prefill=0.5), 2560)
     assert p.tag == "w2560.s512.prefill0.5" and p.prefill == 2560 - 2560 // 2
     assert p.first_scored(1) == 2560 - 512 - 1 and p.first_scored(0) == 1280
 
@@ -317,19 +321,19 @@ def test_teal_protocol_as_config():
     ],
 )
 def test_bad_protocol_values_are_refused_naming_the_key(kw, key, pattern):
-    problems = dict(EvaluateCfg(**kw).problems())
+    problems = dict(_evaluate(**kw).problems())
     assert key in problems and re.search(pattern, problems[key])
 
 
 def test_bad_values_against_the_models_context_are_refused_when_the_stage_runs():
     """seq_len null (the model's context): checked once the window is known."""
-    e = EvaluateCfg(stride=32)
+    e = _evaluate(stride=32)
     assert e.problems() == []
     with pytest.raises(ValueError, match=r"evaluate\.stride: must be < seq_len \(32\)"):
         Protocol.of(e, 32)
     with pytest.raises(ValueError, match=r"evaluate\.dense_prefill: .*last 16 tokens"):
-        Protocol.of(EvaluateCfg(stride=16, dense_prefill=0.6), 32)
-    assert Protocol.of(EvaluateCfg(stride=16, dense_prefill=0.45), 32).prefill == 14
+        Protocol.of(_evaluate(stride=16, dense_prefill=0.6), 32)
+    assert Protocol.of(_evaluate(stride=16, dense_prefill=0.45), 32).prefill == 14
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 recovered, lookahead inputs, predicted masks against the oracle, bad input refused."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,7 +19,6 @@ from actsparse.methods.predictors.apply import (
     weights_path,
 )
 from actsparse.methods.predictors.base import (
-    TrainedCfg,
     fit_lowrank,
     score,
     weighted_bce,
@@ -36,6 +36,7 @@ from actsparse.methods.predictors.spark import PartialKey, key_linear
 from actsparse.methods.sparsity.ops import keep_count
 from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models import adapter_for
+from actsparse.sweeps import default_entry
 
 
 # --------------------------------------------------------------------------- labels
@@ -116,7 +117,8 @@ def test_a_predictor_trained_on_a_planted_rule_recovers_it(tmp_path):
     pre = x @ W.T
     y = pre > 0.5 * np.abs(pre).mean()  # a sparse rule (about 30% active)
     labels = write_labels(tmp_path, x[:n], y[:n], x[n:], y[n:], np.maximum(pre[n:], 0))
-    cfg = TrainedCfg(method="dejavu_mlp", rank=4, epochs=30, lr=0.01, stop_recall=1.0)
+    entry = default_entry("predictors", "dejavu_mlp")
+    cfg = replace(entry.cfg, rank=4, epochs=30, lr=0.01, stop_recall=1.0)
     pred, info = fit_lowrank(cfg, labels, 0, 4, 0, torch.device("cpu"), "test")
     assert 0.2 < info["pos_rate"] < 0.4
     c = score(pred, labels, "heldout", 0, [0.7], torch.device("cpu"))

@@ -22,7 +22,9 @@ from actsparse.config import compose_study
 from actsparse.methods.lowrank import LOWRANK
 from actsparse.methods.predictors import PREDICTORS
 from actsparse.methods.sparsity import SPARSITY
-from actsparse.sweeps import decompose_entries, predictor_entries, sparsify_entries
+from actsparse.models import adapter_for
+from actsparse.plan import StudyPlan
+from actsparse.sweeps import default_entry
 from actsparse.tables import (
     ACHIEVED_SPARSITY,
     ALLOCATION,
@@ -44,6 +46,7 @@ from actsparse.tables import (
 pytestmark = pytest.mark.workflow
 # the smoke experiment's jobs, counted from its plan (conf/experiment/smoke.yaml): what
 # the DAG must have made; the plan's own tests pin which jobs a config plans
+REPO = Path(__file__).resolve().parents[2]
 PLAN = smoke_plan(Path("data"))
 N_SPARSE, N_LOWRANK, N_DENSE = (
     len(PLAN.sparse_variants), len(PLAN.decomposed_variants), len(PLAN.models)
@@ -453,64 +456,49 @@ def test_reruns_follow_config_changes(smoke_run):
     assert planned(snakemake(wd, "-n", "--config", "experiment=smoke")) == {}
 
 
-def sweep_counts(experiment: str) -> dict[str, int]:
-    """Jobs per rule of a preset, counted from its config: each sweep entry runs on the
-    models it names (null: every model) at each of its levels or ratios."""
-    cfg = compose_study([f"experiment={experiment}"])
-    models = len(cfg.models)
-
-    def on(entry) -> int:
-        return models if entry.models is None else len(entry.models)
-
-    sparse = sum(
-        on(e) * len(cfg.sparsify.levels_of(e)) for e in sparsify_entries(cfg.sparsify).values()
-    )
-    lowrank = sum(
-        on(e) * len(cfg.decompose.ratios_of(e)) for e in decompose_entries(cfg.decompose).values()
-    )
-    predictors = predictor_entries(cfg.predictors)
-    predicted = sum(
-        on(e) * len(cfg.predictors.levels_of(e, cfg.sparsify.levels))
-        for e in predictors.values()
-        if PREDICTORS.get(e.method).evaluated  # (hot/cold is a report)
-    )
-    allocate = sum(  # one greedy walk per model and entry, for all of its levels
-        on(e)
-        for e in sparsify_entries(cfg.sparsify).values()
-        if SPARSITY.get(e.method)().searches_allocation(e)
-    )
-    return {
-        **({"allocate": allocate} if allocate else {}),
-        "data": models,  # WikiText-2, with each checkpoint's tokenizer
-        "eval_data": models * len(cfg.eval_data),  # C4, likewise
-        "calibrate": models,
-        "decompose": lowrank,
-        "sparsify": sparse,
-        "predictors": sum(on(e) for e in predictors.values()),
-        "evaluate": models + lowrank + sparse + predicted,  # + the dense baselines
-        "summary": 1,
-        "report": 1,
-        "all": 1,
-    }
+def runs_on(family: str, method_cfg) -> bool:
+    """Whether a sparsity method's default sites exist in a model family."""
+    return set(method_cfg.sites_used()) <= set(adapter_for(family).sites)
 
 
-@pytest.mark.parametrize(
-    ("experiment", "total"), [("llama2_7b", 104), ("mistral_7b", 104), ("opt_6_7b", 73)]
-)
-def test_real_model_presets_plan_without_downloading(workdir, experiment, total):
-    """The full sweep of each 7B preset, planned offline. (How long planning takes is
-    measured by benchmarks/plan_time.py, not here.)"""
+def rule_counts(plan: StudyPlan) -> dict[str, int]:
+    """Jobs per Snakemake rule, as the plan lays them out (an extra corpus's data job runs
+    under rule eval_data, a grid point's train job under train_grid)."""
+    eval_data = {variant for _, variant in plan.eval_data_variants}
+    counts: dict[str, int] = {}
+    for job in plan.jobs():
+        rule = job.stage
+        if job.stage == "data" and job.variant in eval_data:
+            rule = "eval_data"
+        elif job.stage == "train" and job.out_dir.startswith(f"{plan.root}/scaling/"):
+            rule = "train_grid"
+        counts[rule] = counts.get(rule, 0) + 1
+    return {**counts, "summary": 1, "report": 1, "all": 1}
+
+
+@pytest.mark.parametrize("experiment", ["llama2_7b", "mistral_7b", "opt_6_7b"])
+def test_real_model_presets_plan_without_downloading(workdir, experiment):
+    """The full sweep of each 7B preset, planned offline: Snakemake's DAG holds exactly the
+    plan's jobs, every registered method whose sites the model has is in it, and the
+    preset's header states the total. (How long planning takes is measured by
+    benchmarks/plan_time.py, not here.)"""
     cfg = compose_study([f"experiment={experiment}"])
     methods = {g: {e["method"] for e in getattr(cfg, g).methods.values()}
                for g in ("sparsify", "decompose", "predictors")}  # fmt: skip
-    relu = experiment == "opt_6_7b"  # no gate branch: no CATS, stat_topk at the gate, Spark
-    assert methods["sparsify"] == set(SPARSITY.names()) - ({"cats", "stat_topk"} if relu else set())
+    family = cfg.family_of(next(iter(cfg.models)))
+    assert methods["sparsify"] == {
+        m for m in SPARSITY.names() if runs_on(family, default_entry("sparsify", m).cfg)
+    }
     assert methods["decompose"] == set(LOWRANK.names())
-    assert methods["predictors"] == set(PREDICTORS.names()) - ({"spark"} if relu else set())
+    gated = {"spark"}  # reads the gate branch's weights
+    has_gate = adapter_for(family).gated
+    assert methods["predictors"] == set(PREDICTORS.names()) - (set() if has_gate else gated)
     assert cfg.calibrate.corpus == "c4" and set(cfg.eval_data) == {"c4"}
     offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     result = snakemake(workdir, "-n", "--config", f"experiment={experiment}", env=offline)
     counts = planned(result)
-    assert counts == sweep_counts(experiment)
-    assert sum(counts.values()) == total  # as the preset's header and docs/cluster.md say
+    assert counts == rule_counts(StudyPlan(cfg))
+    total = sum(counts.values())
+    preset = (REPO / "conf" / "experiment" / f"{experiment}.yaml").read_text()
+    assert f"{total} jobs" in preset  # the header (and docs/cluster.md) say how many
     assert not (workdir / "data" / experiment).exists()  # planned, nothing fetched or run

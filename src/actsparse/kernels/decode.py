@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from actsparse.methods.sparsity.wrappers import LinearView
+
 from .checks import DTYPES
 from .sparse_gemv import input_sparse_gemv, transpose_for_sparse
 from .timing import interleaved

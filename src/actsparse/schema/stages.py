@@ -6,23 +6,23 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from omegaconf import MISSING
+
 
 @dataclass
 class CalibrateCfg:
-    split: str = "train"
-    n_tokens: int = 65536
-    seq_len: int = 128
-    batch_size: int = 8
-    hist_bins: int = 2048  # log-spaced bins of |x| over [hist_min, hist_max]
-    hist_min: float = 1e-6
-    hist_max: float = 1e4
-    near_zero_eps: float = 1e-3  # |x| <= eps counts as near-zero
-    layers_per_pass: int = (
-        0  # 0: every layer in one pass; k: k layers' statistics in memory at once
-    )
+    split: str = MISSING
+    n_tokens: int = MISSING
+    seq_len: int = MISSING
+    batch_size: int = MISSING
+    hist_bins: int = MISSING  # log-spaced bins of |x| over [hist_min, hist_max]
+    hist_min: float = MISSING
+    hist_max: float = MISSING
+    near_zero_eps: float = MISSING  # |x| <= eps counts as near-zero
+    layers_per_pass: int = MISSING  # 0: every layer in one pass; k: k layers' at once
     # the calibration corpus: null = the study's (`data`); else an `eval_data` entry's name
     # (e.g. c4), whose `split` is read, tokenized with the study's tokenizer
-    corpus: str | None = None
+    corpus: str | None = MISSING
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -51,23 +51,23 @@ class CalibrateCfg:
 
 @dataclass
 class EvaluateCfg:
-    split: str = "test"
-    seq_len: int | None = None  # null: the model's context length
+    split: str = MISSING
+    seq_len: int | None = MISSING  # null: the model's context length
     # perplexity protocol (docs/usage.md, "Perplexity protocols"). stride null: windows do
     # not overlap; s < seq_len: windows advance by s and score their last s tokens (the
     # first window all of its own)
-    stride: int | None = None
+    stride: int | None = MISSING
     # the first floor(dense_prefill * seq_len) positions of every window run with every
     # sparsity rule off (a dense prefill) and are not scored; 0: every position sparsified
-    dense_prefill: float = 0.0
-    batch_size: int = 8
-    max_tokens: int | None = None  # null: the whole split
-    eval_data_max_tokens: int | None = None  # eval_data corpora; null: max_tokens
-    fidelity_tokens: int = 16384  # tokens on which hidden states and next-token KL are compared
+    dense_prefill: float = MISSING
+    batch_size: int = MISSING
+    max_tokens: int | None = MISSING  # null: the whole split
+    eval_data_max_tokens: int | None = MISSING  # eval_data corpora; null: max_tokens
+    fidelity_tokens: int = MISSING  # tokens on which hidden states and next-token KL are compared
     # measured decode latency (batch 1): steps timed per variant, beside the dense model,
     # after a prompt of `decode_context` tokens; 0 steps: not measured
-    decode_reps: int = 20
-    decode_context: int = 64
+    decode_reps: int = MISSING
+    decode_context: int = MISSING
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -146,8 +146,8 @@ class SparsifyCfg:
     """The sparsity sweep: every entry of `methods` (a method config from
     `conf/sparsify/<method>.yaml`, keyed by an entry name) at every level."""
 
-    levels: list[float] = field(default_factory=lambda: [0.5])
-    methods: dict[str, Any] = field(default_factory=dict)
+    levels: list[float] = MISSING
+    methods: dict[str, Any] = MISSING
 
     def levels_of(self, entry: Any) -> list[float]:
         return list(entry.levels if entry.levels is not None else self.levels)
@@ -165,8 +165,8 @@ class DecomposeCfg:
     `conf/decompose/<method>.yaml`, keyed by an entry name) at every compression ratio
     (the fraction of the target linears' parameters removed)."""
 
-    ratios: list[float] = field(default_factory=lambda: [0.2])
-    methods: dict[str, Any] = field(default_factory=dict)
+    ratios: list[float] = MISSING
+    methods: dict[str, Any] = MISSING
 
     def ratios_of(self, entry: Any) -> list[float]:
         return list(entry.ratios if entry.ratios is not None else self.ratios)
@@ -184,8 +184,8 @@ class PredictorsCfg:
     `conf/predictors/<method>.yaml`, keyed by an entry name) on every model; its predicted
     masks are evaluated at every level (null: the sparsify sweep's levels)."""
 
-    levels: list[float] | None = None
-    methods: dict[str, Any] = field(default_factory=dict)
+    levels: list[float] | None = MISSING
+    methods: dict[str, Any] = MISSING
 
     def levels_of(self, entry: Any, default: list[float]) -> list[float]:
         if entry.levels is not None:
@@ -204,10 +204,10 @@ class PredictorsCfg:
 class RuleResources:
     """What one rule's jobs ask a cluster for (never part of a job's config hash)."""
 
-    mem_mb: int = 4000
-    runtime: int = 60  # minutes
-    gpus: int = 0
-    threads: int = 1  # CPU threads (torch intra-op; SLURM cpus_per_task)
+    mem_mb: int = MISSING
+    runtime: int = MISSING  # minutes
+    gpus: int = MISSING
+    threads: int = MISSING  # CPU threads (torch intra-op; SLURM cpus_per_task)
 
     def problems(self) -> list[tuple[str, str]]:
         out = []

@@ -25,8 +25,8 @@ from actsparse.schema.training import ScalingCfg, TrainCfg
 @dataclass
 class StudyCfg:
     name: str = MISSING
-    seed: int = 0
-    output_root: str = "data"  # outputs go to <output_root>/<name>/, relative to the workdir
+    seed: int = MISSING
+    output_root: str = MISSING  # outputs go to <output_root>/<name>/, relative to the workdir
 
     def problems(self) -> list[tuple[str, str]]:
         out = []

@@ -6,24 +6,26 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from omegaconf import MISSING
+
 from actsparse.schema.models import HIDDEN_ACTS, TRAINABLE_FAMILIES, ArchCfg
 
 
 @dataclass
 class TrainCfg:
-    steps: int = 200
-    batch_size: int = 16
-    seq_len: int = 128
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_interval: int = 50
-    eval_batches: int = 4
-    ckpt_interval: int = 50
+    steps: int = MISSING
+    batch_size: int = MISSING
+    seq_len: int = MISSING
+    lr: float = MISSING
+    min_lr_ratio: float = MISSING  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = MISSING
+    weight_decay: float = MISSING
+    beta1: float = MISSING
+    beta2: float = MISSING
+    grad_clip: float = MISSING
+    eval_interval: int = MISSING
+    eval_batches: int = MISSING
+    ckpt_interval: int = MISSING
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -122,11 +124,11 @@ class ScalingVariantCfg:
 
 @dataclass
 class ScalingFitCfg:
-    starts: int = 16  # random starts of the least-squares fit (the best one is kept)
-    robust: str = "soft_l1"  # scipy least_squares loss on log-space residuals
-    f_scale: float = 0.01  # log-residual size where the robust loss turns linear
-    bootstrap: int = 200  # residual-bootstrap refits for the intervals
-    ci: float = 0.9  # central interval reported
+    starts: int = MISSING  # random starts of the least-squares fit (the best one is kept)
+    robust: str = MISSING  # scipy least_squares loss on log-space residuals
+    f_scale: float = MISSING  # log-residual size where the robust loss turns linear
+    bootstrap: int = MISSING  # residual-bootstrap refits for the intervals
+    ci: float = MISSING  # central interval reported
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
@@ -148,16 +150,16 @@ class ScalingCfg:
     """The sparse-training grid (sizes x levels x precisions, one train job each) and the
     fit of Q-Sparse's scaling law to it. No sizes: no grid."""
 
-    family: str = "llama"
-    hidden_act: str = "relu2"  # Q-Sparse's squared-ReLU gated FFN
-    sizes: dict[str, ArchCfg] = field(default_factory=dict)
-    levels: list[float] = field(default_factory=lambda: [0.0, 0.4, 0.8])
-    precisions: list[str] = field(default_factory=lambda: ["fp"])
-    operator: str = "topk"  # the fitted operator: one of FITTED_OPERATORS
-    rescale: bool = True
-    block: int = 4
+    family: str = MISSING
+    hidden_act: str = MISSING  # Q-Sparse's squared-ReLU gated FFN
+    sizes: dict[str, ArchCfg] = MISSING
+    levels: list[float] = MISSING
+    precisions: list[str] = MISSING
+    operator: str = MISSING  # the fitted operator: one of FITTED_OPERATORS
+    rescale: bool = MISSING
+    block: int = MISSING
     train: TrainCfg = field(default_factory=TrainCfg)
-    variants: dict[str, ScalingVariantCfg] = field(default_factory=dict)
+    variants: dict[str, ScalingVariantCfg] = MISSING
     fit: ScalingFitCfg = field(default_factory=ScalingFitCfg)
 
     def problems(self) -> list[tuple[str, str]]:

@@ -5,8 +5,8 @@ into rank-k factors `A (m, k)`, `B (k, n)`; the decompose stage swaps the linear
 `LowRankLinear` holding them and saves a model the one loader reloads.
 """
 
-# importing the method files registers them
-from actsparse.methods.lowrank import asvd, nsvd, svd, svdllm  # noqa: F401
 from actsparse.methods.lowrank.base import LOWRANK
+
+LOWRANK.discover(__name__, __path__)  # every module here registers what it defines
 
 __all__ = ["LOWRANK"]

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omegaconf import MISSING
+
 from actsparse.methods.lowrank.base import LOWRANK, LowRankMethod, LowRankMethodCfg
 from actsparse.methods.lowrank.linalg import check_finite, truncated
 
 
 @dataclass
 class ASVDCfg(LowRankMethodCfg):
-    alpha: float = 0.5  # 0: plain SVD
-    floor: float = 1e-6  # smallest scale, relative to the largest
+    alpha: float = MISSING  # 0: plain SVD
+    floor: float = MISSING  # smallest scale, relative to the largest
 
     def problems(self):
         out = super().problems()
@@ -37,6 +39,8 @@ class ASVDCfg(LowRankMethodCfg):
 
 @LOWRANK.register("asvd")
 class ASVD(LowRankMethod):
+    paper = "ASVD"
+    summary = "`s_j = (mean_t |X_jt|)^alpha`; `[W diag(s)]_k diag(s)^-1`; `alpha: 0` is `svd`"
     Config = ASVDCfg
 
     def factorize(self, cfg, W, stats, k, where, cache):

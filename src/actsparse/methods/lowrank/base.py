@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -28,9 +28,9 @@ class LowRankMethodCfg:
     """Keys every method's config has (`conf/decompose/<method>.yaml`)."""
 
     method: str = MISSING  # the registered method this entry runs
-    targets: list[str] = field(default_factory=lambda: ["attention", "ffn"])
-    ratios: list[float] | None = None  # null: the study's decompose.ratios
-    models: list[str] | None = None  # null: every model of the study; []: none
+    targets: list[str] = MISSING
+    ratios: list[float] | None = MISSING  # null: the study's decompose.ratios
+    models: list[str] | None = MISSING  # null: every model of the study; []: none
 
     def problems(self) -> list[tuple[str, str]]:
         out = ratio_problems(self.ratios or [])
@@ -58,6 +58,9 @@ class LowRankMethod(ABC):
     """A registered method. Subclasses set `Config` and implement `factorize`."""
 
     Config: ClassVar[type[LowRankMethodCfg]] = LowRankMethodCfg
+    # its row in docs/lowrank.md's method table (`actsparse methods`)
+    paper: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # what it computes, in one line
 
     @classmethod
     def parse(cls, raw: dict[str, Any], where: str) -> LowRankMethodCfg:

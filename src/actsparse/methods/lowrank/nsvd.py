@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from omegaconf import MISSING
 
 from actsparse.methods.lowrank.base import LOWRANK, LowRankMethod
 from actsparse.methods.lowrank.linalg import truncated, whitened_truncation
@@ -21,7 +22,7 @@ from actsparse.methods.lowrank.svdllm import SVDLLMCfg, site_whitening
 
 @dataclass
 class NSVDCfg(SVDLLMCfg):
-    k1_fraction: float = 0.95  # share of the rank fitted to the calibration activations
+    k1_fraction: float = MISSING  # share of the rank fitted to the calibration activations
 
     def problems(self):
         out = super().problems()
@@ -37,6 +38,10 @@ def split_rank(k: int, k1_fraction: float) -> tuple[int, int]:
 
 @LOWRANK.register("nsvd")
 class NSVD(LowRankMethod):
+    paper = "NSVD"
+    summary = (
+        "`k1 = round(k1_fraction k)` ranks by `svdllm`, `k2 = k - k1` by `svd` of the residual"
+    )
     Config = NSVDCfg
 
     def factorize(self, cfg, W, stats, k, where, cache):

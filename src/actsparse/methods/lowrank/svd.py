@@ -8,6 +8,8 @@ from actsparse.methods.lowrank.linalg import truncated
 
 @LOWRANK.register("svd")
 class PlainSVD(LowRankMethod):
+    summary = "`[W]_k` (Eckart-Young): blind to activations"
+
     def factorize(self, cfg, W, stats, k, where, cache):
         A, B = truncated(W, k, where)
         return A, B, {}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omegaconf import MISSING
+
 from actsparse.methods.lowrank.base import LOWRANK, LowRankMethod, LowRankMethodCfg
 from actsparse.methods.lowrank.linalg import whitened_truncation, whitening
 
@@ -18,8 +20,8 @@ WHITENINGS = ("cholesky", "eigh")
 
 @dataclass
 class SVDLLMCfg(LowRankMethodCfg):
-    whitening: str = "cholesky"  # cholesky | eigh
-    ridge_eps: float = 1e-10  # ridge beyond -lambda_min, relative to mean(diag G)
+    whitening: str = MISSING  # cholesky | eigh
+    ridge_eps: float = MISSING  # ridge beyond -lambda_min, relative to mean(diag G)
 
     def problems(self):
         out = super().problems()
@@ -39,6 +41,10 @@ def site_whitening(cfg: SVDLLMCfg, stats, where: str, cache: dict):
 
 @LOWRANK.register("svdllm")
 class SVDLLM(LowRankMethod):
+    paper = "SVD-LLM"
+    summary = (
+        "`S S^T = G`; `[W S]_k S^-1`; `whitening: cholesky` (the paper) or `eigh` (SVD-LLM v2)"
+    )
     Config = SVDLLMCfg
 
     def factorize(self, cfg, W, stats, k, where, cache):

@@ -7,13 +7,8 @@ on held-out tokens; the evaluate stage runs the model with the predicted masks
 (`apply.py`) next to the oracle at the same sparsity.
 """
 
-# importing the method files registers them
-from actsparse.methods.predictors import (  # noqa: F401
-    dejavu_heads,
-    dejavu_mlp,
-    hotcold,
-    spark,
-)
 from actsparse.methods.predictors.base import PREDICTORS
+
+PREDICTORS.discover(__name__, __path__)  # every module here registers what it defines
 
 __all__ = ["PREDICTORS"]

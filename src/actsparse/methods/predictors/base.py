@@ -52,15 +52,15 @@ class PredictorCfg:
     """Keys every predictor config has (`conf/predictors/<method>.yaml`)."""
 
     method: str = MISSING
-    levels: list[float] | None = None  # null: predictors.levels (else sparsify.levels)
-    models: list[str] | None = None  # null: every model of the study; []: none
-    label: str = "auto"  # mlp labels: auto | positive | topk | threshold (labels.py)
-    label_level: float = 0.5  # topk / threshold labels, and head labels: the level they mark
-    n_tokens: int = 32768  # label tokens from the training split
-    eval_tokens: int = 8192  # held-out tokens (valid split) the scores are measured on
-    seq_len: int | None = None  # null: the evaluation's window
-    batch_size: int = 8  # windows per forward pass while collecting labels
-    keep_labels: bool = False  # keep the collected labels in the job folder
+    levels: list[float] | None = MISSING  # null: predictors.levels (else sparsify.levels)
+    models: list[str] | None = MISSING  # null: every model of the study; []: none
+    label: str = MISSING  # mlp labels: auto | positive | topk | threshold (labels.py)
+    label_level: float = MISSING  # topk / threshold labels, and head labels: the level they mark
+    n_tokens: int = MISSING  # label tokens from the training split
+    eval_tokens: int = MISSING  # held-out tokens (valid split) the scores are measured on
+    seq_len: int | None = MISSING  # null: the evaluation's window
+    batch_size: int = MISSING  # windows per forward pass while collecting labels
+    keep_labels: bool = MISSING  # keep the collected labels in the job folder
 
     def reads_statistics(self) -> bool:
         """Whether the labels need the calibrate job's histograms (threshold labels)."""
@@ -84,14 +84,14 @@ class PredictorCfg:
 class TrainedCfg(PredictorCfg):
     """Keys of predictors trained on the labels (Deja Vu)."""
 
-    rank: int = 1000  # the low-rank bottleneck r (Deja Vu: 1000)
-    ranks_curve: list[int] | None = None  # extra ranks trained for the recall-vs-cost curve
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    train_batch: int = 1024
-    epochs: int = 20
-    stop_recall: float = 0.99  # stop once held-out-of-training recall exceeds it
-    val_fraction: float = 0.1  # last share of the label tokens: model selection by recall
+    rank: int = MISSING  # the low-rank bottleneck r (Deja Vu: 1000)
+    ranks_curve: list[int] | None = MISSING  # extra ranks trained for the recall-vs-cost curve
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    train_batch: int = MISSING
+    epochs: int = MISSING
+    stop_recall: float = MISSING  # stop once held-out-of-training recall exceeds it
+    val_fraction: float = MISSING  # last share of the label tokens: model selection by recall
 
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()
@@ -297,6 +297,9 @@ class MethodBase:
     """What every registered entry of `PREDICTORS` has: its config and its labels."""
 
     Config: ClassVar[type[PredictorCfg]] = PredictorCfg
+    # its row in docs/predictors.md's method table (`actsparse methods`)
+    paper: ClassVar[str] = ""
+    summary: ClassVar[str] = ""  # what it is, in one line
     target: ClassVar[str] = "mlp"  # mlp | heads: what its labels are
     evaluated: ClassVar[bool] = True  # its predicted masks are evaluated (not a report)
     has_weights: ClassVar[bool] = True  # predictors saved as safetensors (else rebuilt)

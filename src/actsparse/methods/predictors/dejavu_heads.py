@@ -10,4 +10,6 @@ from actsparse.methods.predictors.base import PREDICTORS, LowRankTrained
 
 @PREDICTORS.register("dejavu_heads")
 class DejaVuHeads(LowRankTrained):
+    paper = "Deja Vu"
+    summary = "the head predictor: `Linear(d → r) → Linear(r → H)` from the **previous** layer's attention input (lookahead)"
     target = "heads"

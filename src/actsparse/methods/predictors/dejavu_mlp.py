@@ -9,4 +9,6 @@ from actsparse.methods.predictors.base import PREDICTORS, LowRankTrained
 
 @PREDICTORS.register("dejavu_mlp")
 class DejaVuMLP(LowRankTrained):
+    paper = "Deja Vu"
+    summary = "the MLP predictor: `Linear(d → r, no bias) → Linear(r → d_ff)` from the FFN's input, weighted BCE"
     target = "mlp"

@@ -49,6 +49,8 @@ def coverage(freq: np.ndarray, pct: float) -> float:
 
 @PREDICTORS.register("hotcold")
 class HotCold(ReportMethod):
+    paper = "PowerInfer"
+    summary = "hot/cold statistics: activation frequency per neuron, its power-law fit, the share of activations the top x% cover (a report, no predictor)"
     Config = PredictorCfg
     target = "mlp"
 

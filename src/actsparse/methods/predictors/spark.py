@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from omegaconf import MISSING
 from torch import nn
 
 from actsparse.methods.predictors.base import PREDICTORS, PredictorCfg, PredictorMethod
@@ -26,7 +27,7 @@ from actsparse.models.adapters import FamilyAdapter
 
 @dataclass
 class SparkCfg(PredictorCfg):
-    rank: int | None = None  # r: input dims reused (null: d / 4)
+    rank: int | None = MISSING  # r: input dims reused (null: d / 4)
 
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()
@@ -65,6 +66,8 @@ def key_linear(model, adapter: FamilyAdapter, layer: int) -> nn.Module:
 
 @PREDICTORS.register("spark")
 class Spark(PredictorMethod):
+    paper = "Spark Transformer"
+    summary = "the parameter-reusing predictor, post hoc: the first `r` input dims of the FFN's key (gate / fc1) matrix; no new parameters"
     Config = SparkCfg
     target = "mlp"
     has_weights = False

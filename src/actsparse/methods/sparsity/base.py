@@ -31,8 +31,8 @@ class SparsityMethodCfg:
     """Keys every method's config has (`conf/sparsify/<method>.yaml`)."""
 
     method: str = MISSING  # the registered method this entry runs
-    levels: list[float] | None = None  # null: the study's sparsify.levels
-    models: list[str] | None = None  # null: every model of the study; []: none
+    levels: list[float] | None = MISSING  # null: the study's sparsify.levels
+    models: list[str] | None = MISSING  # null: every model of the study; []: none
 
     def sites_used(self) -> list[str]:
         """The sites this entry places rules at (checked against each model's family)."""
@@ -159,6 +159,10 @@ class SparsityMethod(ABC):
 
     Config: ClassVar[type[SparsityMethodCfg]] = SparsityMethodCfg
     needs_calibration: ClassVar[bool] = True
+    # its row in docs/sparsity.md's method table (`actsparse methods`)
+    paper: ClassVar[str] = ""  # whose method it is, if not this project's
+    summary: ClassVar[str] = ""  # the rule, in one line
+    skips: ClassVar[str] = ""  # which weight rows a kernel may skip beside the input's columns
 
     @classmethod
     def parse(cls, raw: dict[str, Any], where: str) -> SparsityMethodCfg:

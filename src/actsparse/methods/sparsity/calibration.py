@@ -10,6 +10,7 @@ import contextlib
 from dataclasses import dataclass, replace
 
 import torch
+from omegaconf import MISSING
 
 from actsparse.activation_stats import histogram_quantile, log_bin_edges
 from actsparse.data import batch_at
@@ -29,9 +30,9 @@ class ThresholdMethodCfg(SparsityMethodCfg):
     # every earlier rule applied, so upstream sparsity cannot shift what it achieves;
     # dense: every threshold from the dense model's histograms (the calibrate stage), as
     # in TEAL's paper: downstream sites then drift from their targets
-    calibration: str = "sequential"
-    calib_tokens: int = 16384  # sequential: calibration tokens (train split)
-    calib_seq_len: int | None = None  # null: the evaluation's window (activations depend on it)
+    calibration: str = MISSING
+    calib_tokens: int = MISSING  # sequential: calibration tokens (train split)
+    calib_seq_len: int | None = MISSING  # null: the evaluation's window (activations depend on it)
 
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()

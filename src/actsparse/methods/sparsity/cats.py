@@ -34,6 +34,9 @@ def gate_skips(model, adapter, plan: SparsityPlan) -> None:
 
 @SPARSITY.register("cats")
 class Cats(SparsityMethod):
+    paper = "CATS"
+    summary = "per-layer percentile of |act(g)|"
+    skips = "up_proj rows and down_proj columns of dropped neurons"
     Config = CatsCfg
 
     def build(self, cfg: CatsCfg, level: float, ctx: BuildContext) -> SparsityPlan:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omegaconf import MISSING
+
 from actsparse.methods.sparsity.base import (
     SPARSITY,
     BuildContext,
@@ -23,9 +25,9 @@ from actsparse.models.adapters import n_heads
 
 @dataclass
 class ContextualCfg(SparsityMethodCfg):
-    mlp: bool = True
-    heads: bool = True
-    head_level: float | None = None  # null: the same level as the MLP
+    mlp: bool = MISSING
+    heads: bool = MISSING
+    head_level: float | None = MISSING  # null: the same level as the MLP
 
     def sites_used(self) -> list[str]:
         return ["ffn_intermediate"] * self.mlp + ["heads"] * self.heads
@@ -41,6 +43,9 @@ class ContextualCfg(SparsityMethodCfg):
 
 @SPARSITY.register("contextual")
 class Contextual(SparsityMethod):
+    paper = "Deja Vu oracle"
+    summary = "top-K neurons by |activation|; top heads by output norm"
+    skips = "gate/up (fc1) rows of dropped neurons; q rows of dropped heads"
     Config = ContextualCfg
     needs_calibration = False
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omegaconf import MISSING
+
 from actsparse.methods.sparsity.base import (
     SPARSITY,
     BuildContext,
@@ -33,8 +35,8 @@ from actsparse.methods.sparsity.threshold import MAGNITUDE_SITES
 
 @dataclass
 class StatTopKCfg(SparsityMethodCfg):
-    site: str = "gate"
-    soft: bool = True  # ReLU(x - theta); false: the hard x * 1[x > theta]
+    site: str = MISSING
+    soft: bool = MISSING  # ReLU(x - theta); false: the hard x * 1[x > theta]
 
     def sites_used(self) -> list[str]:
         return [self.site]
@@ -45,6 +47,9 @@ class StatTopKCfg(SparsityMethodCfg):
 
 @SPARSITY.register("stat_topk")
 class StatTopK(SparsityMethod):
+    paper = "Spark"
+    summary = "`ReLU(x - theta)`, `theta = mean + std PhiInv(s)`"
+    skips = "up_proj rows and down_proj columns of dropped neurons"
     Config = StatTopKCfg
     needs_calibration = False
 

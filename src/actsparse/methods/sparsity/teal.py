@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
+from omegaconf import MISSING
 from tqdm import tqdm
 
 from actsparse.data import batch_at
@@ -44,12 +45,12 @@ log = logging.getLogger("actsparse.teal")
 
 @dataclass
 class TealCfg(ThresholdMethodCfg):
-    sites: list[str] = field(default_factory=lambda: list(LINEAR_SITES))
-    allocation: str = "uniform"  # uniform | greedy
-    greedy_step: float = 0.05  # sparsity added per step to a d x d projection (TEAL's 0.05)
-    greedy_tokens: int = 1024  # calibration tokens the greedy search measures errors on
-    greedy_seq_len: int = 128
-    max_level: float = 0.99  # no projection is made sparser than this
+    sites: list[str] = MISSING
+    allocation: str = MISSING  # uniform | greedy
+    greedy_step: float = MISSING  # sparsity added per step to a d x d projection (TEAL's 0.05)
+    greedy_tokens: int = MISSING  # calibration tokens the greedy search measures errors on
+    greedy_seq_len: int = MISSING
+    max_level: float = MISSING  # no projection is made sparser than this
 
     def sites_used(self) -> list[str]:
         return list(self.sites)
@@ -69,6 +70,8 @@ class TealCfg(ThresholdMethodCfg):
 
 @SPARSITY.register("teal")
 class Teal(SparsityMethod):
+    paper = "TEAL"
+    summary = "`t = F^-1(0.5 + s/2)` per projection; `allocation: uniform` or `greedy`"
     Config = TealCfg
 
     def searches_allocation(self, cfg: TealCfg) -> bool:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from omegaconf import MISSING
+
 from actsparse.methods.sparsity.base import (
     SPARSITY,
     BuildContext,
@@ -19,7 +21,7 @@ MAGNITUDE_SITES = ("attn_in", "o_proj_in", "ffn_in", "ffn_intermediate", "gate")
 
 @dataclass
 class ThresholdCfg(ThresholdMethodCfg):
-    site: str = "ffn_intermediate"
+    site: str = MISSING
 
     def sites_used(self) -> list[str]:
         return [self.site]
@@ -30,6 +32,8 @@ class ThresholdCfg(ThresholdMethodCfg):
 
 @SPARSITY.register("threshold")
 class Threshold(SparsityMethod):
+    paper = "Dhar et al."
+    summary = "per-layer percentile of |x|"
     Config = ThresholdCfg
 
     def build(self, cfg: ThresholdCfg, level: float, ctx: BuildContext) -> SparsityPlan:

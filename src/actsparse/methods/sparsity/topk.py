@@ -4,7 +4,9 @@ rule with `ste=True` (sparse forward, dense gradient)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from omegaconf import MISSING
 
 from actsparse.methods.sparsity.base import (
     SPARSITY,
@@ -19,8 +21,8 @@ from actsparse.models.adapters import LINEAR_SITES
 
 @dataclass
 class TopKCfg(SparsityMethodCfg):
-    sites: list[str] = field(default_factory=lambda: list(LINEAR_SITES))
-    rescale: bool = False  # restore each row's L2 norm (Q-Sparse's from-scratch recipe)
+    sites: list[str] = MISSING
+    rescale: bool = MISSING  # restore each row's L2 norm (Q-Sparse's from-scratch recipe)
 
     def sites_used(self) -> list[str]:
         return list(self.sites)
@@ -31,6 +33,8 @@ class TopKCfg(SparsityMethodCfg):
 
 @SPARSITY.register("topk")
 class TopK(SparsityMethod):
+    paper = "Q-Sparse"
+    summary = "top-K by |x|, optional L2 rescale"
     Config = TopKCfg
     needs_calibration = False
 
