@@ -25,8 +25,8 @@ from actsparse.config import compose_study
 from actsparse.data import TokenData
 from actsparse.models import load_model_as
 from actsparse.models.loader import LoadCfg
+from actsparse.perplexity import Protocol, evaluate_lm, unigram_logprobs, windows
 from actsparse.plan import StudyPlan
-from actsparse.stages.evaluate import Protocol, evaluate_lm, unigram_logprobs, windows
 
 
 def main() -> None:

@@ -49,10 +49,10 @@ from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_
 from actsparse.methods.sparsity.wrappers import apply, set_module
 from actsparse.models import load_model
 from actsparse.models.lowrank import replace as replace_module
+from actsparse.perplexity import evaluate_lm, windows
 from actsparse.schema.stages import CalibrateCfg
 from actsparse.stages.calibrate import collect, write_layer
 from actsparse.stages.decompose import CalibrationReader, DecomposeJob, decompose_model
-from actsparse.stages.evaluate import evaluate_lm, windows
 from actsparse.tables import LINEARS, write_table
 
 WINDOW = 512

@@ -23,7 +23,7 @@ from actsparse.data import TokenData, batch_at
 from actsparse.methods.sparsity.mechanism import SparsityPlan
 from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models import load_model
-from actsparse.stages.evaluate import windows
+from actsparse.perplexity import windows
 
 N_TOKENS = 16384
 

@@ -3,8 +3,8 @@
 Every value a study starts from has one home (`conf/study.yaml` explains the rule): the
 stage groups' `default.yaml` and each method's `conf/<sweep>/<method>.yaml` hold the
 values, their dataclasses only the types and checks. `defaults(schema, group)` reads a
-stage group's values onto its dataclass, for code and tests that need them outside a
-composed study.
+stage group's values onto its dataclass, and `study_defaults(schema, key)` a section of
+`conf/study.yaml`, for code and tests that need them outside a composed study.
 """
 
 from __future__ import annotations
@@ -33,4 +33,14 @@ def defaults(schema: type[C], group: str, option: str = "default", **changes: An
     """`schema` filled from `conf/<group>/<option>.yaml`, then `changes`: e.g.
     `defaults(EvaluateCfg, "evaluate", seq_len=64)`."""
     merged = OmegaConf.merge(OmegaConf.structured(schema), read_conf(group, option), changes)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def study_defaults(schema: type[C], key: str, **changes: Any) -> C:
+    """`schema` filled from the section `key` (dotted) of `conf/study.yaml`, then `changes`:
+    e.g. `study_defaults(ScalingFitCfg, "scaling.fit", bootstrap=30)`."""
+    node: Any = yaml.safe_load((CONF_DIR / "study.yaml").read_text())
+    for part in key.split("."):
+        node = node[part]
+    merged = OmegaConf.merge(OmegaConf.structured(schema), node, changes)
     return OmegaConf.to_object(merged)  # type: ignore[return-value]

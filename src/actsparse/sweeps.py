@@ -49,11 +49,11 @@ def predictor_entries(sweep: PredictorsCfg) -> dict[str, MethodEntry]:
     return _entries("predictors", sweep.methods)
 
 
-def default_entry(group: str, method: str) -> MethodEntry:
-    """A method as its conf file has it (`conf/<group>/<method>.yaml`), as an entry of the
-    same name: e.g. `default_entry("sparsify", "teal").cfg.sites`."""
-    raw = read_conf(group, method)
-    return MethodEntry.parse(REGISTRIES[group], method, raw, f"conf/{group}/{method}.yaml")
+def default_entry(group: str, method: str, **changes: Any) -> MethodEntry:
+    """A method as its conf file has it (`conf/<group>/<method>.yaml`), with `changes`, as
+    an entry of the same name: e.g. `default_entry("sparsify", "teal").cfg.sites`."""
+    raw = {**read_conf(group, method), **changes}
+    return MethodEntry.parse(REGISTRIES[group], method, raw, f"{group}.methods.{method}")
 
 
 def sweep_problems(cfg: StudyConfig) -> list[tuple[str, str]]:

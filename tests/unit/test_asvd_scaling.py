@@ -9,6 +9,7 @@ import torch
 from actsparse.methods.lowrank import LOWRANK
 from actsparse.methods.lowrank.base import LayerStats
 from actsparse.methods.lowrank.linalg import truncated
+from actsparse.sweeps import default_entry
 
 
 def heavy_tailed(t=2000, n=72, seed=0):
@@ -29,7 +30,7 @@ def stats_of(X):
 
 def asvd(W, stats, k, **cfg):
     m = LOWRANK.get("asvd")()
-    c = m.parse({"method": "asvd", **cfg}, "test")
+    c = default_entry("decompose", "asvd", **cfg).cfg
     return m.factorize(c, W, stats, k, "test layer", {})
 
 
@@ -130,7 +131,7 @@ def test_no_diagonal_scaling_captures_a_shared_input_direction():
 
     def err(method, **cfg):
         mth = LOWRANK.get(method)()
-        A, B, _ = mth.factorize(mth.parse({"method": method, **cfg}, "t"), W, st, k, "t", {})
+        A, B, _ = mth.factorize(default_entry("decompose", method, **cfg).cfg, W, st, k, "t", {})
         return float(((W - A @ B) @ X.T).norm() / (W @ X.T).norm())
 
     whitened = err("svdllm")

@@ -17,7 +17,13 @@ from actsparse.models.lowrank import LowRankLinear, save_lowrank
 from actsparse.stages import calibrate, decompose, evaluate
 from actsparse.stages.decompose import DecomposeJob, decompose_model
 from actsparse.stages.job import run_job
+from actsparse.sweeps import default_entry
 from actsparse.tables import DECOMPOSITION, METRICS, read_table
+
+
+def _entry(method: str, **keys) -> dict:
+    """A decompose job's method mapping: the method's conf file with `keys`."""
+    return default_entry("decompose", method, **keys).job_config()
 
 
 class RandomStats:
@@ -54,7 +60,7 @@ GENERATIVE = ["llama", "mistral", "qwen2", "opt", "gpt2"]
 def test_decomposed_models_reload_with_the_same_logits(family, method, tmp_path):
     model = tiny_model(family)
     adapter = adapter_for(model.config.model_type)
-    cfg = DecomposeJob(entry=method, method={"method": method}, ratio=0.4)
+    cfg = DecomposeJob(entry=method, method=_entry(method), ratio=0.4)
     table = decompose_model(model, adapter, cfg, RandomStats(model, adapter))
     n_linears = sum(
         len(v) for layer in range(2) for v in adapter.site_linears(model, layer).values()
@@ -82,7 +88,7 @@ def test_decomposed_models_reload_with_the_same_logits(family, method, tmp_path)
 def test_a_manifest_that_does_not_match_the_weights_is_refused(tmp_path):
     model = tiny_model("qwen2")
     adapter = adapter_for("qwen2")
-    cfg = DecomposeJob(entry="svd", method={"method": "svd"}, ratio=0.5)
+    cfg = DecomposeJob(entry="svd", method=_entry("svd"), ratio=0.5)
     decompose_model(model, adapter, cfg, RandomStats(model, adapter))
     save_lowrank(model, tmp_path, {"method": "svd"})
     manifest = json.loads((tmp_path / "lowrank.json").read_text())
@@ -102,7 +108,7 @@ def test_a_manifest_that_does_not_match_the_weights_is_refused(tmp_path):
 def test_targets_choose_attention_or_ffn():
     model = tiny_model("llama")
     adapter = adapter_for("llama")
-    cfg = DecomposeJob(entry="s", method={"method": "svd", "targets": ["ffn"]}, ratio=0.5)
+    cfg = DecomposeJob(entry="s", method=_entry("svd", targets=["ffn"]), ratio=0.5)
     table = decompose_model(model, adapter, cfg, RandomStats(model, adapter))
     assert set(table.site) == {"ffn_in", "ffn_intermediate"} and len(table) == 2 * 3
 
@@ -120,7 +126,7 @@ def test_parameter_count_is_within_one_percent_of_the_target_at_quickstart_width
     dense = sum(p.numel() for p in model.parameters())
     for ratio in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
         m = LlamaForCausalLM(model.config).eval()
-        cfg = DecomposeJob(entry="svd", method={"method": "svd"}, ratio=ratio)
+        cfg = DecomposeJob(entry="svd", method=_entry("svd"), ratio=ratio)
         table = decompose_model(m, adapter, cfg, RandomStats(m, adapter))
         target = dense - ratio * table.params_dense.sum()
         got = sum(p.numel() for p in m.parameters())
@@ -147,7 +153,7 @@ def test_parameter_count_is_within_one_percent_of_the_target_at_quickstart_width
 def test_bad_statistics_name_the_layer(broken, error, pattern):
     model = tiny_model("llama")
     adapter = adapter_for("llama")
-    cfg = DecomposeJob(entry="svdllm", method={"method": "svdllm"}, ratio=0.3)
+    cfg = DecomposeJob(entry="svdllm", method=_entry("svdllm"), ratio=0.3)
     with pytest.raises(error, match=pattern):
         decompose_model(model, adapter, cfg, RandomStats(model, adapter, broken))
 
@@ -157,13 +163,13 @@ def test_non_finite_weights_and_bad_ratio_are_refused():
     adapter = adapter_for("opt")
     with torch.no_grad():
         model.model.decoder.layers[1].fc2.weight[0, 0] = float("inf")
-    cfg = DecomposeJob(entry="svd", method={"method": "svd"}, ratio=0.3)
+    cfg = DecomposeJob(entry="svd", method=_entry("svd"), ratio=0.3)
     with pytest.raises(
         FloatingPointError,
         match=r"layer 1 model\.decoder\.layers\.1\.fc2 \(svd\): non-finite.*weights",
     ):
         decompose_model(model, adapter, cfg, RandomStats(model, adapter))
-    cfg = DecomposeJob(entry="svd", method={"method": "svd"}, ratio=1.0)
+    cfg = DecomposeJob(entry="svd", method=_entry("svd"), ratio=1.0)
     with pytest.raises(ValueError, match=r"compression ratio must be in \(0, 1\), got 1\.0"):
         decompose_model(tiny_model("opt"), adapter, cfg, RandomStats(model, adapter))
 
@@ -226,7 +232,7 @@ def test_the_cost_model_counts_low_rank_factors_and_input_zeros():
     model = tiny_model("llama")
     adapter = adapter_for("llama")
     dense = cost_per_token(model, adapter)
-    cfg = DecomposeJob(entry="svd", method={"method": "svd", "targets": ["ffn"]}, ratio=0.5)
+    cfg = DecomposeJob(entry="svd", method=_entry("svd", targets=["ffn"]), ratio=0.5)
     table = decompose_model(model, adapter, cfg, RandomStats(model, adapter))
     low = cost_per_token(model, adapter)
     saved = (table.params_dense - table.params_lowrank).sum()

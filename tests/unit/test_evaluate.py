@@ -10,7 +10,7 @@ import torch
 
 from actsparse.data import TokenData
 from actsparse.models import load_model
-from actsparse.stages.evaluate import evaluate_lm, unigram_logprobs, windows
+from actsparse.perplexity import evaluate_lm, unigram_logprobs, windows
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from actsparse.methods.lowrank.linalg import (
     whitening,
 )
 from actsparse.methods.lowrank.nsvd import split_rank
+from actsparse.sweeps import default_entry
 
 M, N, T = 48, 40, 400
 
@@ -34,7 +35,7 @@ def stats_of(X):
 
 def factors(method, X, W, k, **cfg):
     m = LOWRANK.get(method)()
-    c = m.parse({"method": method, **cfg}, "test")
+    c = default_entry("decompose", method, **cfg).cfg
     A, B, _ = m.factorize(c, W, stats_of(X), k, "test layer", {})
     return A, B
 

@@ -21,8 +21,8 @@ from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_
 from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models import adapter_for
 from actsparse.models.adapters import LINEAR_SITES
+from actsparse.perplexity import Protocol, evaluate_lm, unigram_logprobs, windows
 from actsparse.schema.stages import EvaluateCfg
-from actsparse.stages.evaluate import Protocol, evaluate_lm, unigram_logprobs, windows
 
 V = 64  # the tiny models' vocabulary
 T = 16  # window length (the tiny models' context is 32)

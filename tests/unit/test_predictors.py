@@ -304,7 +304,7 @@ def test_predictors_from_another_model_are_refused_naming_the_layer(tmp_path):
 def test_a_rank_larger_than_the_width_is_refused_naming_the_layer(method):
     model = tiny_model("llama")
     m = PREDICTORS.get(method)()
-    cfg = m.parse({"method": method, "rank": 17}, "predictors.methods.x")
+    cfg = default_entry("predictors", method, rank=17).cfg
     with pytest.raises(
         ValueError, match=r"rank 17 is larger than the predictor's input width 16 at layer 0"
     ):
@@ -312,12 +312,11 @@ def test_a_rank_larger_than_the_width_is_refused_naming_the_layer(method):
 
 
 def test_bad_predictor_configs_name_the_key():
-    m = PREDICTORS.get("dejavu_mlp")()
-    probs = dict(m.parse({"method": "dejavu_mlp", "rank": 0, "label": "sign", "label_level": 1.2,
-                          "val_fraction": 0}, "p").problems())  # fmt: skip
+    bad = dict(rank=0, label="sign", label_level=1.2, val_fraction=0)
+    probs = dict(default_entry("predictors", "dejavu_mlp", **bad).cfg.problems())
     assert set(probs) == {"rank", "label", "label_level", "val_fraction"}
-    with pytest.raises(ValueError, match=r"predictors\.methods\.x\.rnk"):
-        m.parse({"method": "dejavu_mlp", "rnk": 3}, "predictors.methods.x")
+    with pytest.raises(ValueError, match=r"predictors\.methods\.dejavu_mlp\.rnk"):
+        default_entry("predictors", "dejavu_mlp", rnk=3)
 
 
 # --------------------------------------------------------------------------- hot / cold

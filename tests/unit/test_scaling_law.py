@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from actsparse.conf import study_defaults
 from actsparse.scaling import Law, bootstrap, check_points, fit_law, interval
 
 TRUE = Law(E=1.5, B=20.0, C=2.0, beta=0.5, alpha=0.3)  # S* = 58.4%
@@ -181,7 +182,7 @@ def test_the_fit_stage_recovers_s_star_from_grid_folders(tmp_path):
             inputs[f"point.{variant}"] = str(folder)
     out = tmp_path / "study" / "scaling" / "fit-0000"
     out.mkdir(parents=True)
-    cfg = ScalingJob(fit=ScalingFitCfg(bootstrap=30), points=points)
+    cfg = ScalingJob(fit=study_defaults(ScalingFitCfg, "scaling.fit", bootstrap=30), points=points)
     result = run(cfg, inputs, out)
     law = read_table(out / "scaling_fit.parquet", SCALING_FIT).set_index("param")
     assert law.estimate["converged"] == 1.0

@@ -23,6 +23,7 @@ from actsparse.methods.sparsity.calibration import SITE_ORDER, block_calls, cali
 from actsparse.methods.sparsity.mechanism import Placed, Rule, SparsityPlan, placed_for_sites
 from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models import adapter_for
+from actsparse.sweeps import default_entry
 
 N_LAYERS = 4
 
@@ -128,8 +129,7 @@ def _ctx(model, seed=0):
 
 def _cfg(method, **keys):
     # 384 tokens in 16-token windows: 3 batches, so batches are carried separately
-    raw = dict(method=method, calib_tokens=384, calib_seq_len=16, **keys)
-    return SPARSITY.get(method).parse(raw, f"sparsify.methods.{method}")
+    return default_entry("sparsify", method, calib_tokens=384, calib_seq_len=16, **keys).cfg
 
 
 def assert_same_thresholds(new, ref):

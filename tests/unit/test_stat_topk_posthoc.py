@@ -16,6 +16,7 @@ from actsparse.methods.sparsity import SPARSITY, ops
 from actsparse.methods.sparsity.base import BuildContext
 from actsparse.methods.sparsity.mechanism import Rule
 from actsparse.models import adapter_for
+from actsparse.sweeps import default_entry
 
 silu = torch.nn.functional.silu
 
@@ -29,7 +30,7 @@ def plan_rule(level, soft=True):
     """The rule the registered `stat_topk` method places at the gate of a Llama."""
     model = tiny_model("llama")
     method = SPARSITY.get("stat_topk")()
-    cfg = method.parse({"method": "stat_topk", "site": "gate", "soft": soft}, "t")
+    cfg = default_entry("sparsify", "stat_topk", site="gate", soft=soft).cfg
     ctx = BuildContext(model, adapter_for("llama"), None, None, torch.device("cpu"))
     plan = method.plan(cfg, level, ctx)
     rules = {p.rule for p in plan.placed}

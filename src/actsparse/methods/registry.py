@@ -92,7 +92,10 @@ class MethodEntry:
     def for_job(cls, registry: Registry, name: str, raw: dict[str, Any], where: str) -> MethodEntry:
         """A job's entry from its spec's `method` mapping; ValueError naming the entry and
         every problem of its config."""
-        entry = cls.parse(registry, name, raw, where)
+        impl = registry.get(str(raw.get("method")))
+        # a job runs its one model and level: the sweep's keys do not reach its spec
+        sweep = {k: None for k in cls.SWEEP_KEYS if k in impl.Config.__dataclass_fields__}
+        entry = cls.parse(registry, name, {**sweep, **raw}, where)
         problems = entry.cfg.problems()
         if problems:
             raise ValueError(

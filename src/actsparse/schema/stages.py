@@ -147,7 +147,7 @@ class SparsifyCfg:
     `conf/sparsify/<method>.yaml`, keyed by an entry name) at every level."""
 
     levels: list[float] = MISSING
-    methods: dict[str, Any] = MISSING
+    methods: dict[str, Any] = field(default_factory=dict)  # entries, added by presets
 
     def levels_of(self, entry: Any) -> list[float]:
         return list(entry.levels if entry.levels is not None else self.levels)
@@ -166,7 +166,7 @@ class DecomposeCfg:
     (the fraction of the target linears' parameters removed)."""
 
     ratios: list[float] = MISSING
-    methods: dict[str, Any] = MISSING
+    methods: dict[str, Any] = field(default_factory=dict)  # entries, added by presets
 
     def ratios_of(self, entry: Any) -> list[float]:
         return list(entry.ratios if entry.ratios is not None else self.ratios)
@@ -185,7 +185,7 @@ class PredictorsCfg:
     masks are evaluated at every level (null: the sparsify sweep's levels)."""
 
     levels: list[float] | None = MISSING
-    methods: dict[str, Any] = MISSING
+    methods: dict[str, Any] = field(default_factory=dict)  # entries, added by presets
 
     def levels_of(self, entry: Any, default: list[float]) -> list[float]:
         if entry.levels is not None:

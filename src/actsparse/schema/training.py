@@ -152,14 +152,16 @@ class ScalingCfg:
 
     family: str = MISSING
     hidden_act: str = MISSING  # Q-Sparse's squared-ReLU gated FFN
-    sizes: dict[str, ArchCfg] = MISSING
+    sizes: dict[str, ArchCfg] = field(default_factory=dict)  # entries, added by presets
     levels: list[float] = MISSING
     precisions: list[str] = MISSING
     operator: str = MISSING  # the fitted operator: one of FITTED_OPERATORS
     rescale: bool = MISSING
     block: int = MISSING
     train: TrainCfg = field(default_factory=TrainCfg)
-    variants: dict[str, ScalingVariantCfg] = MISSING
+    variants: dict[str, ScalingVariantCfg] = field(
+        default_factory=dict
+    )  # entries, added by presets
     fit: ScalingFitCfg = field(default_factory=ScalingFitCfg)
 
     def problems(self) -> list[tuple[str, str]]:
