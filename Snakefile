@@ -1,6 +1,6 @@
 # The study DAG. Thin by design: the config is composed (Hydra, conf/) and planned
-# (actsparse.plan) in workflow/rules/common.smk; each stage's rule lives in
-# workflow/rules/<stage>.smk and runs `python -m actsparse.stages.<stage>`.
+# (actsparse.plan) in workflow/rules/common.smk; the stage rules (workflow/rules/stages.smk,
+# data.smk) each run `python -m actsparse.stages.<stage>` on one planned job.
 #
 #   snakemake -c2                                  # the quickstart study (default)
 #   snakemake -c2 --config experiment=smoke        # another preset (conf/experiment/)
@@ -38,16 +38,8 @@ min_version("9.0")
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/import_gguf.smk"
 include: "workflow/rules/data.smk"
-include: "workflow/rules/train.smk"
-include: "workflow/rules/calibrate.smk"
-include: "workflow/rules/decompose.smk"
-include: "workflow/rules/allocate.smk"
-include: "workflow/rules/sparsify.smk"
-include: "workflow/rules/predictors.smk"
-include: "workflow/rules/evaluate.smk"
-include: "workflow/rules/scaling.smk"
+include: "workflow/rules/stages.smk"
 include: "workflow/rules/summary.smk"
 include: "workflow/rules/report.smk"
 
