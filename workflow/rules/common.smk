@@ -46,9 +46,10 @@ def inputs_of(stage, folder=None):
     return lambda wildcards: PLAN.upstream_dirs(job_of(stage, wildcards, folder))
 
 
-def stage_cmd(stage):
-    """The shell command of a stage job: the spec reaches the shell quoted (`:q`)."""
-    return f"{PY} -m actsparse.stages.{stage} --spec {{params.spec:q}} --threads {{threads}} > {{log:q}} 2>&1"
+# The shell command of a stage job, formatted when the job runs: the rule's `params.stage`
+# names the stage module (a rule made in a loop cannot name it in its shell command, which
+# Snakemake evaluates after the loop), and the spec reaches the shell quoted (`:q`).
+STAGE_CMD = f"{PY} -m actsparse.stages.{{params.stage}} --spec {{params.spec:q}} --threads {{threads}} > {{log:q}} 2>&1"
 
 
 def log_of(stage):

@@ -16,6 +16,7 @@ rule data:
     wildcard_constraints:
         variant=rf"(?!(?:{EVAL_CORPORA})[.-])[A-Za-z0-9_.]+",  # not an eval corpus
     params:
+        stage="data",
         spec=spec_of("data"),
     log:
         log_of("data"),
@@ -27,7 +28,7 @@ rule data:
         runtime=resource("data", "runtime"),
         gpu=resource("data", "gpus"),
     shell:
-        stage_cmd("data")
+        STAGE_CMD
 
 
 rule eval_data:
@@ -39,6 +40,7 @@ rule eval_data:
     wildcard_constraints:
         variant=rf"(?:{EVAL_CORPORA})(?:\.[A-Za-z0-9_]+)?",
     params:
+        stage="data",
         spec=spec_of("data"),
     log:
         log_of("data"),
@@ -50,4 +52,4 @@ rule eval_data:
         runtime=resource("data", "runtime"),
         gpu=resource("data", "gpus"),
     shell:
-        stage_cmd("data")
+        STAGE_CMD

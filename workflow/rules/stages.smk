@@ -27,6 +27,7 @@ for _rule, (_stage, _folder, _res) in STAGE_RULES.items():
         output:
             directory(f"{ROOT}/{_folder}/{{variant}}-{{hash}}"),
         params:
+            stage=_stage,
             spec=spec_of(_stage, folder=_folder),
         log:
             f"{ROOT}/logs/{_folder}/{{variant}}-{{hash}}.log",
@@ -38,4 +39,4 @@ for _rule, (_stage, _folder, _res) in STAGE_RULES.items():
             runtime=resource(_res, "runtime"),
             gpu=resource(_res, "gpus"),
         shell:
-            stage_cmd(_stage)
+            STAGE_CMD
