@@ -204,11 +204,11 @@ def relog_job(job_dir: str | Path, output_root: str | Path) -> tuple[str, str]:
     from actsparse.tables import METRICS, read_table, write_table
 
     job_dir = Path(job_dir)
-    spec = yaml.safe_load((job_dir / "config.yaml").read_text())
+    spec = JobSpec.from_dict(yaml.safe_load((job_dir / "config.yaml").read_text()), str(job_dir))
     metrics = read_table(job_dir / "metrics.parquet", METRICS)
     id_file = job_dir / "mlflow_run_id"
     run_id = id_file.read_text().strip() if id_file.is_file() else ""
-    run = JobRun(spec["study"], spec["stage"], spec["variant"], spec["hash"], output_root)
+    run = JobRun(spec.study, spec.stage, spec.variant, spec.hash, output_root)
     status = None
     if run_id:
         try:

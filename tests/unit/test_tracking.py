@@ -75,17 +75,16 @@ def test_a_store_failing_mid_job_is_completed_by_relog(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     job = tmp_path / "smoke" / "train" / "llama_micro-deadbeef"
     job.mkdir(parents=True)
-    spec = {
-        "study": "s",
-        "stage": "train",
-        "variant": "llama_micro",
-        "hash": "deadbeef",
-        "config": {"train": {"lr": 0.1}},
-        "inputs": {},
-    }
-    (job / "config.yaml").write_text(yaml.safe_dump(spec))
+    from actsparse.schema.job import JobSpec
+
+    spec = JobSpec(
+        study="s", stage="train", variant="llama_micro", model="llama_micro", method="dense",
+        hash="deadbeef", output=str(job), output_root=str(tmp_path), inputs={},
+        config={"train": {"lr": 0.1}},
+    )  # fmt: skip
+    (job / "config.yaml").write_text(yaml.safe_dump(spec.to_dict()))
     r = JobRun("s", "train", "llama_micro", "deadbeef", tmp_path)
-    run_id = r.start({"config": spec["config"], "inputs": {}})
+    run_id = r.start({"config": spec.config, "inputs": {}})
     (job / "mlflow_run_id").write_text(run_id)
     row = dict(
         stage="train",
