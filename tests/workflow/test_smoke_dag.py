@@ -46,7 +46,6 @@ from actsparse.tables import (
 pytestmark = pytest.mark.workflow
 # the smoke experiment's jobs, counted from its plan (conf/experiment/smoke.yaml): what
 # the DAG must have made; the plan's own tests pin which jobs a config plans
-REPO = Path(__file__).resolve().parents[2]
 PLAN = smoke_plan(Path("data"))
 N_SPARSE, N_LOWRANK, N_DENSE = (
     len(PLAN.sparse_variants), len(PLAN.decomposed_variants), len(PLAN.models)
@@ -479,11 +478,10 @@ def rule_counts(plan: StudyPlan) -> dict[str, int]:
 @pytest.mark.parametrize("experiment", ["llama2_7b", "mistral_7b", "opt_6_7b"])
 def test_real_model_presets_plan_without_downloading(workdir, experiment):
     """The full sweep of each 7B preset, planned offline: Snakemake's DAG holds exactly the
-    plan's jobs, every registered method whose sites the model has is in it, and the
-    preset's header states the total. (How long planning takes is measured by
-    benchmarks/plan_time.py, not here.)"""
+    plan's jobs, and every registered method whose sites the model has is in it. (How long
+    planning takes is measured by benchmarks/plan_time.py, not here.)"""
     cfg = compose_study([f"experiment={experiment}"])
-    methods = {g: {e["method"] for e in getattr(cfg, g).methods.values()}
+    methods = {g: {e["method"] for e in getattr(cfg, g).methods.values() if e["models"] != []}
                for g in ("sparsify", "decompose", "predictors")}  # fmt: skip
     family = cfg.family_of(next(iter(cfg.models)))
     assert methods["sparsify"] == {
@@ -496,9 +494,5 @@ def test_real_model_presets_plan_without_downloading(workdir, experiment):
     assert cfg.calibrate.corpus == "c4" and set(cfg.eval_data) == {"c4"}
     offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     result = snakemake(workdir, "-n", "--config", f"experiment={experiment}", env=offline)
-    counts = planned(result)
-    assert counts == rule_counts(StudyPlan(cfg))
-    total = sum(counts.values())
-    preset = (REPO / "conf" / "experiment" / f"{experiment}.yaml").read_text()
-    assert f"{total} jobs" in preset  # the header (and docs/cluster.md) say how many
+    assert planned(result) == rule_counts(StudyPlan(cfg))
     assert not (workdir / "data" / experiment).exists()  # planned, nothing fetched or run
