@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 LINEAR_SITES = ("attn_in", "o_proj_in", "ffn_in", "ffn_intermediate")
@@ -165,6 +166,17 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
         return int(module.in_features), int(module.out_features)
     weight = module.weight  # Conv1D stores (in, out)
     return int(weight.shape[0]), int(weight.shape[1])
+
+
+@torch.no_grad()
+def input_column_norms(module: nn.Module) -> torch.Tensor:
+    """`||W[:, i]||_2` for each input channel `i` of a linear (wrapped or not): nn.Linear
+    and LowRankLinear hold W as (out, in) (LowRankLinear's `weight` is the dense `A B`),
+    transformers' Conv1D as (in, out)."""
+    while hasattr(module, "inner"):  # a sparsity wrapper, or a decode kernel around it
+        module = module.inner
+    w = module.weight
+    return w.norm(dim=1) if type(module).__name__ == "Conv1D" else w.norm(dim=0)
 
 
 def linear_rank(module: nn.Module) -> int:

@@ -32,7 +32,9 @@ from actsparse.tables import ALLOCATION, read_table, write_table
 
 # predicted: the top-K neurons (or heads) by a predictor's scores, computed from another
 # module's input before this one runs (the predictors stage; `PredictedInput`)
-RULES = ("threshold", "topk", "block_topk", "stat_topk", "head_topk", "predicted")
+# weighted_topk: top-K by |x_i| times a per-channel scale the wrapper supplies, the
+# column norms of the weight the input multiplies (WINA)
+RULES = ("threshold", "topk", "block_topk", "stat_topk", "head_topk", "predicted", "weighted_topk")
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,21 @@ class Rule:
         """Whether the rule keeps or drops whole heads (counted in heads, not entries)."""
         return self.kind == "head_topk" or (self.kind == "predicted" and bool(self.n_heads))
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._sparse(x)
+    @property
+    def weighted(self) -> bool:
+        """Whether the rule scores channels by the weight they multiply (`__call__` then
+        takes that weight's column norms as `scale`)."""
+        return self.kind == "weighted_topk"
+
+    def __call__(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+        y = self._sparse(x, scale)
         return ops.straight_through(x, y) if self.ste else y
 
-    def _sparse(self, x: torch.Tensor) -> torch.Tensor:
+    def _sparse(self, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
+        if self.weighted:
+            if scale is None:
+                raise ValueError("a weighted_topk rule needs the weight's column norms")
+            return ops.weighted_topk(x, scale, self.level)
         if self.kind == "predicted":
             raise ValueError("a predicted rule takes its mask from a predictor (PredictedInput)")
         if self.kind == "threshold":
@@ -87,7 +99,7 @@ class Rule:
         if self.per_head:
             h = int(self.n_heads)  # type: ignore[arg-type]
             return 1.0 - ops.keep_count(h, self.level) / h
-        if self.kind in ("topk", "block_topk", "predicted"):
+        if self.kind in ("topk", "block_topk", "predicted", "weighted_topk"):
             return 1.0 - ops.keep_count(width, self.level) / width
         return self.level
 

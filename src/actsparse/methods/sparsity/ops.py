@@ -37,6 +37,15 @@ def topk_mask(x: torch.Tensor, level: float) -> torch.Tensor:
     return top_scores_mask(x.abs(), level)
 
 
+def weighted_topk(x: torch.Tensor, scale: torch.Tensor, level: float) -> torch.Tensor:
+    """WINA: keep the `k = int((1 - level) d)` entries with the largest `|x_i| * scale_i`
+    along the last dim (`scale`: (d,), the column norms of the weight `x` multiplies)."""
+    if scale.shape != x.shape[-1:]:
+        raise ValueError(f"scale of shape {tuple(scale.shape)} for inputs of width {x.shape[-1]}")
+    mask = top_scores_mask(x.abs() * scale.to(x.dtype), level)
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def rescale_rows(dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
     """`sparse` with each row scaled to the L2 norm of the same row of `dense` (Q-Sparse's
     from-scratch recipe); an all-zero row stays zero."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from actsparse.methods.sparsity.mechanism import Placed, SparsityPlan, activation_width
-from actsparse.models.adapters import FamilyAdapter, linear_shape
+from actsparse.models.adapters import FamilyAdapter, input_column_norms, linear_shape
 from actsparse.tables import ACHIEVED_SPARSITY
 
 
@@ -91,13 +91,21 @@ class LinearView:
 class SparseInput(LinearView, _Counted):
     """A linear (nn.Linear or Conv1D) whose input goes through the rule first."""
 
+    _scale: torch.Tensor | None = None  # a weighted rule's column norms, computed once
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.active:
             x = self.by_position(self._sparse, _identity, x)
         return self.inner(x, *args, **kwargs)
 
     def _sparse(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.placed.rule(x)
+        rule = self.placed.rule
+        if rule.weighted:
+            if self._scale is None:
+                self._scale = input_column_norms(self.inner)
+            y = rule(x, self._scale)
+        else:
+            y = rule(x)
         self.count(x, y)
         return y
 

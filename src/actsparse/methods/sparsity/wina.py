@@ -1,0 +1,52 @@
+"""WINA (weight-informed neuron activation; Chen et al., ICLR 2026, microsoft/wina): keep
+the input channels of each linear with the largest `|x_i| * ||W[:, i]||_2`, the magnitude
+of the activation times the norm of the weight column it multiplies, `k = int((1 - S) d)`
+per token.
+
+The column norms are those of each wrapped linear, so q, k and v (and gate and up), which
+read the same activation, each keep their own channels. Decisions (the paper leaves
+them open, docs/sparsity.md): the top-K form of the rule (the paper's thresholds on the
+score, with TEAL's greedy allocation, are a calibrated variant not built here); the
+column norms of a low-rank linear are those of its dense equivalent `A B`; the optional
+orthogonalising transform of the weights is not applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from omegaconf import MISSING
+
+from actsparse.methods.sparsity.base import (
+    SPARSITY,
+    BuildContext,
+    SparsityMethod,
+    SparsityMethodCfg,
+    check_sites,
+)
+from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
+from actsparse.models.adapters import LINEAR_SITES
+
+
+@dataclass
+class WinaCfg(SparsityMethodCfg):
+    sites: list[str] = MISSING  # linear-input sites: each reading linear keeps its own channels
+
+    def sites_used(self) -> list[str]:
+        return list(self.sites)
+
+    def problems(self) -> list[tuple[str, str]]:
+        return super().problems() + check_sites(self.sites, LINEAR_SITES)
+
+
+@SPARSITY.register("wina")
+class Wina(SparsityMethod):
+    paper = "WINA"
+    summary = "top-K per linear by |x_i| ‖W[:, i]‖₂ (the column norm of the weight it multiplies)"
+    Config = WinaCfg
+    needs_calibration = False
+
+    def build(self, cfg: WinaCfg, level: float, ctx: BuildContext) -> SparsityPlan:
+        rule = Rule("weighted_topk", level)
+        placed = placed_for_sites(ctx.model, ctx.adapter, cfg.sites, lambda *_: rule)
+        return SparsityPlan(cfg.method, "", level, placed)

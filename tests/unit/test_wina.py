@@ -1,0 +1,140 @@
+"""WINA: top-K of each linear's input by |x_i| * ||W[:, i]||_2, checked against float64
+references: it is the best K-subset when the weight's columns are orthogonal (the case its
+error bound is tight for), the magnitude top-K when the column norms are equal, dense at
+level 0, and each wrapped linear scores with its own columns (nn.Linear, GPT-2's Conv1D,
+a low-rank linear)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from helpers import TINY_V, final_output, tiny_model
+
+from actsparse.methods.sparsity import SPARSITY, ops
+from actsparse.methods.sparsity.base import BuildContext
+from actsparse.methods.sparsity.mechanism import Placed, Rule, SparsityPlan
+from actsparse.methods.sparsity.wrappers import SparseInput, apply
+from actsparse.models import adapter_for
+from actsparse.models.adapters import input_column_norms
+from actsparse.models.lowrank import LowRankLinear
+from actsparse.sweeps import default_entry
+
+G = torch.Generator().manual_seed(0)
+
+
+def _orthogonal_columns(m: int, norms: torch.Tensor) -> torch.Tensor:
+    """W (m, n) whose columns are orthogonal with the given norms, float64."""
+    q, _ = torch.linalg.qr(torch.randn(m, len(norms), generator=G, dtype=torch.float64))
+    return q * norms
+
+
+def test_with_orthogonal_columns_wina_keeps_the_best_k_subset():
+    """||W (x - x_S)||^2 = sum over dropped i of x_i^2 ||W[:, i]||^2 when the columns are
+    orthogonal: keeping the largest |x_i| ||W[:, i]|| is the optimum over all subsets."""
+    n, level = 8, 0.5
+    k = ops.keep_count(n, level)
+    norms = torch.tensor([0.1, 3.0, 0.5, 2.0, 1.0, 0.2, 4.0, 0.7], dtype=torch.float64)
+    W = _orthogonal_columns(12, norms)
+    beaten = 0
+    for _ in range(20):
+        x = torch.randn(n, generator=G, dtype=torch.float64)
+
+        def err(keep, x=x):
+            return float((W @ (x - keep)).norm() ** 2)
+
+        best = min(
+            err(x * torch.isin(torch.arange(n), torch.tensor(s)))
+            for s in itertools.combinations(range(n), k)
+        )
+        wina = err(ops.weighted_topk(x, W.norm(dim=0), level))
+        assert wina == pytest.approx(best, rel=1e-12, abs=1e-12)
+        beaten += err(ops.topk(x, level)) > best * (1 + 1e-9)  # magnitude alone
+    assert beaten > 0  # the column norms change the choice on these inputs
+
+
+def test_with_equal_column_norms_wina_is_the_magnitude_top_k():
+    x = torch.randn(6, 16, generator=G, dtype=torch.float64)
+    W = _orthogonal_columns(32, torch.full((16,), 1.7, dtype=torch.float64))
+    for level in (0.25, 0.5, 0.9):
+        assert torch.equal(ops.weighted_topk(x, W.norm(dim=0), level), ops.topk(x, level))
+
+
+def test_each_row_keeps_exactly_k_and_level_zero_is_the_identity():
+    x = torch.randn(5, 3, 40, generator=G)
+    scale = torch.rand(40, generator=G) + 0.1
+    for level in (0.3, 0.7):
+        kept = (ops.weighted_topk(x, scale, level) != 0).sum(-1)
+        assert (kept == ops.keep_count(40, level)).all()
+    assert torch.equal(ops.weighted_topk(x, scale, 0.0), x)
+    with pytest.raises(ValueError, match="scale of shape"):
+        ops.weighted_topk(x, scale[:-1], 0.5)
+    with pytest.raises(ValueError, match="needs the weight's column norms"):
+        Rule("weighted_topk", 0.5)(x)
+
+
+def _reference(x: torch.Tensor, W: torch.Tensor, bias, level: float) -> torch.Tensor:
+    """The wrapped linear in float64: mask by |x| times the float64 column norms of W
+    (out, in), then W x + b."""
+    x64, W64 = x.double(), W.double()
+    mask = ops.top_scores_mask(x64.abs() * W64.norm(dim=0), level)
+    y = (x64 * mask) @ W64.T
+    return y + bias.double() if bias is not None else y
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv1d", "lowrank"])
+def test_a_wrapped_linear_scores_with_its_own_columns(kind):
+    torch.manual_seed(1)
+    if kind == "linear":
+        inner = torch.nn.Linear(24, 10)
+        W = inner.weight.detach()
+    elif kind == "conv1d":
+        from transformers.pytorch_utils import Conv1D
+
+        inner = Conv1D(10, 24)  # weight stored (in, out)
+        torch.nn.init.normal_(inner.weight)
+        W = inner.weight.detach().T
+    else:
+        inner = LowRankLinear(24, 10, 4, bias=True)
+        W = (inner.up.weight @ inner.down.weight).detach()
+    norms = input_column_norms(inner)
+    assert torch.allclose(norms.double(), W.double().norm(dim=0), rtol=1e-6)
+    wrapper = SparseInput(inner, Placed(0, "ffn_in", "m", 24, Rule("weighted_topk", 0.6)))
+    x = torch.randn(3, 5, 24)
+    bias = inner.up.bias if kind == "lowrank" else inner.bias
+    ref = _reference(x, W, bias.detach(), 0.6)
+    assert torch.allclose(wrapper(x).double(), ref, atol=1e-5)
+    assert input_column_norms(wrapper).equal(norms)  # through the wrapper too
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_wina_on_a_model_keeps_k_per_linear_and_is_dense_at_level_zero(family):
+    model = tiny_model(family)
+    adapter = adapter_for(model.config.model_type)
+    ctx = BuildContext(model, adapter, None, None, torch.device("cpu"))
+    entry = default_entry("sparsify", "wina")
+    x = torch.randint(0, TINY_V, (2, 12), generator=G)
+    dense = final_output(model, x)
+    zero = SPARSITY.get("wina")().plan(entry.cfg, 0.0, ctx)
+    handle = apply(model, adapter, zero)
+    assert torch.equal(final_output(model, x), dense)
+    handle.remove()
+    plan = SPARSITY.get("wina")().plan(entry.cfg, 0.5, ctx)
+    assert {p.site for p in plan.placed} == set(entry.cfg.sites)
+    handle = apply(model, adapter, plan)
+    final_output(model, x)
+    achieved = handle.achieved()
+    # every linear keeps exactly k = int(d / 2) of its d inputs at every position
+    assert ((achieved.zeros - achieved.total * achieved.target).abs() < 1e-6).all()
+    handle.remove()
+    assert torch.equal(final_output(model, x), dense)
+
+
+def test_the_plan_round_trips(tmp_path):
+    model = tiny_model("llama")
+    ctx = BuildContext(model, adapter_for("llama"), None, None, torch.device("cpu"))
+    plan = SPARSITY.get("wina")().plan(default_entry("sparsify", "wina").cfg, 0.4, ctx)
+    plan.save(tmp_path)
+    assert SparsityPlan.load(tmp_path) == plan
+    assert {p.rule.kind for p in plan.placed} == {"weighted_topk"}
