@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-from provenance import RESULTS, provenance
+from provenance import append_rows, provenance
 
 # metrics and report columns that measure time, not the model
 TIMING = re.compile(r"(^|_)(wall_time_s|decompose_s|fit_s|label_s|tokens_per_s|decode_ms|"
@@ -69,12 +69,10 @@ def main() -> None:
     print(frame.to_string(index=False))
     total = int(frame.rows_differing.sum())
     print(f"\n{'identical' if total == 0 else f'{total} rows differ'} (timing aside)")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "study_diff.parquet"
     row = pd.DataFrame([{"benchmark": "study_diff", "before": str(args.before),
                          "after": str(args.after), "tables": len(frame),
                          "rows_differing": total, **provenance()}])  # fmt: skip
-    (pd.concat([pd.read_parquet(out), row]) if out.is_file() else row).to_parquet(out)
+    append_rows(row, "study_diff")
     sys.exit(1 if total else 0)
 
 
