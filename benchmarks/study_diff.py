@@ -2,8 +2,8 @@
 smoke study before and after must agree on every number but the times.)
 
 Compares the study tables (`summary.parquet`) row by row on every column but
-`mlflow_run_id`, with the timing metrics left out, and every CSV of the two reports
-with their timing columns left out; prints a table of what differs and appends a row
+`mlflow_run_id` (config hashes included), with the metrics of the process (time, peak
+memory) left out, and every CSV of the two reports with those columns left out; prints a table of what differs and appends a row
 to benchmarks/results/study_diff.parquet.
 
     python benchmarks/study_diff.py ../study-before/data/smoke ../study-after/data/smoke
@@ -19,9 +19,9 @@ from pathlib import Path
 import pandas as pd
 from provenance import append_rows, provenance
 
-# metrics and report columns that measure time, not the model
+# metrics and report columns that measure the process (time, memory), not the model
 TIMING = re.compile(r"(^|_)(wall_time_s|decompose_s|fit_s|label_s|tokens_per_s|decode_ms|"
-                    r"decode_ms_dense|decode_speedup)$|_s$")  # fmt: skip
+                    r"decode_ms_dense|decode_speedup|peak_rss_mb)$|_s$")  # fmt: skip
 KEY = ["stage", "method", "variant", "level", "model", "corpus", "split", "metric"]
 
 
