@@ -14,7 +14,7 @@ from omegaconf import MISSING
 from actsparse.activation_stats import histogram_quantile
 from actsparse.data import TokenData
 from actsparse.methods.registry import Registry, parse_entry
-from actsparse.methods.sparsity.mechanism import SparsityPlan
+from actsparse.methods.sparsity.mechanism import SparsityPlan, placed_for_sites
 from actsparse.models.adapters import LINEAR_SITES, SITES, FamilyAdapter, linear_shape
 from actsparse.schema.stages import level_problems
 from actsparse.tables import ALLOCATIONS, CHANNEL_STATS, HISTOGRAMS, LINEARS, read_table
@@ -45,6 +45,25 @@ class SparsityMethodCfg:
 def check_sites(sites: list[str], allowed: tuple[str, ...] = SITES) -> list[tuple[str, str]]:
     bad = [s for s in sites if s not in allowed]
     return [("sites", f"unknown site(s) {bad}; sites: {', '.join(allowed)}")] if bad else []
+
+
+@dataclass
+class LinearSitesCfg(SparsityMethodCfg):
+    """A method acting on the inputs of the linears reading each of `sites`."""
+
+    sites: list[str] = MISSING  # linear-input sites: every reading linear gets the rule
+
+    def sites_used(self) -> list[str]:
+        return list(self.sites)
+
+    def problems(self) -> list[tuple[str, str]]:
+        return super().problems() + check_sites(self.sites, LINEAR_SITES)
+
+
+def same_rule_plan(cfg: SparsityMethodCfg, level: float, ctx: BuildContext, rule) -> SparsityPlan:
+    """The plan of a method that places one `rule` at every module reading its sites."""
+    placed = placed_for_sites(ctx.model, ctx.adapter, cfg.sites_used(), lambda *_: rule)
+    return SparsityPlan(cfg.method, "", level, placed)
 
 
 class CalibrationStats:

@@ -26,9 +26,10 @@ from actsparse.methods.sparsity.base import (
     SparsityMethod,
     SparsityMethodCfg,
     check_sites,
+    same_rule_plan,
 )
 from actsparse.methods.sparsity.cats import gate_skips
-from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
+from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan
 from actsparse.methods.sparsity.ops import gaussian_kept_error
 from actsparse.methods.sparsity.threshold import MAGNITUDE_SITES
 
@@ -55,8 +56,7 @@ class StatTopK(SparsityMethod):
 
     def build(self, cfg: StatTopKCfg, level: float, ctx: BuildContext) -> SparsityPlan:
         rule = Rule("stat_topk", level, soft=cfg.soft, pre_activation=cfg.site == "gate")
-        placed = placed_for_sites(ctx.model, ctx.adapter, [cfg.site], lambda *_: rule)
-        plan = SparsityPlan(cfg.method, "", level, placed)
+        plan = same_rule_plan(cfg, level, ctx, rule)
         if cfg.site == "gate":
             gate_skips(ctx.model, ctx.adapter, plan)
         return plan

@@ -11,24 +11,16 @@ from omegaconf import MISSING
 from actsparse.methods.sparsity.base import (
     SPARSITY,
     BuildContext,
+    LinearSitesCfg,
     SparsityMethod,
-    SparsityMethodCfg,
-    check_sites,
+    same_rule_plan,
 )
-from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
-from actsparse.models.adapters import LINEAR_SITES
+from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan
 
 
 @dataclass
-class TopKCfg(SparsityMethodCfg):
-    sites: list[str] = MISSING
+class TopKCfg(LinearSitesCfg):
     rescale: bool = MISSING  # restore each row's L2 norm (Q-Sparse's from-scratch recipe)
-
-    def sites_used(self) -> list[str]:
-        return list(self.sites)
-
-    def problems(self) -> list[tuple[str, str]]:
-        return super().problems() + check_sites(self.sites, LINEAR_SITES)
 
 
 @SPARSITY.register("topk")
@@ -39,6 +31,4 @@ class TopK(SparsityMethod):
     needs_calibration = False
 
     def build(self, cfg: TopKCfg, level: float, ctx: BuildContext) -> SparsityPlan:
-        rule = Rule("topk", level, rescale=cfg.rescale)
-        placed = placed_for_sites(ctx.model, ctx.adapter, cfg.sites, lambda *_: rule)
-        return SparsityPlan(cfg.method, "", level, placed)
+        return same_rule_plan(cfg, level, ctx, Rule("topk", level, rescale=cfg.rescale))

@@ -13,40 +13,22 @@ orthogonalising transform of the weights is not applied.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from omegaconf import MISSING
-
 from actsparse.methods.sparsity.base import (
     SPARSITY,
     BuildContext,
+    LinearSitesCfg,
     SparsityMethod,
-    SparsityMethodCfg,
-    check_sites,
+    same_rule_plan,
 )
-from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
-from actsparse.models.adapters import LINEAR_SITES
-
-
-@dataclass
-class WinaCfg(SparsityMethodCfg):
-    sites: list[str] = MISSING  # linear-input sites: each reading linear keeps its own channels
-
-    def sites_used(self) -> list[str]:
-        return list(self.sites)
-
-    def problems(self) -> list[tuple[str, str]]:
-        return super().problems() + check_sites(self.sites, LINEAR_SITES)
+from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan
 
 
 @SPARSITY.register("wina")
 class Wina(SparsityMethod):
     paper = "WINA"
     summary = "top-K per linear by |x_i| ‖W[:, i]‖₂ (the column norm of the weight it multiplies)"
-    Config = WinaCfg
+    Config = LinearSitesCfg  # each reading linear keeps its own channels
     needs_calibration = False
 
-    def build(self, cfg: WinaCfg, level: float, ctx: BuildContext) -> SparsityPlan:
-        rule = Rule("weighted_topk", level)
-        placed = placed_for_sites(ctx.model, ctx.adapter, cfg.sites, lambda *_: rule)
-        return SparsityPlan(cfg.method, "", level, placed)
+    def build(self, cfg: LinearSitesCfg, level: float, ctx: BuildContext) -> SparsityPlan:
+        return same_rule_plan(cfg, level, ctx, Rule("weighted_topk", level))
