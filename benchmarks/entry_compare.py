@@ -46,9 +46,10 @@ def main() -> None:
     jobs = [plan.evaluate(args.model)] + [plan.evaluate_sparse(*v) for v in variants]
     args.workdir.mkdir(parents=True, exist_ok=True)
     if not args.no_run:
+        # the targets before --config, which takes every value after it
         cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-               "-d", str(args.workdir), f"-c{args.cores}", "--config",
-               f"experiment={args.experiment}", *[j.out_dir for j in jobs]]  # fmt: skip
+               "-d", str(args.workdir), f"-c{args.cores}", *[j.out_dir for j in jobs],
+               "--config", f"experiment={args.experiment}"]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
         if subprocess.run(cmd, env=env).returncode != 0:
             raise SystemExit("the jobs failed; their logs are under <workdir>/<root>/logs/")
