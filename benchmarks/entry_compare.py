@@ -57,7 +57,9 @@ def main() -> None:
     rows = []
     for job, (_, entry, level) in zip(jobs, [(args.model, "dense", 0.0), *variants], strict=True):
         m = read_table(args.workdir / job.out_dir / "metrics.parquet", METRICS)
-        m = m[m.corpus.fillna("").isin([corpus, ""])].set_index("metric").value
+        # the variant's own rows on the study corpus (not the unigram baseline beside them)
+        m = m[m.corpus.fillna("").isin([corpus, ""]) & (m.method != "unigram")]
+        m = m.set_index("metric").value
         rows.append({"entry": entry, "level": level, **{c: m.get(c) for c in COLUMNS}})
     table = pd.DataFrame(rows)
     dense = table.perplexity.iloc[0]
