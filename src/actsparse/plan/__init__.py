@@ -11,13 +11,14 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any
 
-from actsparse.plan.base import Job, config_hash
+from actsparse.plan.base import config_hash
 from actsparse.plan.predictors import PredictorJobs
 from actsparse.plan.scaling import ScalingJobs
 from actsparse.plan.sparsity import SparsityJobs
+from actsparse.schema.job import JobSpec
 from actsparse.schema.study import to_dict
 
-__all__ = ["Job", "StudyPlan", "config_hash"]
+__all__ = ["StudyPlan", "config_hash"]
 
 
 class StudyPlan(SparsityJobs, PredictorJobs, ScalingJobs):
@@ -33,17 +34,17 @@ class StudyPlan(SparsityJobs, PredictorJobs, ScalingJobs):
         needed |= {m for m, e in self.predictor_jobs if self._labels_need_calibration(e)}
         return [m for m in self.models if m in self.base_models or m in needed]
 
-    def job(self, stage: str, variant: str) -> Job:
+    def job(self, stage: str, variant: str) -> JobSpec:
         try:
             return self._index[(stage, variant)]
         except KeyError:
             raise KeyError(f"the study plans no {stage} job {variant!r}") from None
 
     @cached_property
-    def _index(self) -> dict[tuple[str, str], Job]:
+    def _index(self) -> dict[tuple[str, str], JobSpec]:
         return {(j.stage, j.variant): j for j in self.jobs()}
 
-    def jobs(self) -> list[Job]:
+    def jobs(self) -> list[JobSpec]:
         out = [self.import_gguf(m) for m in self.imported_models]
         out += [self.data(v) for v in self.data_variants]
         out += [self.train(m) for m in self.trained_models]
@@ -67,7 +68,7 @@ class StudyPlan(SparsityJobs, PredictorJobs, ScalingJobs):
             out.append(self.scaling_fit())
         return out
 
-    def upstream_dirs(self, job: Job) -> list[str]:
+    def upstream_dirs(self, job: JobSpec) -> list[str]:
         """Output folders of the jobs `job` reads (local model folders and hub ids excluded)."""
         own = {j.out_dir for j in self._index.values()}
         dirs = []

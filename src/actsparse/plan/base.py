@@ -22,8 +22,6 @@ from actsparse.schema.corpus import TokenizerCfg
 from actsparse.schema.job import JobSpec
 from actsparse.schema.study import StudyConfig, to_dict
 
-Job = JobSpec  # what the plan hands the Snakefile and the tests
-
 
 def config_hash(obj: Any, n: int = 8) -> str:
     """Hex digest of the canonical JSON of `obj` (sorted keys), first `n` characters."""
@@ -37,8 +35,8 @@ class PlanBase:
         self.root = f"{cfg.study.output_root.rstrip('/')}/{cfg.study.name}"
         # data and calibrate jobs are inputs of most others: built once each (a 7B sweep
         # asked for its data jobs ~400 times, each a config-to-dict conversion)
-        self._data_jobs: dict[str, Job] = {}
-        self._calibrate_jobs: dict[str, Job] = {}
+        self._data_jobs: dict[str, JobSpec] = {}
+        self._calibrate_jobs: dict[str, JobSpec] = {}
 
     # ----------------------------------------------------------------- naming
     @property
@@ -98,7 +96,7 @@ class PlanBase:
         model: str = "",
         folder: str | None = None,
         method: str = "dense",
-    ) -> Job:
+    ) -> JobSpec:
         # upstream outputs enter the hash by their place in the study (stage/variant-hash),
         # so hashes do not depend on the study's name or output root
         ids = {
@@ -121,12 +119,12 @@ class PlanBase:
         )
 
     # ----------------------------------------------------------------- jobs
-    def data(self, variant: str) -> Job:
+    def data(self, variant: str) -> JobSpec:
         if variant not in self._data_jobs:
             self._data_jobs[variant] = self._data(variant)
         return self._data_jobs[variant]
 
-    def _data(self, variant: str) -> Job:
+    def _data(self, variant: str) -> JobSpec:
         name = variant.split(".", 1)[0]
         if name in self.cfg.eval_data:
             return self._eval_data(variant)
@@ -148,7 +146,7 @@ class PlanBase:
         source = {"path": m.path, "revision": m.revision, "trust_remote_code": m.trust_remote_code}
         return source, {}
 
-    def _eval_data(self, variant: str) -> Job:
+    def _eval_data(self, variant: str) -> JobSpec:
         """An extra evaluation corpus, tokenized with the study's tokenizer: the study data
         job's trained BPE (an input), or the model's own."""
         name, _, model = variant.partition(".")
@@ -164,7 +162,7 @@ class PlanBase:
             "data", variant, config, {"tokenizer": self.data(self.cfg.data.name).out_dir}
         )
 
-    def train(self, model: str) -> Job:
+    def train(self, model: str) -> JobSpec:
         if self.cfg.models[model].source != "train":
             raise KeyError(f"model {model!r} is pretrained; it has no train job")
         config = {
@@ -180,7 +178,7 @@ class PlanBase:
         inputs = {"data": self.data(self.data_variant(model)).out_dir}
         return self._job("train", model, config, inputs, model)
 
-    def import_gguf(self, model: str) -> Job:
+    def import_gguf(self, model: str) -> JobSpec:
         m = self.cfg.models[model]
         if m.source != "gguf":
             raise KeyError(f"model {model!r} is not a GGUF; it has no import_gguf job")
@@ -202,18 +200,18 @@ class PlanBase:
         m = self.cfg.models[self.root_model(model)]
         return {"dtype": m.dtype, "revision": m.revision, "trust_remote_code": m.trust_remote_code}
 
-    def calibration_data(self, model: str) -> Job:
+    def calibration_data(self, model: str) -> JobSpec:
         """The data job calibration reads for `model`: the study corpus's, or that of the
         `eval_data` corpus named by `calibrate.corpus` (tokenized with the study's tokenizer;
         every data job writes every split, so its train split is there)."""
         return self.data(self.data_variant(model, self.cfg.calibrate.corpus))
 
-    def calibrate(self, model: str) -> Job:
+    def calibrate(self, model: str) -> JobSpec:
         if model not in self._calibrate_jobs:
             self._calibrate_jobs[model] = self._calibrate(model)
         return self._calibrate_jobs[model]
 
-    def _calibrate(self, model: str) -> Job:
+    def _calibrate(self, model: str) -> JobSpec:
         config = {
             "calibrate": to_dict(self.cfg.calibrate),
             "load": self._model_load(model),
@@ -225,7 +223,7 @@ class PlanBase:
         }
         return self._job("calibrate", model, config, inputs, model)
 
-    def evaluate(self, model: str) -> Job:
+    def evaluate(self, model: str) -> JobSpec:
         """The dense baseline: the model evaluated against itself as the fidelity reference;
         a decomposed model against the model it was made from (so that composed variants,
         measured against it, add up to an error against the original)."""
@@ -241,7 +239,7 @@ class PlanBase:
         method: dict[str, Any],
         inputs: dict[str, str],
         weights: str | None = None,
-    ) -> Job:
+    ) -> JobSpec:
         """An evaluate job of `model`'s weights, or of `weights` made from them (a
         decomposition); `model`'s own weights are the fidelity reference."""
         config = {
@@ -285,7 +283,7 @@ class PlanBase:
     def decompose_variant(self, model: str, entry: str, ratio: float) -> str:
         return f"{model}.{entry}.{self.ratio_tag(ratio)}"
 
-    def decompose(self, model: str, entry: str, ratio: float) -> Job:
+    def decompose(self, model: str, entry: str, ratio: float) -> JobSpec:
         config = {
             "entry": entry,
             "method": self.decompose_entries[entry].job_config(),
@@ -297,7 +295,7 @@ class PlanBase:
         variant = self.decompose_variant(model, entry, ratio)
         return self._job("decompose", variant, config, inputs, model, method=entry)
 
-    def evaluate_decomposed(self, model: str, entry: str, ratio: float) -> Job:
+    def evaluate_decomposed(self, model: str, entry: str, ratio: float) -> JobSpec:
         """A decomposition, with the model it was made from as the fidelity reference."""
         dec = self.decompose(model, entry, ratio)
         method = {"method": entry, "level": ratio}

@@ -7,7 +7,8 @@ from functools import cached_property
 
 from actsparse import sweeps
 from actsparse.methods.registry import MethodEntry
-from actsparse.plan.base import Job, PlanBase
+from actsparse.plan.base import PlanBase
+from actsparse.schema.job import JobSpec
 
 
 class PredictorJobs(PlanBase):
@@ -42,7 +43,7 @@ class PredictorJobs(PlanBase):
     def _labels_need_calibration(self, entry: str) -> bool:
         return bool(self.predictor_entries[entry].cfg.reads_statistics())
 
-    def predictors(self, model: str, entry: str) -> Job:
+    def predictors(self, model: str, entry: str) -> JobSpec:
         config = {
             "entry": entry,
             "method": self.predictor_entries[entry].job_config(),
@@ -59,7 +60,7 @@ class PredictorJobs(PlanBase):
             inputs["calibration"] = self.calibrate(model).out_dir
         return self._job("predictors", f"{model}.{entry}", config, inputs, model, method=entry)
 
-    def evaluate_predicted(self, model: str, entry: str, level: float) -> Job:
+    def evaluate_predicted(self, model: str, entry: str, level: float) -> JobSpec:
         """The model with predicted masks at `level` (and the oracle at the same level)."""
         pred = self.predictors(model, entry)
         method = {"method": entry, "level": level}

@@ -3,7 +3,8 @@ and the scaling-law fit over all of them."""
 
 from __future__ import annotations
 
-from actsparse.plan.base import Job, PlanBase
+from actsparse.plan.base import PlanBase
+from actsparse.schema.job import JobSpec
 from actsparse.schema.study import to_dict
 from actsparse.schema.training import TRAIN_OPERATORS, SparseTrainCfg
 
@@ -29,7 +30,7 @@ class ScalingJobs(PlanBase):
         parts = [size, self.precision_tag(precision), *([variant] if variant else [])]
         return ".".join([*parts, self.level_tag(level)])
 
-    def grid_train(self, size: str, precision: str, variant: str, level: float) -> Job:
+    def grid_train(self, size: str, precision: str, variant: str, level: float) -> JobSpec:
         """One point of the scaling grid: a tiny model trained with the operator at `level`
         (dense at level 0) and `precision`; outputs under `<root>/scaling/train/`."""
         sc = self.cfg.scaling
@@ -59,7 +60,7 @@ class ScalingJobs(PlanBase):
         variant_name = self.grid_variant(size, precision, variant, level)
         return self._job("train", variant_name, config, inputs, folder="scaling/train")
 
-    def scaling_fit(self) -> Job:
+    def scaling_fit(self) -> JobSpec:
         """The scaling-law fit over every grid point (`<root>/scaling/fit-<hash>/`)."""
         points, inputs = {}, {}
         for size, precision, variant, level in self.grid_points:

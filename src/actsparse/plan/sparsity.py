@@ -8,7 +8,8 @@ from functools import cached_property
 
 from actsparse import sweeps
 from actsparse.methods.registry import MethodEntry
-from actsparse.plan.base import Job, PlanBase
+from actsparse.plan.base import PlanBase
+from actsparse.schema.job import JobSpec
 
 
 class SparsityJobs(PlanBase):
@@ -43,7 +44,7 @@ class SparsityJobs(PlanBase):
             inputs["data"] = self.calibration_data(model).out_dir
         return inputs  # top-K rules read no statistics or tokens
 
-    def sparsify(self, model: str, entry: str, level: float) -> Job:
+    def sparsify(self, model: str, entry: str, level: float) -> JobSpec:
         config = {
             "entry": entry,
             "method": self.sparsity_entries[entry].job_config(),
@@ -74,7 +75,7 @@ class SparsityJobs(PlanBase):
             )
         )
 
-    def allocate(self, model: str, entry: str) -> Job:
+    def allocate(self, model: str, entry: str) -> JobSpec:
         """The allocation search of `entry` on `model`, for each of its nonzero levels."""
         levels = self.cfg.sparsify.levels_of(self.sparsity_entries[entry])
         config = {
@@ -88,7 +89,7 @@ class SparsityJobs(PlanBase):
         inputs = self._sparsity_inputs(model, entry)
         return self._job("allocate", f"{model}.{entry}", config, inputs, model, method=entry)
 
-    def evaluate_sparse(self, model: str, entry: str, level: float) -> Job:
+    def evaluate_sparse(self, model: str, entry: str, level: float) -> JobSpec:
         """A sparsified variant, with the dense model (same weights) as fidelity reference."""
         sparsify = self.sparsify(model, entry, level)
         method = {"method": entry, "level": level}
