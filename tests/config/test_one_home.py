@@ -102,3 +102,18 @@ def test_the_composed_study_has_every_value():
     cfg = compose_study(["experiment=smoke"])
     assert isinstance(cfg, StudyConfig)
     assert cfg.scaling.train.lr == read_conf("train", "default")["lr"]  # the grid starts there
+
+
+def test_a_value_missing_from_its_home_fails_naming_the_key(tmp_path):
+    import shutil
+
+    from actsparse.config import ConfigError, compose_study
+
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    path = conf / "evaluate" / "default.yaml"
+    path.write_text(
+        "".join(x for x in path.read_text().splitlines(True) if not x.startswith("batch_size:"))
+    )
+    with pytest.raises(ConfigError, match=r"evaluate\.batch_size.*[Mm]issing mandatory value"):
+        compose_study(["experiment=smoke"], conf_dir=conf)
