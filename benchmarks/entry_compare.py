@@ -1,13 +1,16 @@
-"""Sparsity entries of one preset side by side on one model, without running the whole
-preset: the dense evaluation and each entry's evaluations at its levels, run through
-Snakemake as targets (their upstream jobs come with them), then one table of perplexity,
-its increase over dense on the same tokens, KL to dense and effective sparsity.
+"""Sparsity or low-rank entries of one preset side by side on one model, without running
+the whole preset: the dense evaluation and each entry's evaluations at its levels (or
+ratios), run through Snakemake as targets (their upstream jobs come with them), then one
+table of perplexity, its increase over dense on the same tokens, KL to dense, effective
+sparsity and the decompose job's time.
 
 The job folders are the ones the plan names; a second run reuses them. Prints the table
 and appends it to benchmarks/results/entry_compare.parquet.
 
     python benchmarks/entry_compare.py smollm2 --model smollm2 --entries teal wina topk \\
         --workdir ../study-smollm2
+    python benchmarks/entry_compare.py smollm2 --model smollm2 \\
+        --entries svdllm svdllm_update svdllm_v2 --workdir ../study-smollm2
 """
 
 from __future__ import annotations
@@ -33,17 +36,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("experiment")
     p.add_argument("--model", required=True)
-    p.add_argument("--entries", nargs="+", required=True, help="sparsify.methods entries")
+    p.add_argument(
+        "--entries", nargs="+", required=True, help="sparsify.methods or decompose.methods entries"
+    )
     p.add_argument("--workdir", required=True, type=Path, help="the study's working folder")
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--no-run", action="store_true", help="read finished jobs only")
     args = p.parse_args()
     plan = StudyPlan(compose_study([f"experiment={args.experiment}"]))
-    variants = [v for v in plan.sparse_variants if v[0] == args.model and v[1] in args.entries]
+    sparse = [v for v in plan.sparse_variants if v[0] == args.model and v[1] in args.entries]
+    lowrank = [v for v in plan.decomposed_variants if v[0] == args.model and v[1] in args.entries]
+    variants = sparse + lowrank
     missing = set(args.entries) - {e for _, e, _ in variants}
     if missing:
         raise SystemExit(f"no {sorted(missing)} variants of {args.model!r} in {args.experiment}")
-    jobs = [plan.evaluate(args.model)] + [plan.evaluate_sparse(*v) for v in variants]
+    jobs = (
+        [plan.evaluate(args.model)]
+        + [plan.evaluate_sparse(*v) for v in sparse]
+        + [plan.evaluate_decomposed(*v) for v in lowrank]
+    )
     args.workdir.mkdir(parents=True, exist_ok=True)
     if not args.no_run:
         # the targets before --config, which takes every value after it
@@ -60,7 +71,20 @@ def main() -> None:
         # the variant's own rows on the study corpus (not the unigram baseline beside them)
         m = m[m.corpus.fillna("").isin([corpus, ""]) & (m.method != "unigram")]
         m = m.set_index("metric").value
-        rows.append({"entry": entry, "level": level, **{c: m.get(c) for c in COLUMNS}})
+        row = {"entry": entry, "level": level, **{c: m.get(c) for c in COLUMNS}}
+        if (args.model, entry, level) in lowrank:  # what the decomposition cost
+            d = (
+                read_table(
+                    args.workdir
+                    / plan.decompose(args.model, entry, level).out_dir
+                    / "metrics.parquet",
+                    METRICS,
+                )
+                .set_index("metric")
+                .value
+            )
+            row |= {"decompose_s": d["decompose_s"], "peak_rss_mb": d["peak_rss_mb"]}
+        rows.append(row)
     table = pd.DataFrame(rows)
     dense = table.perplexity.iloc[0]
     table.insert(3, "ppl_increase_%", 100 * (table.perplexity / dense - 1))

@@ -1,5 +1,7 @@
 """Low-rank methods against the identities of METHODS.md, in float64 on random layers."""
 
+import math
+
 import pytest
 import torch
 
@@ -143,3 +145,69 @@ def test_failures_name_the_layer():
         whitening(torch.zeros(4, 4, dtype=torch.float64), "eigh", "layer 0 o_proj")
     with pytest.raises(ValueError, match="whitening must be"):
         whitening(G.nan_to_num(), "qr", "t")
+
+
+# --------------------------------------------------------------- SVD-LLM V2, the update
+
+
+def test_svdllm_v2_uniform_is_svdllm_and_its_truncation_loss_is_the_measured_one():
+    """Eigendecomposition whitening equals SVD-LLM's Cholesky truncation on a positive
+    definite covariance (an orthogonal factor apart), and `truncation_loss` is
+    `||(W - W') X||_F` over `loss_tokens` tokens (here, the calibration's)."""
+    W, X = layer(3)
+    k = 12
+    A1, B1 = factors("svdllm", X, W, k)
+    A2, B2 = factors("svdllm_v2", X, W, k, allocation="uniform")
+    assert torch.allclose(A1 @ B1, A2 @ B2, rtol=0, atol=1e-10 * float(W.abs().max()))
+    v2 = LOWRANK.get("svdllm_v2")()
+    cfg = default_entry("decompose", "svdllm_v2", loss_tokens=len(X)).cfg
+    loss = v2.truncation_loss(cfg, W, stats_of(X), k, "test layer", {})
+    assert loss == pytest.approx(float(((W - A2 @ B2) @ X.T).norm()), rel=1e-9)
+
+
+def test_svdllm_v2_ratios_follow_the_inverse_log_loss_within_each_type():
+    from actsparse.methods.lowrank.base import TruncationLoss
+    from actsparse.methods.lowrank.svdllm_v2 import inverse_log_ratios
+
+    losses = [
+        TruncationLoss("l0.q", "q", 100, 1e4),
+        TruncationLoss("l1.q", "q", 100, 1e8),
+        TruncationLoss("l0.down", "down", 300, 50.0),
+    ]
+    r = inverse_log_ratios(losses, 0.4)
+    s0, s1 = 1 / math.log(1e4), 1 / math.log(1e8)
+    assert r["l0.q"] == pytest.approx(2 * 0.4 * s0 / (s0 + s1), rel=1e-12)
+    assert r["l1.q"] == pytest.approx(2 * 0.4 * s1 / (s0 + s1), rel=1e-12)
+    assert r["l1.q"] < 0.4 < r["l0.q"]  # the one that loses more is compressed less
+    assert r["l0.down"] == pytest.approx(0.4, rel=1e-12)  # alone in its group
+    with pytest.raises(FactorizationError, match=r"l0\.q loses 0\.5.*1 / ln L.*loss_tokens"):
+        inverse_log_ratios([TruncationLoss("l0.q", "q", 100, 0.5)], 0.4)
+    with pytest.raises(FactorizationError, match=r"allocated ratio .* outside \(0, 1\)"):
+        inverse_log_ratios(
+            [TruncationLoss("a", "q", 1, 1.0001), TruncationLoss("b", "q", 1, 1e9)], 0.6
+        )
+
+
+def test_the_update_on_the_whitening_inputs_returns_the_truncation_and_never_loses():
+    """`update_left` with the covariance the right factor was whitened with is the
+    truncation's own left factor (1e-10); on other inputs it is their least-squares
+    optimum: never worse than the truncation there, better in general."""
+    from actsparse.methods.lowrank.linalg import update_left
+
+    W, X = layer(4)
+    k = 10
+    A, B = factors("svdllm", X, W, k)
+    G = X.T @ X / len(X)
+    assert torch.allclose(update_left(W, B, G, "t"), A, rtol=0, atol=1e-10 * float(A.abs().max()))
+    _, X2 = layer(5)
+    X2 = X2 * 1.5 + 0.2  # what the layer reads once upstream layers are compressed
+    A2 = update_left(W, B, X2.T @ X2 / len(X2), "t")
+    before, after = (float(((W - a @ B) @ X2.T).norm()) for a in (A, A2))
+    assert after < before
+    # the optimum: the residual is orthogonal to every direction the factor can move in
+    R = (W - A2 @ B) @ X2.T
+    assert torch.allclose(
+        R @ (B @ X2.T).T, torch.zeros(M, k, dtype=torch.float64), atol=1e-8 * float(R.norm())
+    )
+    with pytest.raises(FactorizationError, match="layer 7.*not positive definite"):
+        update_left(W, B, torch.zeros(N, N, dtype=torch.float64), "layer 7")

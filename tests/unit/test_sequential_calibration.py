@@ -18,11 +18,11 @@ from actsparse.methods.sparsity.base import (
     BuildContext,
     context_len,
 )
-from actsparse.methods.sparsity.blocks import block_inputs, run_block
-from actsparse.methods.sparsity.calibration import SITE_ORDER, block_calls, calibrate_thresholds
+from actsparse.methods.sparsity.calibration import SITE_ORDER, calibrate_thresholds
 from actsparse.methods.sparsity.mechanism import Placed, Rule, SparsityPlan, placed_for_sites
 from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models import adapter_for
+from actsparse.models.blocks import block_calls, block_inputs, run_block
 from actsparse.sweeps import default_entry
 
 N_LAYERS = 4

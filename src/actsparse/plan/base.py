@@ -292,6 +292,9 @@ class PlanBase:
             "seed": self.cfg.study.seed,
         }
         inputs = {"model": self.model_path(model), "calibration": self.calibrate(model).out_dir}
+        method = self.decompose_entries[entry]
+        if method.method_instance().update_step(method.cfg) is not None:
+            inputs["data"] = self.calibration_data(model).out_dir  # the update's tokens
         variant = self.decompose_variant(model, entry, ratio)
         return self._job("decompose", variant, config, inputs, model, method=entry)
 

@@ -6,6 +6,11 @@ memory at a time), factorises every target linear with the method (`LOWRANK`) at
 `k = int(m n (1 - R) / (m + n))`, and swaps in a `LowRankLinear`. The compressed model is
 saved under `model/` (`save_pretrained` + `lowrank.json`) and reloads through the one
 loader; `decomposition.parquet` holds each linear's rank, parameters and errors.
+
+Two methods' steps need more than one layer's statistics: an entry that allocates its
+ratios across the model (SVD-LLM V2) has every linear's truncation loss measured at the
+uniform ratio first (`allocated_ratios`); an entry with an update step (SVD-LLM's) carries
+calibration tokens through the blocks as they are compressed (`SequentialInputs`).
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from actsparse.data import TokenData
 from actsparse.io import load_tensors, read_safetensors_metadata
 from actsparse.methods.lowrank import LOWRANK
-from actsparse.methods.lowrank.base import LayerStats
-from actsparse.methods.lowrank.linalg import check_finite, rank_for_ratio
+from actsparse.methods.lowrank.base import LayerStats, TruncationLoss
+from actsparse.methods.lowrank.linalg import check_finite, rank_for_ratio, update_left
+from actsparse.methods.lowrank.update import SequentialInputs
 from actsparse.methods.registry import MethodEntry
 from actsparse.models import LoadCfg, default_device, load_model_as
 from actsparse.models.adapters import FamilyAdapter, linear_shape
@@ -74,10 +81,56 @@ class CalibrationReader:
         return out
 
 
+def _target_linears(model, adapter: FamilyAdapter, layer: int, stats: dict, calib, entry: str):
+    """(site, name, module, float64 weight, where, cache) of each target linear of a
+    layer, its shape checked against the calibration; `cache` is shared by the linears
+    reading one input (q, k and v share their input's whitening)."""
+    for site, st in stats.items():
+        cache: dict = {}
+        for name, module in adapter.site_linears(model, layer)[site]:
+            where = f"layer {layer} {name} ({entry})"
+            n_in, _ = linear_shape(module)
+            if st.gram.shape != (n_in, n_in):
+                raise ValueError(
+                    f"{where}: the covariance in {calib.folder} is {tuple(st.gram.shape)}, the "
+                    f"linear reads width {n_in} (shape mismatch: calibrated on another model?)"
+                )
+            W, _ = dense_weight(module)
+            check_finite(W, "the weights", where)
+            yield site, name, module, W.detach().double().cpu(), where, cache
+
+
+def allocated_ratios(
+    model, adapter: FamilyAdapter, entry: MethodEntry, ratio: float, calib: CalibrationReader
+) -> dict[str, float]:
+    """linear -> ratio for an entry that allocates them across the model (SVD-LLM V2):
+    every target linear's truncation loss at the uniform `ratio` first; {} otherwise."""
+    method, mcfg = entry.method_instance(), entry.cfg
+    if not method.allocates(mcfg):
+        return {}
+    losses = []
+    n_layers = len(adapter.layers(model))
+    for layer in tqdm(range(n_layers), desc=f"{entry.name} losses R={ratio:g}", unit="layer"):
+        stats = calib.layer(layer, mcfg.sites())
+        for site, name, _, Wd, where, cache in _target_linears(
+            model, adapter, layer, stats, calib, entry.name
+        ):
+            m, n = Wd.shape
+            k = rank_for_ratio(m, n, ratio, where)
+            loss = method.truncation_loss(mcfg, Wd, stats[site], k, where, cache)
+            losses.append(TruncationLoss(name, name.rsplit(".", 1)[-1], m * n, loss))
+    return method.allocate(mcfg, losses, ratio)
+
+
 def decompose_model(
-    model, adapter: FamilyAdapter, cfg: DecomposeJob, calib: CalibrationReader
+    model,
+    adapter: FamilyAdapter,
+    cfg: DecomposeJob,
+    calib: CalibrationReader,
+    tokens: torch.Tensor | None = None,
 ) -> pd.DataFrame:
-    """Swap every target linear of `model` for its low-rank factors; one row per linear."""
+    """Swap every target linear of `model` for its low-rank factors; one row per linear.
+    `tokens`: the calibration corpus's train split, for an entry with an update step."""
     entry = MethodEntry.for_job(LOWRANK, cfg.entry, cfg.method, f"decompose.methods.{cfg.entry}")
     method, mcfg = entry.method_instance(), entry.cfg
     n_layers = len(adapter.layers(model))
@@ -87,56 +140,57 @@ def decompose_model(
             f"the model {n_layers}: calibrated on another model?"
         )
     sites = mcfg.sites()
+    ratios = allocated_ratios(model, adapter, entry, cfg.ratio, calib)
+    step = method.update_step(mcfg)
+    if step is not None and tokens is None:
+        raise ValueError(f"decompose {cfg.entry!r}: the update step needs calibration tokens")
+    inputs = SequentialInputs(model, adapter, tokens, step, cfg.seed) if step else None
     rows = []
     for layer in tqdm(range(n_layers), desc=f"decompose {cfg.entry} R={cfg.ratio:g}", unit="layer"):
         stats = calib.layer(layer, sites)
-        for site in sites:
+        refit = inputs.grams(layer, sites) if inputs else {}  # inputs with upstream compressed
+        for site, name, module, Wd, where, cache in _target_linears(
+            model, adapter, layer, stats, calib, cfg.entry
+        ):
             st = stats[site]
-            cache: dict = {}  # q, k and v share their input's whitening
-            for name, module in adapter.site_linears(model, layer)[site]:
-                where = f"layer {layer} {name} ({cfg.entry})"
-                n_in, n_out = linear_shape(module)
-                if st.gram.shape != (n_in, n_in):
-                    raise ValueError(
-                        f"{where}: the covariance in {calib.folder} is {tuple(st.gram.shape)}, the "
-                        f"linear reads width {n_in} (shape mismatch: calibrated on another model?)"
-                    )
-                W, bias = dense_weight(module)
-                check_finite(W, "the weights", where)
-                Wd = W.detach().double().cpu()
-                k = rank_for_ratio(n_out, n_in, cfg.ratio, where)
-                t0 = time.perf_counter()
-                A, B, info = method.factorize(mcfg, Wd, st, k, where, cache)
-                seconds = time.perf_counter() - t0
-                check_finite(A, "the left factor", where)
-                check_finite(B, "the right factor", where)
-                low = LowRankLinear.from_factors(A, B, bias, W)
-                check_finite(low.up.weight, "the left factor in the model's dtype", where)
-                check_finite(low.down.weight, "the right factor in the model's dtype", where)
-                # the errors of the factors as stored (the model's dtype), in float64
-                up, down = (t.detach().double().cpu() for t in (low.up.weight, low.down.weight))
-                E = Wd - up @ down
-                act_err = float(
-                    (E @ st.gram * E).sum() / (Wd @ st.gram * Wd).sum().clamp_min(1e-300)
+            n_in, n_out = linear_shape(module)
+            ratio = ratios.get(name, cfg.ratio)
+            k = rank_for_ratio(n_out, n_in, ratio, where)
+            t0 = time.perf_counter()
+            A, B, info = method.factorize(mcfg, Wd, st, k, where, cache)
+            if site in refit:
+                A = update_left(Wd, B, refit[site], where)
+            seconds = time.perf_counter() - t0
+            check_finite(A, "the left factor", where)
+            check_finite(B, "the right factor", where)
+            bias = dense_weight(module)[1]
+            low = LowRankLinear.from_factors(A, B, bias, module.weight)
+            check_finite(low.up.weight, "the left factor in the model's dtype", where)
+            check_finite(low.down.weight, "the right factor in the model's dtype", where)
+            # the errors of the factors as stored (the model's dtype), in float64
+            up, down = (t.detach().double().cpu() for t in (low.up.weight, low.down.weight))
+            E = Wd - up @ down
+            act_err = float((E @ st.gram * E).sum() / (Wd @ st.gram * Wd).sum().clamp_min(1e-300))
+            replace(model, name, low)
+            rows.append(
+                dict(
+                    layer=layer,
+                    site=site,
+                    linear=name,
+                    in_features=n_in,
+                    out_features=n_out,
+                    rank=A.shape[1],
+                    params_dense=n_in * n_out,
+                    params_lowrank=A.shape[1] * (n_in + n_out),
+                    act_rel_err=act_err**0.5,
+                    weight_rel_err=float(E.norm() / Wd.norm().clamp_min(1e-300)),
+                    ridge=float(info.get("ridge", 0.0)),
+                    seconds=seconds,
                 )
-                replace(model, name, low)
-                rows.append(
-                    dict(
-                        layer=layer,
-                        site=site,
-                        linear=name,
-                        in_features=n_in,
-                        out_features=n_out,
-                        rank=A.shape[1],
-                        params_dense=n_in * n_out,
-                        params_lowrank=A.shape[1] * (n_in + n_out),
-                        act_rel_err=act_err**0.5,
-                        weight_rel_err=float(E.norm() / Wd.norm().clamp_min(1e-300)),
-                        ridge=float(info.get("ridge", 0.0)),
-                        seconds=seconds,
-                    )
-                )
+            )
         del stats
+        if inputs:
+            inputs.advance(layer)
     return pd.DataFrame(rows)
 
 
@@ -145,7 +199,11 @@ def run(cfg: DecomposeJob, inputs: dict[str, str], out: Path) -> StageResult:
     model, adapter = load_model_as(inputs["model"], cfg.load, device=dev)
     dense_total = sum(p.numel() for p in model.parameters())
     t0 = time.perf_counter()
-    table = decompose_model(model, adapter, cfg, CalibrationReader(inputs["calibration"]))
+    # the calibration corpus's train split: planned for an entry with an update step
+    tokens = (
+        torch.from_numpy(TokenData(inputs["data"]).tokens("train")) if "data" in inputs else None
+    )
+    table = decompose_model(model, adapter, cfg, CalibrationReader(inputs["calibration"]), tokens)
     seconds = time.perf_counter() - t0
     write_table(table, out / "decomposition.parquet", DECOMPOSITION)
     info = {

@@ -54,6 +54,27 @@ class LayerStats:
     n_tokens: int
 
 
+@dataclass(frozen=True)
+class UpdateStep:
+    """SVD-LLM's second step as an entry asks for it: the calibration tokens (in sequences
+    of `seq_len`) on which each left factor is refitted, block by block, with every earlier
+    block compressed (the decompose stage runs it; `linalg.update_left`)."""
+
+    tokens: int
+    seq_len: int
+
+
+@dataclass(frozen=True)
+class TruncationLoss:
+    """One target linear's loss at the study's uniform ratio, for a method that allocates
+    ratios across the model (`LowRankMethod.allocate`)."""
+
+    linear: str  # the module's full name
+    kind: str  # its type across layers (q_proj, down_proj, ...): a group of equal shapes
+    params: int  # m n
+    loss: float  # ||(W - W') X||_F, over as many tokens as the method says
+
+
 class LowRankMethod(ABC):
     """A registered method. Subclasses set `Config` and implement `factorize`."""
 
@@ -73,3 +94,24 @@ class LowRankMethod(ABC):
         """Rank-k factors `(A (m, k), B (k, n))` of the float64 weight `W (m, n)`, and
         per-layer diagnostics. `cache` is shared by the linears reading the same input
         (q, k and v): a whitening factor is computed once per site."""
+
+    def update_step(self, cfg: Any) -> UpdateStep | None:
+        """The left-factor update this entry asks for (SVD-LLM's second step), or None."""
+        return None
+
+    def allocates(self, cfg: Any) -> bool:
+        """Whether this entry sets a ratio per linear from a pass over the whole model
+        (SVD-LLM V2): the stage then measures `truncation_loss` of every target linear at
+        the study's ratio first, and factorizes each at the ratio `allocate` gives it."""
+        return False
+
+    def truncation_loss(
+        self, cfg: Any, W: torch.Tensor, stats: LayerStats, k: int, where: str, cache: dict
+    ) -> float:
+        """`||(W - W_k) X||_F` at rank k, over as many tokens as the method's allocation
+        assumes (see `allocates`)."""
+        raise TypeError(f"{cfg.method} allocates no ratios (allocates is False)")
+
+    def allocate(self, cfg: Any, losses: list[TruncationLoss], ratio: float) -> dict[str, float]:
+        """linear -> ratio, for a model-wide `ratio` (see `allocates`)."""
+        raise TypeError(f"{cfg.method} allocates no ratios (allocates is False)")

@@ -139,3 +139,27 @@ def whitened_truncation(
     U, s, Vh = svd(W.double() @ wh.S, where)
     A, B = split_factors(U, s, Vh, k)
     return A, wh.right_inverse(B), s
+
+
+def update_left(W: torch.Tensor, B: torch.Tensor, G: torch.Tensor, where: str) -> torch.Tensor:
+    """SVD-LLM's closed-form update of the left factor: the `A` minimising
+    `||(W - A B) X'||_F` for the inputs `X'` with second moment `G = X'^T X' / T'`,
+    `A = W G B^T (B G B^T)^-1` (the reference code's `lstsq`, solved here through the
+    Cholesky factor of the k x k normal matrix, in float64).
+
+    With `B` a whitened truncation's right factor and `G` the covariance it was whitened
+    with, this is that truncation's own left factor; a normal matrix that is not positive
+    definite (inputs that do not span the factor's row space) is an error, not a
+    fallback."""
+    check_finite(G, "the update's input covariance", where)
+    W, B, G = W.double(), B.double(), G.double()
+    GBt = G @ B.T  # (n, k)
+    normal = B @ GBt
+    normal = (normal + normal.T) / 2
+    L, info = torch.linalg.cholesky_ex(normal)
+    if int(info) != 0:
+        raise FactorizationError(
+            f"{where}: the update's normal matrix B G B^T is not positive definite (the "
+            "update's inputs do not span the right factor's rows); more update_tokens?"
+        )
+    return torch.cholesky_solve((W @ GBt).T, L).T

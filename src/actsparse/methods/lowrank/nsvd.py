@@ -17,11 +17,11 @@ from omegaconf import MISSING
 
 from actsparse.methods.lowrank.base import LOWRANK, LowRankMethod
 from actsparse.methods.lowrank.linalg import truncated, whitened_truncation
-from actsparse.methods.lowrank.svdllm import SVDLLMCfg, site_whitening
+from actsparse.methods.lowrank.svdllm import WhiteningCfg, site_whitening
 
 
 @dataclass
-class NSVDCfg(SVDLLMCfg):
+class NSVDCfg(WhiteningCfg):
     k1_fraction: float = MISSING  # share of the rank fitted to the calibration activations
 
     def problems(self):

@@ -17,7 +17,7 @@ from actsparse.data import batch_at
 from actsparse.methods.sparsity.base import BuildContext, SparsityMethodCfg, context_len
 from actsparse.methods.sparsity.mechanism import SparsityPlan
 from actsparse.methods.sparsity.wrappers import apply
-from actsparse.models.adapters import FamilyAdapter
+from actsparse.models.blocks import StopBlock, block_calls, call_block
 
 SITE_ORDER = ("attn_in", "o_proj_in", "ffn_in", "gate", "ffn_intermediate", "heads")
 
@@ -45,24 +45,6 @@ class ThresholdMethodCfg(SparsityMethodCfg):
         return out
 
 
-class _Stop(Exception):
-    """Ends a forward pass early once what it was run for has been seen."""
-
-
-def _split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, tuple, dict]:
-    """(hidden states, other positional args, kwargs) of a block call."""
-    if args:
-        return args[0], args[1:], kwargs
-    kwargs = dict(kwargs)
-    return kwargs.pop("hidden_states"), (), kwargs
-
-
-def _call_block(block, hidden: torch.Tensor, call: tuple[tuple, dict]) -> torch.Tensor:
-    rest, kwargs = call
-    out = block(hidden, *rest, **kwargs)
-    return out[0] if isinstance(out, tuple) else out
-
-
 def _count_magnitudes(
     hist: torch.Tensor, x: torch.Tensor, edges: torch.Tensor, width: int, where: str
 ) -> None:
@@ -76,65 +58,6 @@ def _count_magnitudes(
         raise FloatingPointError(f"{where}: non-finite activations (NaN or inf)")
     idx = torch.bucketize(x.abs().reshape(-1).to(torch.float64), edges, right=True)
     hist += torch.bincount(idx, minlength=len(hist))
-
-
-@torch.no_grad()
-def block_calls(model, adapter: FamilyAdapter, last: int, batches: list) -> tuple[list, list]:
-    """What blocks `0..last` are called with for each batch of token ids, without running
-    them: (the hidden states block 0 receives per batch, `calls[layer][batch]` = the
-    other (args, kwargs) of that block's call: masks, rotary embeddings, positions).
-
-    The model's own forward computes these (no family-specific code); its blocks are
-    stood in for by pass-throughs meanwhile, so this costs the embeddings only. They are
-    taken per layer since they may differ between layers (Qwen2's sliding-window layers
-    get another mask).
-    """
-    blocks = adapter.layers(model)
-    device = next(model.parameters()).device
-    first: list[torch.Tensor] = []
-    calls: list[list] = [[] for _ in range(last + 1)]
-    passed: list[torch.Tensor | None] = [None]
-
-    def stand_in(layer: int):
-        def forward(*args, **kwargs):
-            hidden, rest, kw = _split_call(args, kwargs)
-            if layer == 0:
-                first.append(hidden)
-            elif hidden is not passed[0]:
-                # carrying outputs forward assumes the model feeds each block's output
-                # straight into the next one
-                raise RuntimeError(
-                    f"block {layer} does not receive block {layer - 1}'s output as its "
-                    "hidden states: sequential calibration cannot carry them forward"
-                )
-            calls[layer].append((rest, kw))
-            if layer == last:
-                raise _Stop
-            passed[0] = hidden
-            return hidden
-
-        return forward
-
-    saved = {i: blocks[i].__dict__.get("forward") for i in range(last + 1)}
-    try:
-        for i in range(last + 1):
-            blocks[i].forward = stand_in(i)
-        for x in batches:
-            passed[0] = None
-            with contextlib.suppress(_Stop):
-                model(input_ids=x.to(device), use_cache=False)
-    finally:
-        for i, forward in saved.items():
-            if forward is None:
-                del blocks[i].forward
-            else:
-                blocks[i].forward = forward
-    if any(len(c) != len(batches) for c in calls):
-        raise RuntimeError(
-            f"the model did not call blocks 0..{last} once each per batch: sequential "
-            "calibration cannot carry their outputs forward"
-        )
-    return first, calls
 
 
 @torch.no_grad()
@@ -187,7 +110,7 @@ def calibrate_thresholds(placed: list, cfg: ThresholdMethodCfg, ctx: BuildContex
 
             def seen(x, h=hist, n=group[0].width, w=where):
                 _count_magnitudes(h, x, edges, n, w)
-                raise _Stop  # the rest of the block cannot change this site's statistics
+                raise StopBlock  # the rest of the block cannot change this site's statistics
 
             if site == "gate":
                 _, act = adapter.act_module(model, layer)
@@ -198,8 +121,8 @@ def calibrate_thresholds(placed: list, cfg: ThresholdMethodCfg, ctx: BuildContex
             handle = apply(model, adapter, SparsityPlan("calibration", "", 0.0, done))
             try:
                 for h, call in zip(hidden, calls[layer], strict=True):
-                    with contextlib.suppress(_Stop):
-                        _call_block(block, h, call)
+                    with contextlib.suppress(StopBlock):
+                        call_block(block, h, call)
             finally:
                 hook.remove()
                 handle.remove()
@@ -214,7 +137,7 @@ def calibrate_thresholds(placed: list, cfg: ThresholdMethodCfg, ctx: BuildContex
             handle = apply(model, adapter, SparsityPlan("calibration", "", 0.0, done))
             try:
                 for b, call in enumerate(calls[layer]):
-                    hidden[b] = _call_block(block, hidden[b], call)
+                    hidden[b] = call_block(block, hidden[b], call)
             finally:
                 handle.remove()
     return done

@@ -7,7 +7,7 @@ modules of an unmodified `transformers` model.
   the method lets a kernel skip (`output_skips`).
 - `placed_for_sites` places one rule per module reading each site of every layer.
 
-The plan is applied by `wrappers.apply`; `cost.py` counts what it saves, `blocks.py` runs
+The plan is applied by `wrappers.apply`; `cost.py` counts what it saves, `models.blocks` runs
 one block at a time for the methods that calibrate or search with upstream rules on.
 """
 

@@ -34,11 +34,11 @@ from actsparse.methods.sparsity.base import (
     check_sites,
     context_len,
 )
-from actsparse.methods.sparsity.blocks import block_inputs, run_block
 from actsparse.methods.sparsity.calibration import ThresholdMethodCfg, calibrate_thresholds
 from actsparse.methods.sparsity.mechanism import Placed, Rule, SparsityPlan, placed_for_sites
 from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models.adapters import LINEAR_SITES, linear_shape
+from actsparse.models.blocks import block_inputs, run_block
 
 log = logging.getLogger("actsparse.teal")
 
