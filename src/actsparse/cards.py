@@ -42,7 +42,7 @@ def sparsity_table() -> str:
         keys = {f.name for f in fields(cfg)} & {"site", "sites"}
         if keys:
             sites += f" (key `{keys.pop()}`)"
-        calibrated = "yes" if impl.needs_calibration else "no"
+        calibrated = "yes" if impl.needs_calibration or impl.needs_tokens else "no"
         rows.append(
             f"| {_named(name, impl)} | {sites} | {_cell(impl.summary)} | {calibrated} "
             f"| {_cell(impl.skips)} |"

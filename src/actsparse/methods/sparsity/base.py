@@ -177,7 +177,8 @@ class SparsityMethod(ABC):
     """A registered method. Subclasses set `Config` and implement `build`."""
 
     Config: ClassVar[type[SparsityMethodCfg]] = SparsityMethodCfg
-    needs_calibration: ClassVar[bool] = True
+    needs_calibration: ClassVar[bool] = True  # the calibrate stage's statistics
+    needs_tokens: ClassVar[bool] = True  # calibration tokens (sequential calibration, searches)
     # its row in docs/sparsity.md's method table (`actsparse methods`)
     paper: ClassVar[str] = ""  # whose method it is, if not this project's
     summary: ClassVar[str] = ""  # the rule, in one line

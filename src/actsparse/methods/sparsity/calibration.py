@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from omegaconf import MISSING
 
@@ -60,8 +61,49 @@ def _count_magnitudes(
     hist += torch.bincount(idx, minlength=len(hist))
 
 
+# values of one site's activation kept for a centred calibration (strided beyond it)
+MAX_SAMPLES = 1 << 24
+
+
+class _Samples:
+    """The values of one site's activation (float32, CPU), strided to `MAX_SAMPLES` over
+    all batches, for a centre and the exact quantiles of |x - centre| (SCAP)."""
+
+    def __init__(self, n_batches: int):
+        self.n_batches, self.parts = n_batches, []
+
+    def add(self, x: torch.Tensor, width: int, where: str) -> None:
+        x = x.reshape(-1, x.shape[-1])
+        if x.shape[1] != width:
+            raise ValueError(f"{where}: expected {width} channels, got {x.shape[1]}")
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"{where}: non-finite activations (NaN or inf)")
+        stride = max(1, -(-x.numel() * self.n_batches // MAX_SAMPLES))
+        self.parts.append(x.reshape(-1)[::stride].float().cpu())
+
+    def values(self) -> torch.Tensor:
+        return torch.cat(self.parts).double()
+
+
+def centred_rules(group: list, samples: _Samples, center) -> list:
+    """Each rule of a site with `shift = center(x)` and the threshold of `level` of
+    `|x - shift|` (SCAP: `np.quantile(|x - m|, s)`), from the site's samples."""
+    x = samples.values()
+    m = float(center(x))
+    dev = (x - m).abs().numpy()
+
+    def threshold(level: float) -> float:  # at 0 nothing is dropped (the dense output)
+        return float(np.quantile(dev, level)) if level > 0 else 0.0
+
+    return [
+        replace(p, rule=replace(p.rule, shift=m, threshold=threshold(p.rule.level))) for p in group
+    ]
+
+
 @torch.no_grad()
-def calibrate_thresholds(placed: list, cfg: ThresholdMethodCfg, ctx: BuildContext) -> list:
+def calibrate_thresholds(
+    placed: list, cfg: ThresholdMethodCfg, ctx: BuildContext, center=None
+) -> list:
     """Fill in the threshold of every threshold rule in `placed` for its level.
 
     A threshold `t` with `P(|x| < t) = level` (TEAL's `F^-1(0.5 + s/2)`), read from a
@@ -75,7 +117,13 @@ def calibrate_thresholds(placed: list, cfg: ThresholdMethodCfg, ctx: BuildContex
     calibrated so far on, stopped once the site's activation has been seen. The cost is
     one forward pass plus, per site, the blocks up to that site: linear in the depth,
     where running the model from its first layer to reach each layer was quadratic.
+
+    `center` (sequential only): a function of a site's activation values (float64, 1-D)
+    giving the scalar each rule there is centred on (SCAP's mode): the rule's `shift`, and
+    its threshold the quantile of `|x - shift|`, exact on (strided) samples of the values.
     """
+    if center is not None and cfg.calibration != "sequential":
+        raise ValueError("a centred threshold calibration must be sequential")
     if cfg.calibration == "dense":
         assert ctx.stats is not None
         return [
@@ -106,10 +154,14 @@ def calibrate_thresholds(placed: list, cfg: ThresholdMethodCfg, ctx: BuildContex
         for site in [s for s in SITE_ORDER if (layer, s) in groups]:
             group = groups[(layer, site)]
             hist = torch.zeros(len(edges) + 1, dtype=torch.int64, device=ctx.device)
+            samples = _Samples(len(hidden))
             where = f"layer {layer} site {site}"
 
-            def seen(x, h=hist, n=group[0].width, w=where):
-                _count_magnitudes(h, x, edges, n, w)
+            def seen(x, h=hist, n=group[0].width, w=where, s=samples):
+                if center is None:
+                    _count_magnitudes(h, x, edges, n, w)
+                else:
+                    s.add(x, n, w)
                 raise StopBlock  # the rest of the block cannot change this site's statistics
 
             if site == "gate":
@@ -126,6 +178,9 @@ def calibrate_thresholds(placed: list, cfg: ThresholdMethodCfg, ctx: BuildContex
             finally:
                 hook.remove()
                 handle.remove()
+            if center is not None:
+                done += centred_rules(group, samples, center)
+                continue
             counts, e = hist.cpu().numpy(), edges.cpu().numpy()
             done += [
                 replace(

@@ -48,6 +48,7 @@ class Contextual(SparsityMethod):
     skips = "gate/up (fc1) rows of dropped neurons; q rows of dropped heads"
     Config = ContextualCfg
     needs_calibration = False
+    needs_tokens = False
 
     def build(self, cfg: ContextualCfg, level: float, ctx: BuildContext) -> SparsityPlan:
         model, adapter = ctx.model, ctx.adapter

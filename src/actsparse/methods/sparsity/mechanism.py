@@ -14,6 +14,7 @@ one block at a time for the methods that calibrate or search with upstream rules
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,9 @@ class Rule:
     kind: str  # one of RULES
     level: float  # the target fraction of zeros where the rule applies
     threshold: float | None = None  # threshold: keep |x| > threshold
+    # threshold: the rule sees x - shift and the linear adds W (shift 1) back, so what it
+    # drops is what lies within `threshold` of `shift` (SCAP's mode-centering, `SparseInput`)
+    shift: float = 0.0
     soft: bool = True  # stat_topk: ReLU(x - theta) rather than the hard cut
     rescale: bool = False  # topk: restore each row's L2 norm
     n_heads: int | None = None  # head_topk, and a predicted rule over heads
@@ -56,6 +60,10 @@ class Rule:
             raise ValueError(f"sparsity level must be in [0, 1), got {self.level}")
         if self.kind == "threshold" and (self.threshold is None or not self.threshold >= 0):
             raise ValueError(f"a threshold rule needs a threshold >= 0, got {self.threshold}")
+        if self.shift and self.kind != "threshold":
+            raise ValueError(f"only a threshold rule is centred (shift), not {self.kind!r}")
+        if not math.isfinite(self.shift):
+            raise ValueError(f"a rule's shift must be finite, got {self.shift}")
         if self.kind == "head_topk" and not self.n_heads:
             raise ValueError("a head_topk rule needs n_heads")
         if self.block < 1:

@@ -53,6 +53,7 @@ class StatTopK(SparsityMethod):
     skips = "up_proj rows and down_proj columns of dropped neurons"
     Config = StatTopKCfg
     needs_calibration = False
+    needs_tokens = False
 
     def build(self, cfg: StatTopKCfg, level: float, ctx: BuildContext) -> SparsityPlan:
         rule = Rule("stat_topk", level, soft=cfg.soft, pre_activation=cfg.site == "gate")

@@ -29,6 +29,7 @@ class TopK(SparsityMethod):
     summary = "top-K by |x|, optional L2 rescale"
     Config = TopKCfg
     needs_calibration = False
+    needs_tokens = False
 
     def build(self, cfg: TopKCfg, level: float, ctx: BuildContext) -> SparsityPlan:
         return same_rule_plan(cfg, level, ctx, Rule("topk", level, rescale=cfg.rescale))

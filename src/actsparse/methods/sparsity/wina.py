@@ -29,6 +29,7 @@ class Wina(SparsityMethod):
     summary = "top-K per linear by |x_i| ‖W[:, i]‖₂ (the column norm of the weight it multiplies)"
     Config = LinearSitesCfg  # each reading linear keeps its own channels
     needs_calibration = False
+    needs_tokens = False
 
     def build(self, cfg: LinearSitesCfg, level: float, ctx: BuildContext) -> SparsityPlan:
         return same_rule_plan(cfg, level, ctx, Rule("weighted_topk", level))

@@ -89,14 +89,27 @@ class LinearView:
 
 
 class SparseInput(LinearView, _Counted):
-    """A linear (nn.Linear or Conv1D) whose input goes through the rule first."""
+    """A linear (nn.Linear or Conv1D) whose input goes through the rule first.
+
+    A centred rule (`shift` m, SCAP) is applied to `x - m` and the linear's output gets
+    `W (m 1)` back, a bias: `W S(x - m) + b + W m 1`, which is `W x + b` where nothing is
+    dropped, and the linear (or a kernel standing in for it) reads a sparse input."""
 
     _scale: torch.Tensor | None = None  # a weighted rule's column norms, computed once
+    _shift_out: torch.Tensor | None = None  # a centred rule's W (m 1), computed once
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if self.active:
-            x = self.by_position(self._sparse, _identity, x)
-        return self.inner(x, *args, **kwargs)
+        if not self.active:
+            return self.inner(x, *args, **kwargs)
+        shift = self.placed.rule.shift
+        if not shift:
+            return self.inner(self.by_position(self._sparse, _identity, x), *args, **kwargs)
+        y = self.inner(self.by_position(self._sparse, _identity, x - shift), *args, **kwargs)
+        if self._shift_out is None or self._shift_out.dtype != y.dtype:
+            ones = torch.full((1, x.shape[-1]), shift, dtype=x.dtype, device=x.device)
+            zero = torch.zeros_like(ones)
+            self._shift_out = (self.inner(ones) - self.inner(zero))[0].detach()  # W m 1, bias-free
+        return y + self._shift_out
 
     def _sparse(self, x: torch.Tensor) -> torch.Tensor:
         rule = self.placed.rule
