@@ -174,18 +174,36 @@ def test_svdllm_v2_ratios_follow_the_inverse_log_loss_within_each_type():
         TruncationLoss("l1.q", "q", 100, 1e8),
         TruncationLoss("l0.down", "down", 300, 50.0),
     ]
-    r = inverse_log_ratios(losses, 0.4)
+    r = inverse_log_ratios(losses, 0.4, 0.9)
     s0, s1 = 1 / math.log(1e4), 1 / math.log(1e8)
     assert r["l0.q"] == pytest.approx(2 * 0.4 * s0 / (s0 + s1), rel=1e-12)
     assert r["l1.q"] == pytest.approx(2 * 0.4 * s1 / (s0 + s1), rel=1e-12)
     assert r["l1.q"] < 0.4 < r["l0.q"]  # the one that loses more is compressed less
     assert r["l0.down"] == pytest.approx(0.4, rel=1e-12)  # alone in its group
     with pytest.raises(FactorizationError, match=r"l0\.q loses 0\.5.*1 / ln L.*loss_tokens"):
-        inverse_log_ratios([TruncationLoss("l0.q", "q", 100, 0.5)], 0.4)
-    with pytest.raises(FactorizationError, match=r"allocated ratio .* outside \(0, 1\)"):
-        inverse_log_ratios(
-            [TruncationLoss("a", "q", 1, 1.0001), TruncationLoss("b", "q", 1, 1e9)], 0.6
-        )
+        inverse_log_ratios([TruncationLoss("l0.q", "q", 100, 0.5)], 0.4, 0.9)
+
+
+def test_svdllm_v2_caps_a_ratio_and_gives_the_excess_to_its_group():
+    """SmolLM2's case: one linear loses far less than the rest of its type (16 against
+    ~4,000), and the formula alone would remove more than all of it."""
+    from actsparse.methods.lowrank.base import TruncationLoss
+    from actsparse.methods.lowrank.svdllm_v2 import inverse_log_ratios
+
+    losses = [TruncationLoss("l0.o", "o", 1, 15.7)] + [
+        TruncationLoss(f"l{i}.o", "o", 1, 4000.0 + 100 * i) for i in range(1, 6)
+    ]
+    free = inverse_log_ratios(losses, 0.4, 0.99)
+    assert free["l0.o"] > 0.9  # what the formula gives, under a loose cap
+    r = inverse_log_ratios(losses, 0.4, 0.9)
+    assert r["l0.o"] == 0.9
+    assert sum(r.values()) == pytest.approx(6 * 0.4, rel=1e-12)  # the group's budget kept
+    rest = [r[f"l{i}.o"] for i in range(1, 6)]
+    s = [1 / math.log(4000.0 + 100 * i) for i in range(1, 6)]
+    assert [a / b for a, b in zip(rest, s)] == pytest.approx([rest[0] / s[0]] * 5, rel=1e-12)
+    assert r["l1.o"] > free["l1.o"]  # the others take the excess
+    with pytest.raises(FactorizationError, match="above max_ratio"):
+        inverse_log_ratios(losses, 0.95, 0.9)
 
 
 def test_the_update_on_the_whitening_inputs_returns_the_truncation_and_never_loses():

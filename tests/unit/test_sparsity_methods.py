@@ -19,6 +19,7 @@ from actsparse.methods.sparsity.teal import _BlockSearch, greedy_path
 from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models import adapter_for
 from actsparse.models.adapters import LINEAR_SITES, linear_shape
+from actsparse.models.blocks import block_inputs, run_block
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "sparsify"
 
@@ -406,3 +407,48 @@ def test_an_allocation_search_without_the_level_is_refused_naming_both(tmp_path)
     assert read_allocation(tmp_path, 0.5) == {"m.q": 0.6}
     with pytest.raises(ValueError, match=r"has no level 0.7 \(it has \[0.25, 0.5\]\)"):
         read_allocation(tmp_path, 0.7)
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_teal_objective_is_its_codes_last_quarter_norm_with_the_first_half_dense(family):
+    """`greedy_objective: teal` scores a trial as TEAL's greedyopt.py does, computed here
+    independently: the block rerun with the trial's thresholds on the second half of each
+    sequence only, `torch.norm(target[:, s:] - new[:, s:], dim=1).mean()`, `s = 3T/4`."""
+    model = tiny_model(family).double()
+    ctx = _ctx(model)
+
+    class Stats:  # thresholds the size of the activations: errors far above rounding
+        def threshold(self, layer, site, level):
+            return 2.0 * level
+
+    ctx.stats = Stats()
+    cfg = _cfg("teal", allocation="greedy", greedy_step=0.1, greedy_objective="teal")
+    x = torch.cat([batch_at(ctx.tokens, b, 1, 16, ctx.seed) for b in range(4)])
+    layer = 1
+    with _BlockSearch(cfg, ctx, layer, x) as block:
+        name = next(iter(block.params))
+        block.set_level(name, 0.6)
+        got = block.error()
+        rule = block.handle.wrappers[name].placed.rule
+    adapter = ctx.adapter
+    inputs = block_inputs(model, adapter, layer, [x])
+    target = run_block(model, adapter, layer, inputs)[0]
+    site = [s for s in LINEAR_SITES for n, _ in adapter.site_linears(model, layer)[s] if n == name][
+        0
+    ]
+    width = linear_shape(model.get_submodule(name))[0]
+    handle = apply(
+        model, adapter, SparsityPlan("teal", "t", 0.6, [Placed(layer, site, name, width, rule)])
+    )
+    with handle.dense_prefix(8, 16):
+        new = run_block(model, adapter, layer, inputs)[0]
+    handle.remove()
+    want = float(torch.norm(target[:, 12:] - new[:, 12:], dim=1).mean())
+    assert got == pytest.approx(want, rel=1e-4) and want > 1e-6  # the search runs in float32
+    # a walk under it lands on the target like the default objective's
+    levels = greedy_path(cfg, [0.5], ctx)[0.5]
+    params = {n: math.prod(linear_shape(model.get_submodule(n))) for n in levels}
+    for layer in range(2):
+        mine = [n for n in levels if f".{layer}." in n]
+        eff = sum(params[n] * levels[n] for n in mine) / sum(params[n] for n in mine)
+        assert eff == pytest.approx(0.5, abs=1e-9)

@@ -17,8 +17,11 @@ the ratios depend on how many tokens `L` sums over; `L_i` is taken over `loss_to
 tokens (default the paper's 256 x 2048), `sqrt(loss_tokens Σ_{j>k} σ_j²)` with `σ` the
 singular values of `W S` per calibration token, so the allocation does not move with the
 size of this study's calibration. A loss `L_i <= 1`, where `1 / ln L_i` is no weight, is an
-error naming the linear, as is an allocated ratio outside (0, 1); ranks from the allocated
-ratios by SVD-LLM's `int(m n (1 - r) / (m + n))`.
+error naming the linear. The formula has no bound: a linear that loses far less than its
+group (SmolLM2's first o_proj: 16 against ~4,000) gets `r_i > 1` (1.12 at `R = 0.4`), so
+ratios are capped at `max_ratio` and the group's excess is spread over the others in
+proportion to their `s_i` (water-filling), which keeps each group's mean at `R`. Ranks
+from the allocated ratios by SVD-LLM's `int(m n (1 - r) / (m + n))`.
 """
 
 from __future__ import annotations
@@ -39,9 +42,12 @@ ALLOCATIONS = ("heterogeneous", "uniform")
 class SVDLLMV2Cfg(WhiteningCfg):
     allocation: str = MISSING  # heterogeneous | uniform
     loss_tokens: int = MISSING  # the tokens each loss sums over (the paper's calibration)
+    max_ratio: float = MISSING  # no linear loses more than this share of its parameters
 
     def problems(self):
         out = super().problems()
+        if not 0.0 < self.max_ratio < 1.0:
+            out.append(("max_ratio", f"must be in (0, 1), got {self.max_ratio}"))
         if self.loss_tokens < 1:
             out.append(("loss_tokens", f"must be >= 1, got {self.loss_tokens}"))
         if self.allocation not in ALLOCATIONS:
@@ -49,8 +55,11 @@ class SVDLLMV2Cfg(WhiteningCfg):
         return out
 
 
-def inverse_log_ratios(losses: list[TruncationLoss], ratio: float) -> dict[str, float]:
-    """The paper's `r_i = n R s_i / sum_j s_j`, `s_i = 1 / ln L_i`, per group of one kind."""
+def inverse_log_ratios(
+    losses: list[TruncationLoss], ratio: float, max_ratio: float
+) -> dict[str, float]:
+    """The paper's `r_i = n R s_i / sum_j s_j`, `s_i = 1 / ln L_i`, per group of one kind,
+    capped at `max_ratio` with the excess spread over the rest of the group (module doc)."""
     groups: dict[str, list[TruncationLoss]] = {}
     for item in losses:
         groups.setdefault(item.kind, []).append(item)
@@ -63,16 +72,23 @@ def inverse_log_ratios(losses: list[TruncationLoss], ratio: float) -> dict[str, 
                     "1 / ln L is no weight for L <= 1 (a larger loss_tokens, or "
                     "allocation: uniform)"
                 )
-        s = [1.0 / math.log(item.loss) for item in group]
-        total = sum(s)
-        for item, si in zip(group, s, strict=True):
-            r = len(group) * ratio * si / total
-            if not 0.0 < r < 1.0:
-                raise FactorizationError(
-                    f"svdllm_v2: {item.linear} ({kind}) is allocated ratio {r:.4g}, outside "
-                    f"(0, 1) at the model-wide {ratio:g}"
-                )
-            out[item.linear] = r
+        if ratio > max_ratio:
+            raise FactorizationError(
+                f"svdllm_v2: the model-wide ratio {ratio:g} is above max_ratio {max_ratio:g}"
+            )
+        s = {item.linear: 1.0 / math.log(item.loss) for item in group}
+        capped: set[str] = set()
+        while True:  # water-filling: at most one pass per linear
+            free = [n for n in s if n not in capped]
+            budget = len(group) * ratio - max_ratio * len(capped)
+            total = sum(s[n] for n in free)
+            r = {n: budget * s[n] / total for n in free}
+            over = {n for n, v in r.items() if v > max_ratio}
+            if not over:
+                break
+            capped |= over
+        out.update(r)
+        out.update({n: max_ratio for n in capped})
     return out
 
 
@@ -94,7 +110,7 @@ class SVDLLMV2(LowRankMethod):
         return math.sqrt(cfg.loss_tokens * float((s[k:] ** 2).sum()))
 
     def allocate(self, cfg, losses, ratio):
-        return inverse_log_ratios(losses, ratio)
+        return inverse_log_ratios(losses, ratio, cfg.max_ratio)
 
     def factorize(self, cfg, W, stats, k, where, cache):
         return whitened_factors(cfg, W, stats, k, where, cache)

@@ -7,13 +7,19 @@ Allocation:
 - `uniform`: every projection at the target level;
 - `greedy`: TEAL's block-wise greedy search. Per block, all projections start dense;
   each step raises the sparsity of the one projection whose increase adds the least
-  relative error to the block's output (on `greedy_tokens` calibration tokens, earlier
-  blocks dense), by `step / w_p` with `w_p = P_p / d^2` (`P_p` its real parameter count,
+  error to the block's output (on `greedy_tokens` calibration tokens, earlier blocks
+  dense; `greedy_objective` below), by `step / w_p` with `w_p = P_p / d^2` (`P_p` its real parameter count,
   `d^2` that of a square hidden-to-hidden projection, as in TEAL's code; GQA's smaller k/v
   take larger steps), until the block's effective sparsity `sum(P_p s_p) / sum(P_p)`
   reaches the target (the last step is cut to land on it). The search reads the dense
   calibration histograms and reruns only the block, on its captured inputs; the chosen
   levels are then calibrated like uniform ones.
+
+`greedy_objective`: `relative_sq` is `||Y - Y_dense||_F^2 / ||Y_dense||_F^2` over every
+position (the attention-sink token included); `teal` is what TEAL's code measures
+(FasterDecoding/TEAL `teal/greedyopt.py`): the first half of each sequence dense (its
+`SparsifyFn` sparsifies the second half only), the L2 norm over the positions of the last
+quarter of each sequence, per sequence and channel, averaged over both.
 """
 
 from __future__ import annotations
@@ -42,6 +48,8 @@ from actsparse.models.blocks import block_inputs, run_block
 
 log = logging.getLogger("actsparse.teal")
 
+OBJECTIVES = ("relative_sq", "teal")
+
 
 @dataclass
 class TealCfg(ThresholdMethodCfg):
@@ -51,6 +59,7 @@ class TealCfg(ThresholdMethodCfg):
     greedy_tokens: int = MISSING  # calibration tokens the greedy search measures errors on
     greedy_seq_len: int = MISSING
     max_level: float = MISSING  # no projection is made sparser than this
+    greedy_objective: str = MISSING  # relative_sq | teal (module doc)
 
     def sites_used(self) -> list[str]:
         return list(self.sites)
@@ -63,6 +72,10 @@ class TealCfg(ThresholdMethodCfg):
             out.append(("greedy_step", f"must be in (0, 0.5], got {self.greedy_step}"))
         if self.greedy_tokens < 2 or self.greedy_seq_len < 2:
             out.append(("greedy_tokens", "greedy_tokens and greedy_seq_len must be >= 2"))
+        if self.greedy_objective not in OBJECTIVES:
+            out.append(
+                ("greedy_objective", f"must be one of {OBJECTIVES}, got {self.greedy_objective!r}")
+            )
         if not 0.0 < self.max_level < 1.0:
             out.append(("max_level", f"must be in (0, 1), got {self.max_level}"))
         return out
@@ -179,8 +192,19 @@ class _BlockSearch:
             self.set_level(name, level)
 
     def error(self) -> float:
+        if self.cfg.greedy_objective == "teal":
+            return self._teal_error()
         y = run_block(self.ctx.model, self.ctx.adapter, self.layer, self.inputs)[0].float()
         return float(((y - self.dense) ** 2).sum()) / self.dense_sq
+
+    def _teal_error(self) -> float:
+        """TEAL's `torch.norm(target[:, s:] - new[:, s:], dim=1).mean()`, `s = 3T/4`, with
+        the first half of every sequence dense."""
+        t = self.dense.shape[1]
+        with self.handle.dense_prefix(t // 2, t):
+            y = run_block(self.ctx.model, self.ctx.adapter, self.layer, self.inputs)[0].float()
+        start = int(t * 0.75)
+        return float((y[:, start:] - self.dense[:, start:]).norm(dim=1).mean())
 
     def walk(
         self, lv: dict[str, float], eff: float, target: float, stop_before_cut: bool
