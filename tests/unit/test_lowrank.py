@@ -200,7 +200,9 @@ def test_svdllm_v2_caps_a_ratio_and_gives_the_excess_to_its_group():
     assert sum(r.values()) == pytest.approx(6 * 0.4, rel=1e-12)  # the group's budget kept
     rest = [r[f"l{i}.o"] for i in range(1, 6)]
     s = [1 / math.log(4000.0 + 100 * i) for i in range(1, 6)]
-    assert [a / b for a, b in zip(rest, s)] == pytest.approx([rest[0] / s[0]] * 5, rel=1e-12)
+    assert [a / b for a, b in zip(rest, s, strict=True)] == pytest.approx(
+        [rest[0] / s[0]] * 5, rel=1e-12
+    )
     assert r["l1.o"] > free["l1.o"]  # the others take the excess
     with pytest.raises(FactorizationError, match="above max_ratio"):
         inverse_log_ratios(losses, 0.95, 0.9)

@@ -64,7 +64,7 @@ def inverse_log_ratios(
     for item in losses:
         groups.setdefault(item.kind, []).append(item)
     out = {}
-    for kind, group in groups.items():
+    for group in groups.values():
         for item in group:
             if not item.loss > 1.0:
                 raise FactorizationError(
