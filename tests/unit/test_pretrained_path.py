@@ -9,7 +9,16 @@ from actsparse.stages import calibrate, data, evaluate, predictors, sparsify
 from actsparse.stages.job import run_job
 from actsparse.tables import METRICS, read_table
 
-ENTRIES = ("threshold", "teal", "teal_greedy", "cats", "topk", "stat_topk", "contextual")
+
+def _onto_local() -> list[str]:
+    """Overrides moving every entry the smoke preset restricts to its models onto `local`."""
+    smoke = compose_study(["experiment=smoke"])
+    return [
+        f"{section}.methods.{name}.models=[local]"
+        for section in ("sparsify", "decompose", "predictors")
+        for name, entry in getattr(smoke, section).methods.items()
+        if entry.get("models") is not None
+    ]
 
 
 def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_path):
@@ -22,20 +31,12 @@ def test_pretrained_local_checkpoint_with_its_own_tokenizer(smoke_outputs, tmp_p
                 "~models.llama_micro",
                 "~models.opt_micro",
                 "~models.llama_micro_svdllm",
-                *(
-                    f"decompose.methods.{e}.models=[local]"
-                    for e in ("svd", "asvd", "svdllm", "nsvd")
-                ),
+                *_onto_local(),
                 "+models.local.source=pretrained",
                 f"+models.local.path={checkpoint}",
                 "evaluate.seq_len=64",
                 "data.tokenizer.kind=model",
                 "~scaling.sizes",  # the grid trains models from scratch (a BPE of its own)
-                *(f"sparsify.methods.{e}.models=[local]" for e in ENTRIES),
-                *(
-                    f"predictors.methods.{e}.models=[local]"
-                    for e in ("dejavu_mlp", "dejavu_heads", "spark", "hotcold")
-                ),
             ]
         )
     )

@@ -71,7 +71,12 @@ def test_sparsity_zero_reproduces_the_dense_output_exactly(family, method):
     assert plan.placed
     handle = apply(model, ctx.adapter, plan)
     with torch.no_grad():
-        assert torch.equal(final_output(model, x), dense)
+        if any(p.rule.shift for p in plan.placed):
+            # SCAP's fold `W (x - m) + W m 1` rounds apart from `W x` in float32 (to 1e-12
+            # in float64: tests/unit/test_scap.py); everything else is bit for bit
+            assert torch.allclose(final_output(model, x), dense, rtol=1e-5, atol=1e-6)
+        else:
+            assert torch.equal(final_output(model, x), dense)
     handle.remove()
     assert not any("Sparse" in type(m).__name__ for m in model.modules())
 
