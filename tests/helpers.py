@@ -92,3 +92,36 @@ def final_output(model, x):
     """Logits of a causal LM, the last hidden state of an encoder."""
     out = model(input_ids=x)
     return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+class Covariances:
+    """A stand-in for a calibrate job's statistics where only covariances are read
+    (LaRoSA): the dense model's `X^T X / T` of each linear-input site, on random tokens."""
+
+    def __init__(self, model, adapter):
+        import torch
+
+        from actsparse.models.adapters import LINEAR_SITES
+
+        g = torch.Generator().manual_seed(0)
+        self.grams = {}
+        hooks = []
+        for layer in range(len(adapter.layers(model))):
+            for site in LINEAR_SITES:
+                _, module = adapter.site_linears(model, layer)[site][0]
+
+                def grab(m, a, key=(layer, site)):
+                    x = a[0].reshape(-1, a[0].shape[-1]).double()
+                    self.grams[key] = x.T @ x / len(x)
+
+                hooks.append(module.register_forward_pre_hook(grab))
+        with torch.no_grad():
+            model(input_ids=torch.randint(0, TINY_V, (8, 16), generator=g))
+        for h in hooks:
+            h.remove()
+
+    def gram(self, layer, site):
+        return self.grams[(layer, site)]
+
+    def check_model(self, *args) -> None:
+        """Computed from the very model it is used with."""

@@ -59,11 +59,16 @@ def default_entry(group: str, method: str, **changes: Any) -> MethodEntry:
 def sweep_problems(cfg: StudyConfig) -> list[tuple[str, str]]:
     """(dotted key, message) for every entry of the three sweeps that names no registered
     method or whose config is invalid."""
-    return [
+    out = [
         (f"{group}.{key}", msg)
         for group in REGISTRIES
         for key, msg in entry_problems(REGISTRIES[group], getattr(cfg, group).methods, group)
     ]
+    if not out:  # each sparsity entry at the levels it runs (its own or the sweep's)
+        for name, entry in sparsify_entries(cfg.sparsify).items():
+            levels = entry.levels if entry.levels is not None else cfg.sparsify.levels
+            out += [(f"sparsify.methods.{name}.{k}", m) for k, m in entry.cfg.problems_at(levels)]
+    return out
 
 
 def entry_problems(

@@ -13,6 +13,7 @@ from omegaconf import MISSING
 
 from actsparse.activation_stats import histogram_quantile
 from actsparse.data import TokenData
+from actsparse.io import load_tensors, read_safetensors_metadata
 from actsparse.methods.registry import Registry, parse_entry
 from actsparse.methods.sparsity.mechanism import SparsityPlan, placed_for_sites
 from actsparse.models.adapters import LINEAR_SITES, SITES, FamilyAdapter, linear_shape
@@ -40,6 +41,10 @@ class SparsityMethodCfg:
 
     def problems(self) -> list[tuple[str, str]]:
         return level_problems(self.levels or [])
+
+    def problems_at(self, levels: list[float]) -> list[tuple[str, str]]:
+        """Problems of running this entry at `levels` (its own, or the sweep's)."""
+        return []
 
 
 def check_sites(sites: list[str], allowed: tuple[str, ...] = SITES) -> list[tuple[str, str]]:
@@ -90,6 +95,14 @@ class CalibrationStats:
             )
         self._hist[(layer, site)] = (h.hi.to_numpy()[:-1], h["count"].to_numpy())
         return self._hist[(layer, site)]
+
+    def gram(self, layer: int, site: str) -> torch.Tensor:
+        """`X^T X / T` (float64) of a linear-input site's activation on the dense model."""
+        path = self.folder / "gram" / f"layer_{layer:03d}.safetensors"
+        grams = load_tensors(path)  # names the file and tensor on NaN or inf
+        if site not in grams:
+            raise ValueError(f"{path}: no covariance for site {site!r} of layer {layer}")
+        return grams[site].double() / int(read_safetensors_metadata(path)["n_tokens"])
 
     def threshold(self, layer: int, site: str, level: float) -> float:
         """TEAL's `t = F^-1(0.5 + s/2)` for a symmetric distribution: `P(|x| < t) = s`."""

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from actsparse.io import write_text
+from actsparse.io import load_tensors, save_tensors, write_text
 from actsparse.methods.sparsity import ops
 from actsparse.models.adapters import (
     LINEAR_SITES,
@@ -35,6 +35,7 @@ from actsparse.tables import ALLOCATION, read_table, write_table
 # module's input before this one runs (the predictors stage; `PredictedInput`)
 # weighted_topk: top-K by |x_i| times a per-channel scale the wrapper supplies, the
 # column norms of the weight the input multiplies (WINA)
+ROTATIONS = "rotations.safetensors"  # a plan's bases, beside allocation.parquet
 RULES = ("threshold", "topk", "block_topk", "stat_topk", "head_topk", "predicted", "weighted_topk")
 
 
@@ -46,6 +47,9 @@ class Rule:
     # threshold: the rule sees x - shift and the linear adds W (shift 1) back, so what it
     # drops is what lies within `threshold` of `shift` (SCAP's mode-centering, `SparseInput`)
     shift: float = 0.0
+    # topk in an orthogonal basis Q, the plan's rotation of this name (LaRoSA): the rule
+    # sees x Q and the linear reads rule(x Q) Q^T; "": the activation's own basis
+    basis: str = ""
     soft: bool = True  # stat_topk: ReLU(x - theta) rather than the hard cut
     rescale: bool = False  # topk: restore each row's L2 norm
     n_heads: int | None = None  # head_topk, and a predicted rule over heads
@@ -62,6 +66,8 @@ class Rule:
             raise ValueError(f"a threshold rule needs a threshold >= 0, got {self.threshold}")
         if self.shift and self.kind != "threshold":
             raise ValueError(f"only a threshold rule is centred (shift), not {self.kind!r}")
+        if self.basis and self.kind != "topk":
+            raise ValueError(f"only a topk rule acts in a rotated basis, not {self.kind!r}")
         if not math.isfinite(self.shift):
             raise ValueError(f"a rule's shift must be finite, got {self.shift}")
         if self.kind == "head_topk" and not self.n_heads:
@@ -141,6 +147,16 @@ class SparsityPlan:
     # module -> module whose zeros are zeros of this module's input too, when it is not
     # wrapped itself (CATS: down_proj reads act(gate) * up, zero wherever the gate is)
     input_skips: dict[str, str] = field(default_factory=dict)
+    # basis name -> orthogonal (n, n) matrix, for rules with a `basis` (LaRoSA); saved
+    # beside the plan as rotations.safetensors
+    rotations: dict[str, torch.Tensor] = field(default_factory=dict, compare=False)
+
+    def rotation_params(self) -> int:
+        """Weights a token reads to rotate the inputs of the rotated rules: `n^2` per layer
+        and site (q, k and v share one `x Q`; folded into the weights, `W Q` reads the rotated
+        input directly, so nothing rotates back)."""
+        sites = {(p.layer, p.site): p.width for p in self.placed if p.rule.basis}
+        return sum(n * n for n in sites.values())
 
     def save(self, out: Path) -> None:
         rows = [
@@ -166,6 +182,8 @@ class SparsityPlan:
             "output_skips": self.output_skips,
             "input_skips": self.input_skips,
         }
+        if self.rotations:
+            save_tensors(out / ROTATIONS, self.rotations)
         write_text(out / "sparsity.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     @classmethod
@@ -191,6 +209,7 @@ class SparsityPlan:
             )
             for r in frame.itertuples()
         ]
+        rotations = load_tensors(folder / ROTATIONS) if (folder / ROTATIONS).is_file() else {}
         return cls(
             meta["method"],
             meta["entry"],
@@ -198,6 +217,7 @@ class SparsityPlan:
             placed,
             meta["output_skips"],
             meta["input_skips"],
+            rotations,
         )
 
 

@@ -97,6 +97,7 @@ class SparseInput(LinearView, _Counted):
 
     _scale: torch.Tensor | None = None  # a weighted rule's column norms, computed once
     _shift_out: torch.Tensor | None = None  # a centred rule's W (m 1), computed once
+    rotation: torch.Tensor | None = None  # a rule's basis Q (n, n), from the plan
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if not self.active:
@@ -113,6 +114,12 @@ class SparseInput(LinearView, _Counted):
 
     def _sparse(self, x: torch.Tensor) -> torch.Tensor:
         rule = self.placed.rule
+        if self.rotation is not None:
+            Q = self.rotation.to(dtype=x.dtype, device=x.device)
+            xr = x @ Q
+            z = rule(xr)
+            self.count(xr, z)
+            return z @ Q.T
         if rule.weighted:
             if self._scale is None:
                 self._scale = input_column_norms(self.inner)
@@ -277,6 +284,15 @@ def apply(model: nn.Module, adapter: FamilyAdapter, plan: SparsityPlan) -> Spars
         else:
             cls = SparseGate if p.site == "gate" else SparseInput
         wrappers[p.module] = cls(module, p)
+        if p.rule.basis:
+            if p.rule.basis not in plan.rotations:
+                raise ValueError(f"{where}: the plan has no rotation {p.rule.basis!r}")
+            Q = plan.rotations[p.rule.basis]
+            if tuple(Q.shape) != (width, width):
+                raise ValueError(
+                    f"{where}: rotation {p.rule.basis!r} is {tuple(Q.shape)}, the input width {width}"
+                )
+            wrappers[p.module].rotation = Q
     for name, w in wrappers.items():
         set_module(model, name, w)
     return Sparsified(model, plan, wrappers)
