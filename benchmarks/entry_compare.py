@@ -59,14 +59,18 @@ def main() -> None:
     if not args.no_run:
         # the targets before --config, which takes every value after it
         cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-               "-d", str(args.workdir), f"-c{args.cores}", *[j.out_dir for j in jobs],
+               "-d", str(args.workdir), f"-c{args.cores}", "--keep-going",
+               *[j.out_dir for j in jobs],
                "--config", f"experiment={args.experiment}"]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
         if subprocess.run(cmd, env=env).returncode != 0:
-            raise SystemExit("the jobs failed; their logs are under <workdir>/<root>/logs/")
+            print("some jobs failed (their logs: <workdir>/<root>/logs/); the rest follow")
     corpus = plan.cfg.data.name
     rows = []
     for job, (_, entry, level) in zip(jobs, [(args.model, "dense", 0.0), *variants], strict=True):
+        if not (args.workdir / job.out_dir / "metrics.parquet").is_file():
+            print(f"missing: {job.out_dir} (failed or not run)")
+            continue
         m = read_table(args.workdir / job.out_dir / "metrics.parquet", METRICS)
         # the variant's own rows on the study corpus (not the unigram baseline beside them)
         m = m[m.corpus.fillna("").isin([corpus, ""]) & (m.method != "unigram")]

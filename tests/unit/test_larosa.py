@@ -87,7 +87,7 @@ def test_per_layer_shares_the_attention_basis_and_the_plain_sites_are_plain():
     assert by_site["o_proj_in"].basis == "" and by_site["o_proj_in"].level == pytest.approx(0.6)
     # cost: one x Q per layer and rotated site (q, k, v share theirs)
     n = model.config.hidden_size
-    assert plan.rotation_params() == 2 * 2 * n * n
+    assert plan.overhead_params(model) == 2 * 2 * n * n
 
 
 def test_rotations_survive_save_and_load_and_a_missing_one_is_named(tmp_path):

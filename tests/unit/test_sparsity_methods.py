@@ -349,6 +349,9 @@ def test_each_method_at_half_sparsity_lands_on_its_sites_and_level(family, metho
             natural = family == "opt" and site == "ffn_intermediate"
             target = g.target.mean()  # LaRoSA: 0.8 s rotated, 1.2 s plain
             assert achieved >= target if natural else achieved == target, (site, achieved)
+        elif method == "rsparse":  # its sparse part drops 1 - c / n >= s; thresholds from
+            # the dense model (as its code does), so downstream sites drift further
+            assert abs(achieved - g.target.mean()) < 0.1, (site, achieved)
         elif method == "stat_topk":
             assert abs(achieved - 0.5) < 0.1, (site, achieved)  # a Gaussian assumption
         elif not (family == "opt" and site == "ffn_intermediate"):

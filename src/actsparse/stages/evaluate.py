@@ -207,15 +207,11 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
         handle.plan.output_skips if handle is not None else None,
         bytes_per_param=next(model.parameters()).element_size(),
         input_skips=handle.plan.input_skips if handle is not None else None,
+        overhead_params=handle.plan.overhead_params(model) if handle is not None else 0.0,
     )
     if pset is not None:  # the predictors run too
         cost["predictor_flops_per_token"] = float(pset.flops_per_token)
         cost["flops_per_token"] += pset.flops_per_token
-    if handle is not None and handle.plan.rotations:  # LaRoSA's x Q, once per layer and site
-        extra = handle.plan.rotation_params()
-        cost["rotation_flops_per_token"] = 2.0 * extra
-        cost["flops_per_token"] += 2.0 * extra
-        cost["weight_bytes_per_token"] += next(model.parameters()).element_size() * extra
     if reference is not model and not isinstance(reference, DenseView):
         # other weights (a decomposition): FLOPs against the model they were made from
         ref = cost_per_token(reference, adapter_for(reference.config.model_type))

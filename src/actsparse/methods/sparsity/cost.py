@@ -43,6 +43,7 @@ def cost_per_token(
     output_skips: dict[str, str] | None = None,
     bytes_per_param: int = 4,
     input_skips: dict[str, str] | None = None,
+    overhead_params: float = 0.0,
 ) -> dict[str, float]:
     """FLOPs and weight bytes read per token by the linear layers (blocks and LM head).
 
@@ -52,6 +53,9 @@ def cost_per_token(
     `2 n_in n_out (1 - s_in)(1 - s_out)` FLOPs (low-rank, rank k:
     `2 k (n_in (1 - s_in) + n_out (1 - s_out))`) and reads that fraction of its weights.
     Attention scores (QK^T, AV) depend on the context length and are not counted.
+    `overhead_params`: weights a token reads beside the linears' own, because of the
+    method (LaRoSA's rotations, R-Sparse's low-rank factors: `SparsityPlan.overhead_params`);
+    counted in FLOPs and bytes and against the effective sparsity (`overhead_flops_per_token`).
     """
     inv = linear_inventory(model, adapter)
     zero = (
@@ -69,10 +73,14 @@ def cost_per_token(
     )
     head = model.get_output_embeddings()
     head_params = float(head.weight.numel()) if head is not None else 0.0
-    return {
-        "flops_per_token": 2 * (active.sum() + head_params),
-        "weight_bytes_per_token": bytes_per_param * (active.sum() + head_params),
+    read = active.sum() + overhead_params
+    out = {
+        "flops_per_token": 2 * (read + head_params),
+        "weight_bytes_per_token": bytes_per_param * (read + head_params),
         "dense_flops_per_token": 2 * (dense_params.sum() + head_params),
         # the fraction of block-linear weight reads skipped (TEAL's "model-wide sparsity")
-        "effective_sparsity": 1 - active.sum() / dense_params.sum(),
+        "effective_sparsity": 1 - read / dense_params.sum(),
     }
+    if overhead_params:
+        out["overhead_flops_per_token"] = 2.0 * overhead_params
+    return out

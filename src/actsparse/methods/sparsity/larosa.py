@@ -13,7 +13,8 @@ the parameter-weighted sparsity is below `s`: 0.94 s on SmolLM2, measured per va
 The paper's figure also rotates the residual stream, with adapters `Q_{l-1}^T Q_l` between
 blocks; the code does not, and neither does this (docs/sparsity.md). Each rotated site
 costs an `n x n` rotation per token, counted by the evaluate stage
-(`rotation_flops_per_token`).
+(`SparsityPlan.overhead_params`, `overhead_flops_per_token`) and against its effective
+sparsity.
 """
 
 from __future__ import annotations

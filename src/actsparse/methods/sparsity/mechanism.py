@@ -36,7 +36,12 @@ from actsparse.tables import ALLOCATION, read_table, write_table
 # weighted_topk: top-K by |x_i| times a per-channel scale the wrapper supplies, the
 # column norms of the weight the input multiplies (WINA)
 ROTATIONS = "rotations.safetensors"  # a plan's bases, beside allocation.parquet
-RULES = ("threshold", "topk", "block_topk", "stat_topk", "head_topk", "predicted", "weighted_topk")
+# rsparse: keep x_i where |x_i| ||W[:, i]||_2 > threshold (|x_i| alone at rank 0); the
+# linear also gets the rest of its input through a rank-`rank` SVD of its weight (R-Sparse)
+RULES = (
+    "threshold", "topk", "block_topk", "stat_topk", "head_topk", "predicted", "weighted_topk",
+    "rsparse",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class Rule:
     # topk in an orthogonal basis Q, the plan's rotation of this name (LaRoSA): the rule
     # sees x Q and the linear reads rule(x Q) Q^T; "": the activation's own basis
     basis: str = ""
+    rank: int = 0  # rsparse: the rank of the SVD that carries the dropped part of the input
     soft: bool = True  # stat_topk: ReLU(x - theta) rather than the hard cut
     rescale: bool = False  # topk: restore each row's L2 norm
     n_heads: int | None = None  # head_topk, and a predicted rule over heads
@@ -62,10 +68,14 @@ class Rule:
             raise ValueError(f"unknown rule {self.kind!r}; rules: {', '.join(RULES)}")
         if not 0.0 <= self.level < 1.0:
             raise ValueError(f"sparsity level must be in [0, 1), got {self.level}")
-        if self.kind == "threshold" and (self.threshold is None or not self.threshold >= 0):
+        if self.kind in ("threshold", "rsparse") and (
+            self.threshold is None or not self.threshold >= 0
+        ):
             raise ValueError(f"a threshold rule needs a threshold >= 0, got {self.threshold}")
         if self.shift and self.kind != "threshold":
             raise ValueError(f"only a threshold rule is centred (shift), not {self.kind!r}")
+        if self.rank and self.kind != "rsparse" or self.rank < 0:
+            raise ValueError(f"only an rsparse rule has a rank >= 0, got {self.kind!r} {self.rank}")
         if self.basis and self.kind != "topk":
             raise ValueError(f"only a topk rule acts in a rotated basis, not {self.kind!r}")
         if not math.isfinite(self.shift):
@@ -84,7 +94,7 @@ class Rule:
     def weighted(self) -> bool:
         """Whether the rule scores channels by the weight they multiply (`__call__` then
         takes that weight's column norms as `scale`)."""
-        return self.kind == "weighted_topk"
+        return self.kind == "weighted_topk" or (self.kind == "rsparse" and self.rank > 0)
 
     def __call__(self, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
         y = self._sparse(x, scale)
@@ -93,11 +103,13 @@ class Rule:
     def _sparse(self, x: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
         if self.weighted:
             if scale is None:
-                raise ValueError("a weighted_topk rule needs the weight's column norms")
+                raise ValueError(f"a {self.kind} rule needs the weight's column norms")
+            if self.kind == "rsparse":
+                return ops.scored_threshold(x, scale, float(self.threshold))  # type: ignore[arg-type]
             return ops.weighted_topk(x, scale, self.level)
         if self.kind == "predicted":
             raise ValueError("a predicted rule takes its mask from a predictor (PredictedInput)")
-        if self.kind == "threshold":
+        if self.kind in ("threshold", "rsparse"):  # rsparse at rank 0: |x| alone
             return ops.threshold(x, float(self.threshold))  # type: ignore[arg-type]
         if self.kind == "topk":
             return ops.topk(x, self.level, self.rescale)
@@ -151,12 +163,18 @@ class SparsityPlan:
     # beside the plan as rotations.safetensors
     rotations: dict[str, torch.Tensor] = field(default_factory=dict, compare=False)
 
-    def rotation_params(self) -> int:
-        """Weights a token reads to rotate the inputs of the rotated rules: `n^2` per layer
-        and site (q, k and v share one `x Q`; folded into the weights, `W Q` reads the rotated
-        input directly, so nothing rotates back)."""
+    def overhead_params(self, model: nn.Module) -> int:
+        """Weights a token reads beside the linears' own (the cost model's overhead): a
+        rotated rule's `x Q`, `n^2` per layer and site (q, k and v share it; folded into the
+        weights, `W Q` reads the rotated input and nothing rotates back); a rule with a
+        low-rank remainder, its factors' `rank (n + m)` (R-Sparse)."""
         sites = {(p.layer, p.site): p.width for p in self.placed if p.rule.basis}
-        return sum(n * n for n in sites.values())
+        low = sum(
+            p.rule.rank * sum(linear_shape(model.get_submodule(p.module)))
+            for p in self.placed
+            if p.rule.rank
+        )
+        return sum(n * n for n in sites.values()) + low
 
     def save(self, out: Path) -> None:
         rows = [

@@ -16,6 +16,12 @@ def threshold(x: torch.Tensor, t: float) -> torch.Tensor:
     return torch.where(x.abs() > t, x, torch.zeros((), dtype=x.dtype, device=x.device))
 
 
+def scored_threshold(x: torch.Tensor, scale: torch.Tensor, t: float) -> torch.Tensor:
+    """R-Sparse: `x * 1[|x| scale > t]` (scale: the weight's column norms)."""
+    keep = (x.abs() * scale.to(x.dtype)) > t
+    return torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
 def keep_count(d: int, level: float) -> int:
     """Entries kept out of `d` at sparsity `level`: Q-Sparse's `k = int((1 - S) d)`."""
     return int((1.0 - level) * d)

@@ -98,11 +98,16 @@ class SparseInput(LinearView, _Counted):
     _scale: torch.Tensor | None = None  # a weighted rule's column norms, computed once
     _shift_out: torch.Tensor | None = None  # a centred rule's W (m 1), computed once
     rotation: torch.Tensor | None = None  # a rule's basis Q (n, n), from the plan
+    _remainder: tuple | None = None  # rsparse: (rank, dtype, A, B), computed once
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if not self.active:
             return self.inner(x, *args, **kwargs)
-        shift = self.placed.rule.shift
+        shift, rank = self.placed.rule.shift, self.placed.rule.rank
+        if rank:  # R-Sparse: the dropped part of x through a rank-r SVD of W
+            y = self.by_position(self._sparse, _identity, x)
+            A, B = self._low_rank(x)
+            return self.inner(y, *args, **kwargs) + ((x - y) @ B.T) @ A.T
         if not shift:
             return self.inner(self.by_position(self._sparse, _identity, x), *args, **kwargs)
         y = self.inner(self.by_position(self._sparse, _identity, x - shift), *args, **kwargs)
@@ -128,6 +133,18 @@ class SparseInput(LinearView, _Counted):
             y = rule(x)
         self.count(x, y)
         return y
+
+    def _low_rank(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`A = U_r Σ_r`, `B = V_r^T` of the plain SVD of this linear's weight (float64,
+        computed once; R-Sparse's `torch.svd(W)`), in `x`'s dtype."""
+        r = self.placed.rule.rank
+        if self._remainder is None or self._remainder[:2] != (r, x.dtype):
+            W = self.inner.weight.detach()
+            if type(self.inner).__name__ == "Conv1D":  # stored (in, out)
+                W = W.T
+            U, s, Vh = torch.linalg.svd(W.double(), full_matrices=False)
+            self._remainder = (r, x.dtype, (U[:, :r] * s[:r]).to(x), Vh[:r].to(x))
+        return self._remainder[2], self._remainder[3]
 
 
 class PredictedInput(SparseInput):
