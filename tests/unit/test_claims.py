@@ -25,11 +25,15 @@ ENTRIES = {
     "spark_post": {"method": "stat_topk"},
     "a": {"method": "svd"}, "b": {"method": "asvd"}, "w": {"method": "svdllm"},
     "n": {"method": "nsvd"}, "dv": {"method": "dejavu_mlp"},
+    "wi": {"method": "wina"}, "la": {"method": "larosa"}, "sc": {"method": "scap"},
+    "rs": {"method": "rsparse"}, "v2": {"method": "svdllm_v2"},
+    "wu": {"method": "svdllm", "update": True},
 }  # fmt: skip
 
 
 def sweep(rows):
-    return pd.DataFrame(rows, columns=["model", "method", "level", "perplexity", "ppl_increase_%"])
+    cols = ["model", "method", "level", "perplexity", "ppl_increase_%", "effective_sparsity"]
+    return pd.DataFrame([(*r, *[r[2]] * (len(cols) - len(r))) for r in rows], columns=cols)
 
 
 def tables(sparsity=None, lowrank=None, predictors=None, fit=None, compare=None) -> Tables:
@@ -144,7 +148,7 @@ def test_q_sparse_s_star_holds_when_the_paper_is_inside_the_interval():
 
 def test_an_empty_study_says_what_is_missing_for_every_claim():
     table = claims_table(tables())
-    assert len(table) == 9 and set(table.verdict) == {NOT_COMPARABLE}
+    assert len(table) == 15 and set(table.verdict) == {NOT_COMPARABLE}
     assert all(r.startswith("not measured in this study: ") for r in table.reason)
 
 
@@ -158,3 +162,51 @@ def test_the_protocol_comes_from_the_dense_jobs_rows():
         "m": "wikitext2 test, 1,000 tokens scored, window 2048, stride 512, first 50% of each "
         "window dense"
     }
+
+
+def test_wina_is_not_comparable_on_perplexity_and_shows_teal_beside_it():
+    r = rows_of(tables([("m", "wi", 0.5, 10, 3.0), ("m", "t_uniform", 0.5, 10, 4.0)]), "WINA").iloc[
+        0
+    ]
+    assert r.verdict == NOT_COMPARABLE and "zero-shot" in r.reason
+    assert r.measured == "50%: wina +3.00% vs teal +4.00%"
+
+
+@pytest.mark.parametrize(
+    "mine, theirs, verdict", [(3.0, 4.0, HOLDS), (4.5, 4.0, FAILS), (6.0, 9.0, FAILS)]
+)
+def test_larosa_at_40_percent_must_be_small_and_below_uniform_teal(mine, theirs, verdict):
+    rows = [("m", "la", 0.4, 10, mine, 0.37), ("m", "t_uniform", 0.4, 10, theirs, 0.4),
+            ("m", "t_greedy", 0.4, 10, 0.1)]  # fmt: skip
+    r = rows_of(tables(rows), "LaRoSA").iloc[0]
+    assert r.verdict == verdict and "0.370 vs 0.400" in r.reason
+
+
+def test_scap_compares_the_sparsest_variant_within_budget_with_cats():
+    rows = [("m", "sc", 0.5, 10, 2.0, 0.2), ("m", "sc", 0.7, 10, 4.0, 0.28),
+            ("m", "c", 0.5, 10, 3.0, 0.22), ("m", "c", 0.7, 10, 8.0, 0.3)]  # fmt: skip
+    r = rows_of(tables(rows), "SCAP").iloc[0]
+    assert r.verdict == HOLDS and "scap 28.0% at level 0.7, cats 22.0% at level 0.5" in r.measured
+    rows[1] = ("m", "sc", 0.7, 10, 6.0, 0.28)  # now over budget: 20% < 22%
+    assert rows_of(tables(rows), "SCAP").iloc[0].verdict == FAILS
+
+
+@pytest.mark.parametrize("increase, verdict", [(4.0, HOLDS), (7.0, FAILS)])
+def test_rsparse_comparable_to_dense_at_50_percent(increase, verdict):
+    assert rows_of(tables([("m", "rs", 0.5, 10, increase)]), "R-Sparse").iloc[0].verdict == verdict
+
+
+def test_svdllm_v2_and_the_update_against_whitening_alone():
+    lowrank = [("m", "w", "wikitext2", 0.2, 67.0), ("m", "v2", "wikitext2", 0.2, 68.0),
+               ("m", "wu", "wikitext2", 0.2, 65.0), ("m", "w", "wikitext2", 0.4, 140.0),
+               ("m", "wu", "wikitext2", 0.4, 125.0), ("m", "wu", "pydoc", 0.4, 999.0)]  # fmt: skip
+    v2 = rows_of(tables(lowrank=lowrank), "SVD-LLM V2").iloc[0]
+    assert v2.verdict == FAILS and v2.measured == "20%: 68 vs 67"
+    up = claims_table(tables(lowrank=lowrank))
+    up = up[up.claim.str.startswith("updating")].iloc[0]
+    assert up.verdict == HOLDS and up.measured == "20%: 65 vs 67; 40%: 125 vs 140"
+    # the update entry is not SVD-LLM (W) in the low-rank ordering
+    lowrank += [("m", "a", "wikitext2", 0.2, 2e4), ("m", "b", "wikitext2", 0.2, 80.0)]
+    order = claims_table(tables(lowrank=lowrank))
+    order = order[order.claim.str.startswith("at 20% of the parameters")].iloc[0]
+    assert order.measured == "svdllm 67 / asvd 80 / svd 2e+04" and order.verdict == HOLDS
