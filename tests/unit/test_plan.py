@@ -29,7 +29,13 @@ def test_an_evaluate_change_touches_only_evaluate_jobs():
     assert _changed(_hashes(), _hashes("evaluate.batch_size=3")) == ["evaluate"]
 
 
-CALIBRATED = ("threshold", "teal", "teal_greedy", "cats")  # smoke entries reading statistics
+CALIBRATED = (
+    "threshold",
+    "teal",
+    "teal_greedy",
+    "cats",
+    "larosa",
+)  # smoke entries reading statistics
 
 
 def test_a_calibrate_change_touches_calibrate_and_what_reads_statistics_only():
@@ -291,7 +297,16 @@ def test_a_calibration_corpus_changes_calibrate_its_input_and_what_reads_statist
     # reruns what reads its tokens alone (SCAP: no statistics)
     a, b = _hashes(), _hashes("calibrate.corpus=pydoc")
     c = _hashes("calibrate.near_zero_eps=0.01")
-    tokens_only = {k for k in a if k[0] != "data" and ".scap." in f"{k[1]}."}
+    smoke = StudyPlan(compose_study(["experiment=smoke"]))
+    reads_tokens_only = [  # SCAP, R-Sparse: calibration tokens, no statistics
+        name
+        for name, e in smoke.sparsity_entries.items()
+        if e.impl.needs_tokens and not e.impl.needs_calibration
+    ]
+    assert sorted(reads_tokens_only) == ["rsparse", "scap"]
+    tokens_only = {
+        k for k in a if k[0] != "data" and any(f".{n}." in f"{k[1]}." for n in reads_tokens_only)
+    }
     assert tokens_only and not tokens_only & {k for k in a if a[k] != c[k]}
     assert {k for k in a if a[k] != b[k]} == {k for k in a if a[k] != c[k]} | tokens_only
     assert ("data", "pydoc") in a and a[("data", "pydoc")] == b[("data", "pydoc")]
