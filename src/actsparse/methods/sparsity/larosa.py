@@ -27,29 +27,23 @@ from omegaconf import MISSING
 from actsparse.methods.sparsity.base import (
     SPARSITY,
     BuildContext,
+    LinearSitesCfg,
     SparsityMethod,
-    SparsityMethodCfg,
-    check_sites,
 )
 from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
-from actsparse.models.adapters import LINEAR_SITES
 
 ROTATED = ("attn_in", "ffn_in")  # where the code rotates; the other sites get plain top-K
 ROTATIONS = ("per_layer", "per_site")
 
 
 @dataclass
-class LarosaCfg(SparsityMethodCfg):
-    sites: list[str] = MISSING  # linear-input sites; attn_in and ffn_in are rotated
+class LarosaCfg(LinearSitesCfg):  # sites: attn_in and ffn_in are rotated
     rotation: str = MISSING  # per_layer (the code: the attention input's Q) | per_site
     rotated_scale: float = MISSING  # level at the rotated sites: rotated_scale * s
     plain_scale: float = MISSING  # level at the others: plain_scale * s
 
-    def sites_used(self) -> list[str]:
-        return list(self.sites)
-
     def problems(self) -> list[tuple[str, str]]:
-        out = super().problems() + check_sites(self.sites, LINEAR_SITES)
+        out = super().problems()
         if self.rotation not in ROTATIONS:
             out.append(("rotation", f"must be one of {ROTATIONS}, got {self.rotation!r}"))
         for key in ("rotated_scale", "plain_scale"):

@@ -32,14 +32,13 @@ from actsparse.data import batch_at
 from actsparse.methods.sparsity.base import (
     SPARSITY,
     BuildContext,
+    LinearSitesCfg,
     SparsityMethod,
-    SparsityMethodCfg,
-    check_sites,
     context_len,
 )
 from actsparse.methods.sparsity.mechanism import Placed, Rule, SparsityPlan
 from actsparse.methods.sparsity.wrappers import apply
-from actsparse.models.adapters import LINEAR_SITES, input_column_norms, linear_shape
+from actsparse.models.adapters import input_column_norms, linear_shape
 from actsparse.models.blocks import block_inputs, run_block
 
 SEARCHES = ("uniform", "block")
@@ -47,8 +46,7 @@ MAX_SAMPLES = 1 << 24  # score values kept per linear for its quantile (strided 
 
 
 @dataclass
-class RSparseCfg(SparsityMethodCfg):
-    sites: list[str] = MISSING  # linear-input sites: every reading linear
+class RSparseCfg(LinearSitesCfg):  # sites: every reading linear
     search: str = MISSING  # uniform | block
     alpha: float = MISSING  # search: uniform: the share of each linear's budget kept sparse
     alphas: list[float] = MISSING  # search: block: the candidates
@@ -57,11 +55,8 @@ class RSparseCfg(SparsityMethodCfg):
     calib_tokens: int = MISSING  # the dense model's tokens the thresholds come from
     calib_seq_len: int | None = MISSING  # null: the evaluation window
 
-    def sites_used(self) -> list[str]:
-        return list(self.sites)
-
     def problems(self) -> list[tuple[str, str]]:
-        out = super().problems() + check_sites(self.sites, LINEAR_SITES)
+        out = super().problems()
         if self.search not in SEARCHES:
             out.append(("search", f"must be one of {SEARCHES}, got {self.search!r}"))
         for a in [self.alpha, *self.alphas]:
