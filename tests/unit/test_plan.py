@@ -61,7 +61,10 @@ def test_a_greedy_entry_searches_once_for_all_its_levels():
     level's sparsify job reads it, and a greedy key reruns the search and every level."""
     plan = StudyPlan(compose_study(["experiment=smoke", "sparsify.levels=[0.0,0.5,0.7]"]))
     search = plan.allocate("llama_micro", "teal_greedy")
-    assert plan.allocation_searches == [("llama_micro", "teal_greedy")]
+    assert plan.allocation_searches == [
+        ("llama_micro", "teal_greedy"),
+        ("llama_micro", "wina_greedy"),
+    ]
     assert search.config["levels"] == [0.5, 0.7]
     assert search.out_dir.endswith(f"/allocate/llama_micro.teal_greedy-{search.hash}")
     for level in (0.5, 0.7):
@@ -298,12 +301,12 @@ def test_a_calibration_corpus_changes_calibrate_its_input_and_what_reads_statist
     a, b = _hashes(), _hashes("calibrate.corpus=pydoc")
     c = _hashes("calibrate.near_zero_eps=0.01")
     smoke = StudyPlan(compose_study(["experiment=smoke"]))
-    reads_tokens_only = [  # SCAP, R-Sparse: calibration tokens, no statistics
+    reads_tokens_only = [  # SCAP, R-Sparse, WINA greedy: calibration tokens, no statistics
         name
         for name, e in smoke.sparsity_entries.items()
-        if e.impl.needs_tokens and not e.impl.needs_calibration
+        if e.method_instance().needs_tokens_for(e.cfg) and not e.impl.needs_calibration
     ]
-    assert sorted(reads_tokens_only) == ["rsparse", "scap"]
+    assert sorted(reads_tokens_only) == ["rsparse", "scap", "wina_greedy"]
     tokens_only = {
         k for k in a if k[0] != "data" and any(f".{n}." in f"{k[1]}." for n in reads_tokens_only)
     }

@@ -15,7 +15,7 @@ from actsparse.methods.sparsity import SPARSITY
 from actsparse.methods.sparsity.base import BuildContext
 from actsparse.methods.sparsity.cost import cost_per_token
 from actsparse.methods.sparsity.mechanism import Placed, Rule, SparsityPlan, placed_for_sites
-from actsparse.methods.sparsity.teal import _BlockSearch, greedy_path
+from actsparse.methods.sparsity.teal import _BlockSearch, greedy_path, threshold_at
 from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models import adapter_for
 from actsparse.models.adapters import LINEAR_SITES, linear_shape
@@ -206,7 +206,7 @@ def test_teal_greedy_reaches_the_target_with_real_parameter_counts():
         model, adapter, list(LINEAR_SITES), lambda *_: Rule("threshold", 0.0, 0.0)
     )
     ctx.stats = Stats()
-    levels = greedy_path(cfg, [0.5], ctx)[0.5]
+    levels = greedy_path(cfg, [0.5], ctx, threshold_at(ctx))[0.5]
     for layer in range(2):
         mods = {n: m for s in LINEAR_SITES for n, m in adapter.site_linears(model, layer)[s]}
         params = {n: math.prod(linear_shape(m)) for n, m in mods.items()}
@@ -237,13 +237,13 @@ def test_teal_greedy_path_equals_one_walk_per_level(family):
     ctx = _ctx(model)
     ctx.stats = _QuantileStats()
     cfg = _cfg("teal", allocation="greedy", greedy_step=0.1)
-    path = greedy_path(cfg, [0.7, 0.25, 0.4], ctx)
+    path = greedy_path(cfg, [0.7, 0.25, 0.4], ctx, threshold_at(ctx))
     assert sorted(path) == [0.25, 0.4, 0.7]
     x = torch.cat([batch_at(ctx.tokens, b, 1, 16, ctx.seed) for b in range(4)])
     for level in path:
         alone = {}  # the plain walk to this level alone, block by block
         for layer in range(2):
-            with _BlockSearch(cfg, ctx, layer, x) as block:
+            with _BlockSearch(cfg, ctx, layer, x, threshold_at(ctx)) as block:
                 zeros = {name: 0.0 for name in block.params}
                 alone.update(block.walk(zeros, 0.0, level, stop_before_cut=False)[0])
         assert path[level] == alone, level  # exact: the same steps, the same floats
@@ -437,7 +437,7 @@ def test_teal_objective_is_its_codes_last_quarter_norm_with_the_first_half_dense
     cfg = _cfg("teal", allocation="greedy", greedy_step=0.1, greedy_objective="teal")
     x = torch.cat([batch_at(ctx.tokens, b, 1, 16, ctx.seed) for b in range(4)])
     layer = 1
-    with _BlockSearch(cfg, ctx, layer, x) as block:
+    with _BlockSearch(cfg, ctx, layer, x, threshold_at(ctx)) as block:
         name = next(iter(block.params))
         block.set_level(name, 0.6)
         got = block.error()
@@ -458,7 +458,7 @@ def test_teal_objective_is_its_codes_last_quarter_norm_with_the_first_half_dense
     want = float(torch.norm(target[:, 12:] - new[:, 12:], dim=1).mean())
     assert got == pytest.approx(want, rel=1e-4) and want > 1e-6  # the search runs in float32
     # a walk under it lands on the target like the default objective's
-    levels = greedy_path(cfg, [0.5], ctx)[0.5]
+    levels = greedy_path(cfg, [0.5], ctx, threshold_at(ctx))[0.5]
     params = {n: math.prod(linear_shape(model.get_submodule(n))) for n in levels}
     for layer in range(2):
         mine = [n for n in levels if f".{layer}." in n]

@@ -138,3 +138,37 @@ def test_the_plan_round_trips(tmp_path):
     plan.save(tmp_path)
     assert SparsityPlan.load(tmp_path) == plan
     assert {p.rule.kind for p in plan.placed} == {"weighted_topk"}
+
+
+def test_wina_greedy_takes_teals_search_with_its_own_rule():
+    """`allocation: greedy`: each projection's level from TEAL's walk, scored with WINA's
+    rule; every block's parameter-weighted level is the target, the levels differ, and the
+    entry reads calibration tokens (uniform WINA reads none)."""
+    import math
+
+    from actsparse.data import batch_at  # noqa: F401
+    from actsparse.models.adapters import linear_shape
+
+    model = tiny_model("llama")
+    tokens = torch.randint(0, TINY_V, (4096,), generator=G)
+    ctx = BuildContext(model, adapter_for("llama"), None, tokens, torch.device("cpu"))
+    entry = default_entry(
+        "sparsify",
+        "wina",
+        allocation="greedy",
+        greedy_step=0.1,
+        greedy_tokens=64,
+        greedy_seq_len=16,
+    )
+    method = SPARSITY.get("wina")()
+    assert method.searches_allocation(entry.cfg) and method.needs_tokens_for(entry.cfg)
+    assert not method.needs_tokens_for(default_entry("sparsify", "wina").cfg)
+    plan = method.plan(entry.cfg, 0.5, ctx)
+    assert {p.rule.kind for p in plan.placed} == {"weighted_topk"}
+    levels = {p.module: p.rule.level for p in plan.placed}
+    assert len({round(v, 6) for v in levels.values()}) > 1
+    for layer in range(2):
+        mine = [p for p in plan.placed if p.layer == layer]
+        params = [math.prod(linear_shape(model.get_submodule(p.module))) for p in mine]
+        eff = sum(w * p.rule.level for w, p in zip(params, mine, strict=True)) / sum(params)
+        assert eff == pytest.approx(0.5, abs=1e-9)

@@ -38,10 +38,10 @@ class SparsityJobs(PlanBase):
 
     def _sparsity_inputs(self, model: str, entry: str) -> dict[str, str]:
         inputs = {"model": self.model_path(model)}
-        impl = self.sparsity_entries[entry].impl
-        if impl.needs_calibration:
+        e = self.sparsity_entries[entry]
+        if e.impl.needs_calibration:
             inputs["calibration"] = self.calibrate(model).out_dir
-        if impl.needs_tokens:
+        if e.method_instance().needs_tokens_for(e.cfg):
             # sequential calibration's tokens: the same corpus as the statistics
             inputs["data"] = self.calibration_data(model).out_dir
         return inputs  # top-K rules read no statistics or tokens

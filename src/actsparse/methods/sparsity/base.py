@@ -219,6 +219,11 @@ class SparsityMethod(ABC):
     def build(self, cfg: Any, level: float, ctx: BuildContext) -> SparsityPlan:
         """The method's rules for `ctx.model` at `level` (level and sites already checked)."""
 
+    def needs_tokens_for(self, cfg: Any) -> bool:
+        """Whether this entry reads calibration tokens (a method whose search is optional
+        says so per entry)."""
+        return self.needs_tokens
+
     def plan_metrics(self, plan: SparsityPlan) -> dict[str, float]:
         """Method-specific figures of a built plan, for the sparsify job's metrics."""
         return {}

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -36,14 +37,14 @@ from actsparse.data import batch_at
 from actsparse.methods.sparsity.base import (
     SPARSITY,
     BuildContext,
+    LinearSitesCfg,
     SparsityMethod,
-    check_sites,
     context_len,
 )
 from actsparse.methods.sparsity.calibration import ThresholdMethodCfg, calibrate_thresholds
 from actsparse.methods.sparsity.mechanism import Placed, Rule, SparsityPlan, placed_for_sites
 from actsparse.methods.sparsity.wrappers import apply
-from actsparse.models.adapters import LINEAR_SITES, linear_shape
+from actsparse.models.adapters import linear_shape
 from actsparse.models.blocks import block_inputs, run_block
 
 log = logging.getLogger("actsparse.teal")
@@ -52,8 +53,10 @@ OBJECTIVES = ("relative_sq", "teal")
 
 
 @dataclass
-class TealCfg(ThresholdMethodCfg):
-    sites: list[str] = MISSING
+class GreedyCfg(LinearSitesCfg):
+    """Keys of a method whose per-projection levels may come from TEAL's greedy search
+    (TEAL, WINA): the search is `greedy_path`, each method gives it its rule at a level."""
+
     allocation: str = MISSING  # uniform | greedy
     greedy_step: float = MISSING  # sparsity added per step to a d x d projection (TEAL's 0.05)
     greedy_tokens: int = MISSING  # calibration tokens the greedy search measures errors on
@@ -61,11 +64,8 @@ class TealCfg(ThresholdMethodCfg):
     max_level: float = MISSING  # no projection is made sparser than this
     greedy_objective: str = MISSING  # relative_sq | teal (module doc)
 
-    def sites_used(self) -> list[str]:
-        return list(self.sites)
-
     def problems(self) -> list[tuple[str, str]]:
-        out = super().problems() + check_sites(self.sites, LINEAR_SITES)
+        out = super().problems()
         if self.allocation not in ("uniform", "greedy"):
             out.append(("allocation", f"must be 'uniform' or 'greedy', got {self.allocation!r}"))
         if not 0.0 < self.greedy_step <= 0.5:
@@ -81,6 +81,11 @@ class TealCfg(ThresholdMethodCfg):
         return out
 
 
+@dataclass
+class TealCfg(ThresholdMethodCfg, GreedyCfg):
+    pass
+
+
 @SPARSITY.register("teal")
 class Teal(SparsityMethod):
     paper = "TEAL"
@@ -93,7 +98,7 @@ class Teal(SparsityMethod):
     def search_allocations(
         self, cfg: TealCfg, levels: list[float], ctx: BuildContext
     ) -> dict[float, dict[str, float]]:
-        return greedy_path(cfg, levels, ctx)
+        return greedy_path(cfg, levels, ctx, threshold_at(ctx))
 
     def build(self, cfg: TealCfg, level: float, ctx: BuildContext) -> SparsityPlan:
         if cfg.allocation == "uniform" or level == 0.0:
@@ -101,7 +106,7 @@ class Teal(SparsityMethod):
         elif ctx.allocation is not None:  # the allocate job's walk
             levels = ctx.allocation
         else:
-            levels = greedy_path(cfg, [level], ctx)[level]
+            levels = greedy_path(cfg, [level], ctx, threshold_at(ctx))[level]
         placed = placed_for_sites(
             ctx.model,
             ctx.adapter,
@@ -111,9 +116,20 @@ class Teal(SparsityMethod):
         return SparsityPlan(cfg.method, "", level, calibrate_thresholds(placed, cfg, ctx))
 
 
+def threshold_at(ctx: BuildContext) -> Callable[[int, str, float], Rule]:
+    """TEAL's rule at a level in the greedy search: the dense histograms' threshold."""
+    if ctx.stats is None:
+        raise ValueError("teal greedy allocation needs the calibrate stage's statistics")
+    stats = ctx.stats
+    return lambda layer, site, level: Rule("threshold", level, stats.threshold(layer, site, level))
+
+
 @torch.no_grad()
 def greedy_path(
-    cfg: TealCfg, targets: list[float], ctx: BuildContext
+    cfg: GreedyCfg,
+    targets: list[float],
+    ctx: BuildContext,
+    rule_at: Callable[[int, str, float], Rule],
 ) -> dict[float, dict[str, float]]:
     """target -> (module -> sparsity level) from TEAL's block-wise greedy search (module
     doc), for every target in one walk per block.
@@ -122,9 +138,9 @@ def greedy_path(
     cut short to land on it. There the walk for that target is finished on a copy, and the
     shared walk goes on toward the next target; so each target's levels are exactly those
     of a walk made for it alone, and all of them cost about one walk to the highest."""
-    model, adapter, stats = ctx.model, ctx.adapter, ctx.stats
-    if ctx.tokens is None or stats is None:
-        raise ValueError("teal greedy allocation needs calibration tokens and statistics")
+    model, adapter = ctx.model, ctx.adapter
+    if ctx.tokens is None:
+        raise ValueError(f"{cfg.method} greedy allocation needs calibration tokens")
     targets = sorted({float(t) for t in targets if t > 0.0})
     seq_len = context_len(model, cfg.greedy_seq_len)
     n_batches = max(1, cfg.greedy_tokens // seq_len)
@@ -132,7 +148,7 @@ def greedy_path(
     out: dict[float, dict[str, float]] = {t: {} for t in targets}
     desc = "teal greedy s=" + ",".join(f"{t:g}" for t in targets)
     for layer in tqdm(range(len(adapter.layers(model))), desc=desc):
-        with _BlockSearch(cfg, ctx, layer, x) as block:
+        with _BlockSearch(cfg, ctx, layer, x, rule_at) as block:
             lv = {name: 0.0 for name in block.params}
             eff = 0.0
             for target in targets:
@@ -156,9 +172,16 @@ class _BlockSearch:
     """One block's greedy search: its captured inputs and dense output, one threshold
     wrapper per projection (trials only swap thresholds), the relative error of a trial."""
 
-    def __init__(self, cfg: TealCfg, ctx: BuildContext, layer: int, x: torch.Tensor):
+    def __init__(
+        self,
+        cfg: GreedyCfg,
+        ctx: BuildContext,
+        layer: int,
+        x: torch.Tensor,
+        rule_at: Callable[[int, str, float], Rule],
+    ):
         model, adapter = ctx.model, ctx.adapter
-        self.cfg, self.ctx, self.layer = cfg, ctx, layer
+        self.cfg, self.ctx, self.layer, self.rule_at = cfg, ctx, layer, rule_at
         self.inputs = block_inputs(model, adapter, layer, [x])  # earlier blocks dense
         self.dense = run_block(model, adapter, layer, self.inputs)[0].float()
         self.dense_sq = float((self.dense**2).sum())
@@ -172,9 +195,9 @@ class _BlockSearch:
         self.total = sum(self.params.values())
         self.hidden = int(model.config.hidden_size)
         placed = [
-            Placed(layer, s, n, linear_shape(m)[0], Rule("threshold", 0.0, 0.0)) for s, n, m in mods
+            Placed(layer, s, n, linear_shape(m)[0], rule_at(layer, s, 0.0)) for s, n, m in mods
         ]
-        self.handle = apply(model, adapter, SparsityPlan("teal", "greedy", 0.0, placed))
+        self.handle = apply(model, adapter, SparsityPlan(cfg.method, "greedy", 0.0, placed))
 
     def __enter__(self) -> _BlockSearch:
         return self
@@ -184,8 +207,7 @@ class _BlockSearch:
 
     def set_level(self, name: str, level: float) -> None:
         w = self.handle.wrappers[name]
-        t = self.ctx.stats.threshold(self.layer, self.site_of[name], level)
-        w.placed = replace(w.placed, rule=Rule("threshold", level, t))
+        w.placed = replace(w.placed, rule=self.rule_at(self.layer, self.site_of[name], level))
 
     def set_levels(self, lv: dict[str, float]) -> None:
         for name, level in lv.items():
@@ -235,7 +257,7 @@ class _BlockSearch:
                     best = (err, name, new)
             if best is None:
                 raise ValueError(
-                    f"teal greedy: layer {self.layer} cannot reach effective sparsity "
+                    f"{cfg.method} greedy: layer {self.layer} cannot reach effective sparsity "
                     f"{target} with every projection at most {cfg.max_level}"
                 )
             _, name, new = best
