@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import shutil
 import signal
 import sys
@@ -111,6 +112,9 @@ def run_job(
     wall = time.perf_counter() - t0
     level = spec.config.get("level")
     result.metrics.append(Metric("wall_time_s", wall, method=spec.method, level=level))
+    if not any(m.metric == "peak_rss_mb" for m in result.metrics):  # the job's memory
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+        result.metrics.append(Metric("peak_rss_mb", rss, method=spec.method, level=level))
 
     rows = [
         {
