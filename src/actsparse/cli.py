@@ -28,12 +28,22 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return ([f"experiment={args.experiment}"] if args.experiment else []) + list(args.overrides)
 
 
-def _study_table(plan: StudyPlan) -> pd.DataFrame:
+def _study_table(plan: StudyPlan, finished: bool = False) -> pd.DataFrame:
     """The study table of `plan`, refused when it holds a job the current config does not
     plan: the config changed since the table was gathered, and its numbers would sit
-    beside this config's folders (the claims' scaling fit) as if they were one study."""
+    beside this config's folders (the claims' scaling fit) as if they were one study.
+
+    `finished`: the metrics of the planned jobs whose folders exist instead, for a study
+    run in part (`benchmarks/entry_compare.py` runs chosen entries as targets)."""
+    from actsparse.stages.summary import collect
     from actsparse.tables import METRICS, read_table
 
+    if finished:
+        done = [j.out_dir for j in plan.jobs() if Path(j.out_dir).is_dir()]
+        if not done:
+            raise SystemExit(f"actsparse: no job of {plan.cfg.study.name} has finished here")
+        print(f"actsparse: {len(done)} of {len(plan.jobs())} jobs finished", file=sys.stderr)
+        return collect(done)
     summary = read_table(plan.summary_path, METRICS)
     unplanned = set(summary.config_hash) - {job.hash for job in plan.jobs()}
     if unplanned:
@@ -82,7 +92,7 @@ def cmd_show(args: argparse.Namespace) -> None:
     from actsparse.results import evaluate_wide
 
     plan = StudyPlan(compose_study(_overrides(args)))
-    summary = _study_table(plan)
+    summary = _study_table(plan, args.finished)
     wide = evaluate_wide(summary)
     cols = [
         c
@@ -97,7 +107,8 @@ def cmd_show(args: argparse.Namespace) -> None:
         )
         if c in wide
     ]
-    table = Table(title=f"{plan.summary_path} (evaluate)")
+    source = f"the finished jobs of {plan.cfg.study.name}" if args.finished else plan.summary_path
+    table = Table(title=f"{source} (evaluate)")
     for col in ("model", "method", "level", *cols):
         table.add_column(col, justify="right" if col in cols else "left")
     for _, row in wide.iterrows():
@@ -118,7 +129,7 @@ def cmd_sparsity(args: argparse.Namespace) -> None:
     from actsparse.results import sparsity_frontier, sparsity_sweep
 
     plan = StudyPlan(compose_study(_overrides(args)))
-    summary = _study_table(plan)
+    summary = _study_table(plan, args.finished)
     sweep = sparsity_sweep(summary)
     if sweep.empty:
         raise SystemExit(f"actsparse: {plan.summary_path} has no sparsified variants")
@@ -153,7 +164,7 @@ def cmd_lowrank(args: argparse.Namespace) -> None:
     from actsparse.results import lowrank_sweep
 
     plan = StudyPlan(compose_study(_overrides(args)))
-    sweep = lowrank_sweep(_study_table(plan))
+    sweep = lowrank_sweep(_study_table(plan, args.finished))
     if sweep.empty:
         raise SystemExit(f"actsparse: {plan.summary_path} has no decomposed variants")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
@@ -175,7 +186,7 @@ def cmd_predictors(args: argparse.Namespace) -> None:
     from actsparse.results import predicted_sweep, predictor_scores
 
     plan = StudyPlan(compose_study(_overrides(args)))
-    summary = _study_table(plan)
+    summary = _study_table(plan, args.finished)
     scores = predictor_scores(summary)
     if scores.empty:
         raise SystemExit(f"actsparse: {plan.summary_path} has no predictors jobs")
@@ -231,7 +242,7 @@ def cmd_claims(args: argparse.Namespace) -> None:
     from actsparse.results import claims
 
     plan = StudyPlan(compose_study(_overrides(args)))
-    table = claims(_study_table(plan), plan.claims_context())
+    table = claims(_study_table(plan, args.finished), plan.claims_context())
     if args.csv:
         print(table.to_csv(index=False), end="")
         return
@@ -306,6 +317,10 @@ def cmd_ui(args: argparse.Namespace) -> None:
         os.execv(sys.executable, cmd)
 
 
+# the commands that read the study table
+READERS = (cmd_show, cmd_sparsity, cmd_lowrank, cmd_predictors, cmd_claims)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="actsparse", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -324,6 +339,11 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--experiment", "-e", help="experiment preset (conf/experiment/NAME.yaml)")
         p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.steps=100")
         p.set_defaults(fn=fn)
+        if fn in READERS:
+            p.add_argument(
+                "--finished", action="store_true",
+                help="read the finished jobs' folders, not the study table (a study run in part)",
+            )  # fmt: skip
         if name == "show":
             p.add_argument("--json", action="store_true", help="also print every row as JSON")
         if name == "claims":

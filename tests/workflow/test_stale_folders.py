@@ -92,3 +92,25 @@ def test_stale_folders_reach_no_command(smoke_run, stale_study, monkeypatch, cap
     outputs = command_outputs(stale_study[0], monkeypatch, capsys)
     assert outputs == command_outputs(smoke_run[0], monkeypatch, capsys)
     assert "S_star" in outputs["scaling"] and "0.12346" not in outputs["scaling"]  # S* to .5g
+
+
+def test_finished_reads_the_planned_folders_alone(smoke_run, stale_study, monkeypatch, capsys):
+    wd = stale_study[0]
+    gathered = command_outputs(wd, monkeypatch, capsys)
+    for command in ["show", "sparsity", "lowrank", "predictors", "claims"]:
+        cli([command, "-e", "smoke", "--finished"])
+        out, want = capsys.readouterr().out, gathered[command]
+        if command == "show":  # its title names the source
+            out, want = out.split("\n", 1)[1], want.split("\n", 1)[1]
+        assert out == want, command
+    # a study run in part: a missing job is missing from what --finished reads
+    plan = StudyPlan(compose_study(["experiment=smoke"]))
+    job = next(j for j in plan.jobs() if j.stage == "evaluate" and ".topk." in j.variant)
+    away = wd / f"{job.out_dir}.away"
+    (wd / job.out_dir).rename(away)
+    try:
+        cli(["show", "-e", "smoke", "--finished", "--json"])
+        out = capsys.readouterr().out
+        assert job.variant not in out and job.variant in gathered["show"]
+    finally:
+        away.rename(wd / job.out_dir)

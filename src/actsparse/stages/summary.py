@@ -17,6 +17,13 @@ from actsparse.tables import METRICS, read_table, write_table
 
 
 def gather(job_dirs: list[str | Path], out: str | Path) -> pd.DataFrame:
+    table = collect(job_dirs)
+    write_table(table, out, METRICS)
+    return table
+
+
+def collect(job_dirs: list[str | Path]) -> pd.DataFrame:
+    """The jobs' `metrics.parquet` tables as one, in the study table's order."""
     frames = [read_table(Path(d) / "metrics.parquet", METRICS) for d in job_dirs]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRICS.names)
     order = {"data": 0, "train": 1, "calibrate": 2, "evaluate": 3}
@@ -25,8 +32,7 @@ def gather(job_dirs: list[str | Path], out: str | Path) -> pd.DataFrame:
         key=lambda c: c.map(order) if c.name == "stage" else c,
         kind="stable",
     )
-    write_table(table.reset_index(drop=True), out, METRICS)
-    return table
+    return table.reset_index(drop=True)
 
 
 def main(argv: list[str] | None = None) -> None:
