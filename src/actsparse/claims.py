@@ -421,7 +421,9 @@ def wina(t: Tables) -> list[Row]:
 
 def larosa(t: Tables) -> list[Row]:
     teal_uniform = [e for e in t.entries_of("teal") if t.entries[e].get("allocation") != "greedy"]
-    both = _beside(t, t.entries_of("larosa"), teal_uniform)
+    # the paper's form where the study has it
+    mine = t.entries_of("larosa", form="residual") or t.entries_of("larosa")
+    both = _beside(t, mine, teal_uniform)
     both = both[(both.level - 0.4).abs() < 1e-9] if not both.empty else both
     if both.empty:
         return _missing(LAROSA, "larosa and teal at 40%")

@@ -76,6 +76,11 @@ def _sparsify_model_problems(cfg: StudyConfig) -> list[tuple[str, str]]:
                     adapter.check_site(site, f"sparsity method {name!r} on model {model!r}")
                 except ValueError as e:
                     out.append((key, f"{e}; restrict the entry with `models:`"))
+            out += [
+                (key, f"sparsity method {name!r} on model {model!r}: {problem}; restrict the "
+                      "entry with `models:`")
+                for problem in entry.cfg.family_problems(adapter)
+            ]  # fmt: skip
     return out
 
 

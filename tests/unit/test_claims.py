@@ -25,7 +25,8 @@ ENTRIES = {
     "spark_post": {"method": "stat_topk"},
     "a": {"method": "svd"}, "b": {"method": "asvd"}, "w": {"method": "svdllm"},
     "n": {"method": "nsvd"}, "dv": {"method": "dejavu_mlp"},
-    "wi": {"method": "wina"}, "la": {"method": "larosa"}, "sc": {"method": "scap"},
+    "wi": {"method": "wina"}, "la": {"method": "larosa", "form": "residual"},
+    "la_online": {"method": "larosa", "form": "online"}, "sc": {"method": "scap"},
     "rs": {"method": "rsparse"}, "v2": {"method": "svdllm_v2"},
     "wu": {"method": "svdllm", "update": True},
 }  # fmt: skip
@@ -180,6 +181,13 @@ def test_larosa_at_40_percent_must_be_small_and_below_uniform_teal(mine, theirs,
             ("m", "t_greedy", 0.4, 10, 0.1)]  # fmt: skip
     r = rows_of(tables(rows), "LaRoSA").iloc[0]
     assert r.verdict == verdict and "0.370 vs 0.400" in r.reason
+
+
+def test_larosa_stands_for_its_paper_in_the_residual_form():
+    rows = [("m", "la", 0.4, 10, 6.0, 0.28), ("m", "la_online", 0.4, 10, 3.0, 0.19),
+            ("m", "t_uniform", 0.4, 10, 4.0, 0.4)]  # fmt: skip
+    r = rows_of(tables(rows), "LaRoSA").iloc[0]
+    assert r.verdict == FAILS and r.measured == "40%: +6.00%"
 
 
 def test_scap_compares_the_sparsest_variant_within_budget_with_cats():

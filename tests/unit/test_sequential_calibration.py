@@ -22,6 +22,7 @@ from actsparse.methods.sparsity.calibration import SITE_ORDER, calibrate_thresho
 from actsparse.methods.sparsity.mechanism import Placed, Rule, SparsityPlan, placed_for_sites
 from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models import adapter_for
+from actsparse.models.adapters import LINEAR_SITES
 from actsparse.models.blocks import block_calls, block_inputs, run_block
 from actsparse.sweeps import default_entry
 
@@ -246,7 +247,7 @@ def test_each_block_runs_once_per_batch_whatever_the_depth():
     cfg = _cfg("teal")
     n_batches = 384 // (8 * 16)
     placed = placed_for_sites(
-        model, ctx.adapter, list(teal.LINEAR_SITES), lambda *_: Rule("threshold", 0.5, 0.0)
+        model, ctx.adapter, list(LINEAR_SITES), lambda *_: Rule("threshold", 0.5, 0.0)
     )
     counts, hooks = _count_block_runs(model, ctx.adapter)
     try:

@@ -15,7 +15,7 @@ stages hook or wrap these named modules of an unmodified `transformers` model.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -34,6 +34,10 @@ class FamilyAdapter:
     act_path: str  # the FFN nonlinearity module, relative to a block
     gate_linear: str | None = None  # gated FFNs: the projection whose output goes through act
     up_linear: str | None = None  # gated FFNs: the projection multiplied by act(gate)
+    # pre-norm RMSNorm families: linear-input site -> the norm whose output it is (relative
+    # to a block); an orthogonal rotation of the residual stream commutes with these
+    # (LaRoSA's residual form), not with LayerNorm's mean and bias
+    rms_norms: dict[str, str] = field(default_factory=dict)
 
     @property
     def gated(self) -> bool:
@@ -61,6 +65,13 @@ class FamilyAdapter:
             site: [(f"{prefix}.{rel}", model.get_submodule(f"{prefix}.{rel}")) for rel in rels]
             for site, rels in self.linears.items()
         }
+
+    def rms_norm_weight(self, model: nn.Module, layer: int, site: str) -> torch.Tensor:
+        """The weight of the RMSNorm whose output `site` is, in block `layer`."""
+        if site not in self.rms_norms:
+            raise ValueError(f"model family {self.name!r} has no RMSNorm in front of {site!r}")
+        norm = model.get_submodule(f"{self.block_path(model, layer)}.{self.rms_norms[site]}")
+        return norm.weight.detach()
 
     def act_module(self, model: nn.Module, layer: int) -> tuple[str, nn.Module]:
         name = f"{self.block_path(model, layer)}.{self.act_path}"
@@ -102,6 +113,7 @@ ADAPTERS = [
         act_path="mlp.act_fn",
         gate_linear="mlp.gate_proj",
         up_linear="mlp.up_proj",
+        rms_norms={"attn_in": "input_layernorm", "ffn_in": "post_attention_layernorm"},
     ),
     FamilyAdapter(
         "opt",

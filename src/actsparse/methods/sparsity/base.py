@@ -46,6 +46,11 @@ class SparsityMethodCfg:
         """Problems of running this entry at `levels` (its own, or the sweep's)."""
         return []
 
+    def family_problems(self, adapter: FamilyAdapter) -> list[str]:
+        """What this entry needs of a model family that `adapter`'s lacks, beyond its
+        sites (checked when the config is composed for trained models, and by the job)."""
+        return []
+
 
 def check_sites(sites: list[str], allowed: tuple[str, ...] = SITES) -> list[tuple[str, str]]:
     bad = [s for s in sites if s not in allowed]
@@ -209,6 +214,8 @@ class SparsityMethod(ABC):
             raise ValueError(f"{who}: level must be in [0, 1), got {level}")
         for site in cfg.sites_used():
             ctx.adapter.check_site(site, who)
+        for problem in cfg.family_problems(ctx.adapter):
+            raise ValueError(f"{who}: {problem}")
         if self.needs_calibration and ctx.stats is not None:
             ctx.stats.check_model(ctx.model, ctx.adapter, who, cfg.sites_used())
         plan = self.build(cfg, level, ctx)

@@ -55,6 +55,11 @@ class Rule:
     # topk in an orthogonal basis Q, the plan's rotation of this name (LaRoSA): the rule
     # sees x Q and the linear reads rule(x Q) Q^T; "": the activation's own basis
     basis: str = ""
+    # with a basis, LaRoSA's rotated residual stream: the plan's vector of this name (the
+    # RMSNorm weight in front of the linear); the rule sees (x / scale) Q and the linear
+    # reads rule(...) Q^T * scale, what the model with the norm weight and Q folded into
+    # its weights computes
+    basis_scale: str = ""
     rank: int = 0  # rsparse: the rank of the SVD that carries the dropped part of the input
     soft: bool = True  # stat_topk: ReLU(x - theta) rather than the hard cut
     rescale: bool = False  # topk: restore each row's L2 norm
@@ -78,6 +83,8 @@ class Rule:
             raise ValueError(f"only an rsparse rule has a rank >= 0, got {self.kind!r} {self.rank}")
         if self.basis and self.kind != "topk":
             raise ValueError(f"only a topk rule acts in a rotated basis, not {self.kind!r}")
+        if self.basis_scale and not self.basis:
+            raise ValueError("a basis_scale goes with a basis (a rotated rule)")
         if not math.isfinite(self.shift):
             raise ValueError(f"a rule's shift must be finite, got {self.shift}")
         if self.kind == "head_topk" and not self.n_heads:
@@ -164,17 +171,27 @@ class SparsityPlan:
     rotations: dict[str, torch.Tensor] = field(default_factory=dict, compare=False)
 
     def overhead_params(self, model: nn.Module) -> int:
-        """Weights a token reads beside the linears' own (the cost model's overhead): a
-        rotated rule's `x Q`, `n^2` per layer and site (q, k and v share it; folded into the
-        weights, `W Q` reads the rotated input and nothing rotates back); a rule with a
-        low-rank remainder, its factors' `rank (n + m)` (R-Sparse)."""
-        sites = {(p.layer, p.site): p.width for p in self.placed if p.rule.basis}
+        """Weights a token reads beside the linears' own (the cost model's overhead).
+
+        A rotated rule: folded into the weights, `W Q` reads the rotated input and nothing
+        rotates back; what remains is `x Q`, `n^2` per layer and site (q, k and v share
+        it), or, in the rotated residual stream (`basis_scale`), the residual adapter
+        `Q_a^T Q_b`, `n^2`, wherever the stream's basis changes (once per layer with one
+        `Q` a layer; the embedding and the LM head absorb the first and the last). A rule
+        with a low-rank remainder: its factors' `rank (n + m)` (R-Sparse)."""
+        rotated = sorted(
+            {(p.layer, LINEAR_SITES.index(p.site), p.rule.basis, p.width, bool(p.rule.basis_scale))
+             for p in self.placed if p.rule.basis}
+        )  # fmt: skip
+        in_stream = [(b, n) for *_, b, n, residual in rotated if residual]
+        changes = [n for (a, _), (b, n) in zip(in_stream, in_stream[1:], strict=False) if a != b]
+        online = {(layer, site): n for layer, site, _, n, residual in rotated if not residual}
         low = sum(
             p.rule.rank * sum(linear_shape(model.get_submodule(p.module)))
             for p in self.placed
             if p.rule.rank
         )
-        return sum(n * n for n in sites.values()) + low
+        return sum(n * n for n in changes) + sum(n * n for n in online.values()) + low
 
     def save(self, out: Path) -> None:
         rows = [

@@ -101,12 +101,7 @@ class Teal(SparsityMethod):
         return greedy_path(cfg, levels, ctx, threshold_at(ctx))
 
     def build(self, cfg: TealCfg, level: float, ctx: BuildContext) -> SparsityPlan:
-        if cfg.allocation == "uniform" or level == 0.0:
-            levels: dict[str, float] = {}
-        elif ctx.allocation is not None:  # the allocate job's walk
-            levels = ctx.allocation
-        else:
-            levels = greedy_path(cfg, [level], ctx, threshold_at(ctx))[level]
+        levels = allocated_levels(cfg, level, ctx, threshold_at)
         placed = placed_for_sites(
             ctx.model,
             ctx.adapter,
@@ -114,6 +109,21 @@ class Teal(SparsityMethod):
             lambda layer, site, module: Rule("threshold", levels.get(module, level), 0.0),
         )
         return SparsityPlan(cfg.method, "", level, calibrate_thresholds(placed, cfg, ctx))
+
+
+def allocated_levels(
+    cfg: GreedyCfg,
+    level: float,
+    ctx: BuildContext,
+    rule_at: Callable[[BuildContext], Callable[[int, str, float], Rule]],
+) -> dict[str, float]:
+    """module -> level of an entry at `level`: none (every module at `level`) for a
+    uniform one; a greedy one's from its allocate job's walk, or a walk of its own."""
+    if cfg.allocation == "uniform" or level == 0.0:
+        return {}
+    if ctx.allocation is not None:  # the allocate job's walk
+        return ctx.allocation
+    return greedy_path(cfg, [level], ctx, rule_at(ctx))[level]
 
 
 def threshold_at(ctx: BuildContext) -> Callable[[int, str, float], Rule]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from actsparse.methods.sparsity.base import SPARSITY, BuildContext, SparsityMethod
 from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
-from actsparse.methods.sparsity.teal import GreedyCfg, greedy_path
+from actsparse.methods.sparsity.teal import GreedyCfg, allocated_levels, greedy_path
 
 
 @SPARSITY.register("wina")
@@ -44,12 +44,7 @@ class Wina(SparsityMethod):
         return greedy_path(cfg, levels, ctx, _rule_at)
 
     def build(self, cfg: GreedyCfg, level: float, ctx: BuildContext) -> SparsityPlan:
-        if cfg.allocation == "uniform" or level == 0.0:
-            levels: dict[str, float] = {}
-        elif ctx.allocation is not None:  # the allocate job's walk
-            levels = ctx.allocation
-        else:
-            levels = greedy_path(cfg, [level], ctx, _rule_at)[level]
+        levels = allocated_levels(cfg, level, ctx, lambda _: _rule_at)
         placed = placed_for_sites(
             ctx.model,
             ctx.adapter,

@@ -98,6 +98,7 @@ class SparseInput(LinearView, _Counted):
     _scale: torch.Tensor | None = None  # a weighted rule's column norms, computed once
     _shift_out: torch.Tensor | None = None  # a centred rule's W (m 1), computed once
     rotation: torch.Tensor | None = None  # a rule's basis Q (n, n), from the plan
+    rotation_scale: torch.Tensor | None = None  # its basis_scale (n,), the norm weight
     _remainder: tuple | None = None  # rsparse: (rank, dtype, A, B), computed once
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -121,10 +122,12 @@ class SparseInput(LinearView, _Counted):
         rule = self.placed.rule
         if self.rotation is not None:
             Q = self.rotation.to(dtype=x.dtype, device=x.device)
-            xr = x @ Q
+            g = self.rotation_scale
+            g = None if g is None else g.to(dtype=x.dtype, device=x.device)
+            xr = (x if g is None else x / g) @ Q
             z = rule(xr)
             self.count(xr, z)
-            return z @ Q.T
+            return z @ Q.T if g is None else (z @ Q.T) * g
         if rule.weighted:
             if self._scale is None:
                 self._scale = input_column_norms(self.inner)
@@ -310,6 +313,13 @@ def apply(model: nn.Module, adapter: FamilyAdapter, plan: SparsityPlan) -> Spars
                     f"{where}: rotation {p.rule.basis!r} is {tuple(Q.shape)}, the input width {width}"
                 )
             wrappers[p.module].rotation = Q
+        if p.rule.basis_scale:
+            g = plan.rotations.get(p.rule.basis_scale)
+            if g is None or tuple(g.shape) != (width,):
+                got = "none" if g is None else tuple(g.shape)
+                raise ValueError(f"{where}: the plan's basis_scale {p.rule.basis_scale!r} "
+                                 f"must be a vector of the input width {width}, got {got}")  # fmt: skip
+            wrappers[p.module].rotation_scale = g
     for name, w in wrappers.items():
         set_module(model, name, w)
     return Sparsified(model, plan, wrappers)
