@@ -245,15 +245,20 @@ def cats(t: Tables) -> list[Row]:
 
 def _lowrank_at(t: Tables, method: str, ratio: float, corpus: str) -> pd.DataFrame:
     lr = t.lowrank
-    names = _whitening_only(t) if method == "svdllm" else t.entries_of(method)
+    names = _without_update(t, method)
     return lr[
         lr.method.isin(names) & ((lr.ratio_removed - ratio).abs() < 1e-9) & (lr.corpus == corpus)
     ]
 
 
+def _without_update(t: Tables, method: str) -> list[str]:
+    """Entries of `method` without SVD-LLM's update step (its table's SVD-LLM (W) rows;
+    the other methods have no such key)."""
+    return [e for e in t.entries_of(method) if not t.entries[e].get("update")]
+
+
 def _whitening_only(t: Tables) -> list[str]:
-    """SVD-LLM entries without the update step (what its table calls SVD-LLM (W))."""
-    return [e for e in t.entries_of("svdllm") if not t.entries[e].get("update")]
+    return _without_update(t, "svdllm")
 
 
 # SVD-LLM's table: its method, then ASVD, then plain SVD, best (lowest perplexity) first
