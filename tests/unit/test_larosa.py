@@ -101,10 +101,8 @@ def test_a_wrapped_linear_reads_the_top_k_of_the_rotated_input_rotated_back(form
         h.remove()
     handle.remove()
     x = given[0]
-    if form == "online":
-        want = ops.topk(x @ Q, 0.4) @ Q.T
-    else:
-        want = (ops.topk((x / g) @ Q, 0.4) @ Q.T) * g
+    online = ops.topk(x @ Q, 0.4) @ Q.T
+    want = online if form == "online" else (ops.topk((x / g) @ Q, 0.4) @ Q.T) * g
     assert torch.allclose(read[0], want, rtol=0, atol=1e-12)
     assert not torch.allclose(read[0], x, atol=1e-3)  # it did drop something
 
@@ -124,8 +122,10 @@ def folded_model(model: nn.Module, rotations: dict[str, torch.Tensor]) -> nn.Mod
     m.model.norm.weight.data.fill_(1.0)
     for i, (block, Q) in enumerate(zip(layers, Qs, strict=True)):
         att, mlp = block.self_attn, block.mlp
-        for norm, readers in ((block.input_layernorm, (att.q_proj, att.k_proj, att.v_proj)),
-                              (block.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj))):
+        for norm, readers in (
+            (block.input_layernorm, (att.q_proj, att.k_proj, att.v_proj)),
+            (block.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj)),
+        ):
             g = norm.weight.detach().clone()
             norm.weight.data.fill_(1.0)
             for lin in readers:
@@ -198,7 +198,9 @@ def test_the_residual_form_is_refused_where_norms_are_not_rms_norms_or_not_inver
 
     with pytest.raises(ValueError, match=r"larosa.*form 'residual'.*'opt' has LayerNorm"):
         _plan(tiny_model("opt"), 0.5, "opt")
-    with pytest.raises(ConfigError, match=r"sparsify.methods.larosa.models.*'opt_micro'.*LayerNorm"):
+    with pytest.raises(
+        ConfigError, match=r"sparsify.methods.larosa.models.*'opt_micro'.*LayerNorm"
+    ):
         compose_study(["experiment=smoke", "sparsify.methods.larosa.models=[opt_micro]"])
     model = _llama()
     model.model.layers[1].post_attention_layernorm.weight.data[3] = 0.0
