@@ -172,3 +172,103 @@ def test_wina_greedy_takes_teals_search_with_its_own_rule():
         params = [math.prod(linear_shape(model.get_submodule(p.module))) for p in mine]
         eff = sum(w * p.rule.level for w, p in zip(params, mine, strict=True)) / sum(params)
         assert eff == pytest.approx(0.5, abs=1e-9)
+
+
+def _llama64():
+    """A float64 tiny Llama whose RMSNorm weights are not ones (the transform folds them)."""
+    model = tiny_model("llama").double()
+    g = torch.Generator().manual_seed(1)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.data = 0.5 + torch.rand(p.shape, generator=g, dtype=p.dtype)
+    return model
+
+
+def _transformed(model, level, **keys):
+    ctx = BuildContext(model, adapter_for("llama"), None, None, torch.device("cpu"))
+    cfg = default_entry("sparsify", "wina", transform="orthogonal", **keys).cfg
+    return SPARSITY.get("wina")().plan(cfg, level, ctx), ctx
+
+
+def test_the_transform_makes_k_and_gate_columns_orthogonal_and_keeps_the_model():
+    model = _llama64()
+    plan, ctx = _transformed(model, 0.0)
+    block = model.model.layers[1]
+    for site, linear, norm in (
+        ("attn_in", block.self_attn.k_proj, block.input_layernorm),
+        ("ffn_in", block.mlp.gate_proj, block.post_attention_layernorm),
+    ):
+        V, g = plan.rotations[f"1.{site}"], plan.rotations[f"1.{site}.norm"]
+        assert torch.equal(g, norm.weight.detach())
+        assert torch.allclose(V.T @ V, torch.eye(len(V), dtype=V.dtype), atol=1e-12)
+        folded = (linear.weight.detach() * g) @ V  # the weight that reads the rotated stream
+        gram = folded.T @ folded
+        assert float((gram - torch.diag(torch.diagonal(gram))).abs().max()) < 1e-10
+    x = torch.randint(0, TINY_V, (2, 12), generator=G)
+    with torch.no_grad():
+        dense = final_output(model, x)
+        handle = apply(model, ctx.adapter, plan)
+        assert torch.allclose(final_output(model, x), dense, rtol=0, atol=1e-10)
+        handle.remove()
+
+
+def test_a_transformed_linear_reads_the_weighted_top_k_of_the_rotated_stream():
+    """What the folded model's q_proj (`W diag(g) V`) computes on the sparse rotated
+    stream: WINA's score with that weight's columns, in the rotated basis."""
+    model = _llama64()
+    plan, ctx = _transformed(model, 0.5)
+    name, q = ctx.adapter.site_linears(model, 0)["attn_in"][0]
+    V, g = plan.rotations["0.attn_in"], plan.rotations["0.attn_in.norm"]
+    handle = apply(model, ctx.adapter, plan)
+    given, read = [], []
+    hooks = [
+        model.get_submodule(name).register_forward_pre_hook(lambda m, a: given.append(a[0])),
+        q.register_forward_pre_hook(lambda m, a: read.append(a[0])),
+    ]
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, TINY_V, (2, 10), generator=G))
+    for h in hooks:
+        h.remove()
+    handle.remove()
+    folded = (q.weight.detach() * g) @ V
+    z = ops.weighted_topk((given[0] / g) @ V, folded.norm(dim=0), 0.5)
+    assert torch.allclose(read[0], (z @ V.T) * g, rtol=0, atol=1e-12)
+    assert torch.allclose(q(read[0]), z @ folded.T, rtol=0, atol=1e-12)
+
+
+def test_the_transform_costs_two_adapters_a_block_and_is_refused_without_rms_norms():
+    from actsparse.config import ConfigError, compose_study
+
+    model = _llama64()
+    plan, _ = _transformed(model, 0.5)
+    n = model.config.hidden_size
+    # the stream turns at every site: attn 0 -> ffn 0 -> attn 1 -> ffn 1
+    assert plan.overhead_params(model) == 3 * n * n
+    assert SPARSITY.get("wina")().plan(
+        default_entry("sparsify", "wina").cfg, 0.5,
+        BuildContext(model, adapter_for("llama"), None, None, torch.device("cpu")),
+    ).overhead_params(model) == 0  # fmt: skip
+    opt = tiny_model("opt")
+    ctx = BuildContext(opt, adapter_for("opt"), None, None, torch.device("cpu"))
+    cfg = default_entry("sparsify", "wina", transform="orthogonal").cfg
+    with pytest.raises(ValueError, match=r"wina.*transform 'orthogonal'.*'opt'.*transform: none"):
+        SPARSITY.get("wina")().plan(cfg, 0.5, ctx)
+    with pytest.raises(ConfigError, match=r"sparsify.methods.wina.models.*'opt_micro'.*orthogonal"):
+        compose_study(["experiment=smoke", "sparsify.methods.wina.transform=orthogonal"])
+    assert "transform" in dict(default_entry("sparsify", "wina", transform="svd").cfg.problems())
+
+
+def test_the_greedy_search_runs_in_the_transformed_basis():
+    model = _llama64()
+    tokens = torch.randint(0, TINY_V, (4096,), generator=G)
+    ctx = BuildContext(model, adapter_for("llama"), None, tokens, torch.device("cpu"))
+    keys = dict(allocation="greedy", greedy_step=0.1, greedy_tokens=64, greedy_seq_len=16)
+    method = SPARSITY.get("wina")()
+    plain = method.plan(default_entry("sparsify", "wina", **keys).cfg, 0.5, ctx)
+    cfg = default_entry("sparsify", "wina", transform="orthogonal", **keys).cfg
+    plan = method.plan(cfg, 0.5, ctx)
+    rotated = [p for p in plan.placed if p.site in ("attn_in", "ffn_in")]
+    assert rotated and all(p.rule.basis and p.rule.basis_scale for p in rotated)
+    levels = {p.module: p.rule.level for p in plan.placed}
+    assert levels != {p.module: p.rule.level for p in plain.placed}  # another basis, another walk
+    assert method.search_allocations(cfg, [0.5], ctx)[0.5] == levels  # the allocate job's

@@ -181,14 +181,27 @@ def linear_shape(module: nn.Module) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def input_column_norms(module: nn.Module) -> torch.Tensor:
+def input_column_norms(
+    module: nn.Module, basis: torch.Tensor | None = None, scale: torch.Tensor | None = None
+) -> torch.Tensor:
     """`||W[:, i]||_2` for each input channel `i` of a linear (wrapped or not): nn.Linear
     and LowRankLinear hold W as (out, in) (LowRankLinear's `weight` is the dense `A B`),
-    transformers' Conv1D as (in, out)."""
+    transformers' Conv1D as (in, out). With a `basis` Q (and a `scale` g), the columns of
+    `W diag(g) Q`, the weight that reads the rotated input (computed in float64)."""
+    weight = dense_input_weight(module)
+    if basis is None and scale is None:
+        return weight.norm(dim=0)
+    w = weight.double() if scale is None else weight.double() * scale.double()
+    w = w if basis is None else w @ basis.double()
+    return w.norm(dim=0).to(weight.dtype)
+
+
+def dense_input_weight(module: nn.Module) -> torch.Tensor:
+    """A linear's weight as (out, in), whatever wraps it and however it stores it."""
     while hasattr(module, "inner"):  # a sparsity wrapper, or a decode kernel around it
         module = module.inner
     w = module.weight
-    return w.norm(dim=1) if type(module).__name__ == "Conv1D" else w.norm(dim=0)
+    return w.T if type(module).__name__ == "Conv1D" else w
 
 
 def linear_rank(module: nn.Module) -> int:

@@ -248,6 +248,19 @@ class SparsityMethod(ABC):
         raise TypeError(f"{cfg.method} has no allocation search (searches_allocation is False)")
 
 
+def rms_norm_weight(ctx: BuildContext, layer: int, site: str, who: str) -> torch.Tensor:
+    """The RMSNorm weight in front of `site` (float64), for a method that rotates the
+    residual stream and divides by it (LaRoSA's residual form, WINA's transform)."""
+    g = ctx.adapter.rms_norm_weight(ctx.model, layer, site).double()
+    if not (torch.isfinite(g).all() and (g != 0).all()):
+        raise ValueError(
+            f"{who}: layer {layer} site {site!r}: the RMSNorm weight has "
+            f"{int((g == 0).sum())} zero and {int((~torch.isfinite(g)).sum())} non-finite "
+            "entries; the rotated residual stream needs it invertible"
+        )
+    return g
+
+
 def context_len(model, seq_len: int) -> int:
     """`seq_len`, capped at the model's context (tiny models have short ones)."""
     limit = getattr(model.config, "max_position_embeddings", None)

@@ -40,6 +40,7 @@ from actsparse.methods.sparsity.base import (
     BuildContext,
     LinearSitesCfg,
     SparsityMethod,
+    rms_norm_weight,
 )
 from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
 from actsparse.models.adapters import FamilyAdapter
@@ -97,18 +98,6 @@ def pca_basis(gram: torch.Tensor, where: str) -> torch.Tensor:
     return vec.flip(-1)
 
 
-def norm_weight(ctx: BuildContext, layer: int, site: str) -> torch.Tensor:
-    """The RMSNorm weight in front of `site` (float64); the residual form divides by it."""
-    g = ctx.adapter.rms_norm_weight(ctx.model, layer, site).double()
-    if not (torch.isfinite(g).all() and (g != 0).all()):
-        raise ValueError(
-            f"larosa: layer {layer} site {site!r}: the RMSNorm weight has "
-            f"{int((g == 0).sum())} zero and {int((~torch.isfinite(g)).sum())} non-finite "
-            "entries; form 'residual' needs it invertible (use form: online)"
-        )
-    return g
-
-
 @SPARSITY.register("larosa")
 class LaRoSA(SparsityMethod):
     paper = "LaRoSA"
@@ -134,7 +123,7 @@ class LaRoSA(SparsityMethod):
                 where = f"larosa: layer {layer} site {source!r}"
                 gram = ctx.stats.gram(layer, source).double()
                 if residual:  # the second moment of u = x / g, the stream Q rotates
-                    g = norm_weight(ctx, layer, source)
+                    g = rms_norm_weight(ctx, layer, source, "larosa")
                     gram = gram / torch.outer(g, g)
                 rotations[name] = pca_basis(gram, where).to(dtype)
             return name
@@ -142,7 +131,7 @@ class LaRoSA(SparsityMethod):
         def scale(layer: int, site: str) -> str:
             name = f"{layer}.{site}.norm"
             if name not in rotations:
-                rotations[name] = norm_weight(ctx, layer, site).to(dtype)
+                rotations[name] = rms_norm_weight(ctx, layer, site, "larosa").to(dtype)
             return name
 
         def rule_for(layer: int, site: str, module: str) -> Rule:

@@ -52,8 +52,9 @@ class Rule:
     # threshold: the rule sees x - shift and the linear adds W (shift 1) back, so what it
     # drops is what lies within `threshold` of `shift` (SCAP's mode-centering, `SparseInput`)
     shift: float = 0.0
-    # topk in an orthogonal basis Q, the plan's rotation of this name (LaRoSA): the rule
-    # sees x Q and the linear reads rule(x Q) Q^T; "": the activation's own basis
+    # top-K in an orthogonal basis Q, the plan's rotation of this name (LaRoSA, WINA's
+    # transform): the rule sees x Q and the linear reads rule(x Q) Q^T (a weighted rule
+    # scores with the columns of W Q); "": the activation's own basis
     basis: str = ""
     # with a basis, LaRoSA's rotated residual stream: the plan's vector of this name (the
     # RMSNorm weight in front of the linear); the rule sees (x / scale) Q and the linear
@@ -81,8 +82,8 @@ class Rule:
             raise ValueError(f"only a threshold rule is centred (shift), not {self.kind!r}")
         if self.rank and self.kind != "rsparse" or self.rank < 0:
             raise ValueError(f"only an rsparse rule has a rank >= 0, got {self.kind!r} {self.rank}")
-        if self.basis and self.kind != "topk":
-            raise ValueError(f"only a topk rule acts in a rotated basis, not {self.kind!r}")
+        if self.basis and self.kind not in ("topk", "weighted_topk"):
+            raise ValueError(f"only a top-K rule acts in a rotated basis, not {self.kind!r}")
         if self.basis_scale and not self.basis:
             raise ValueError("a basis_scale goes with a basis (a rotated rule)")
         if not math.isfinite(self.shift):

@@ -116,6 +116,7 @@ def allocated_levels(
     level: float,
     ctx: BuildContext,
     rule_at: Callable[[BuildContext], Callable[[int, str, float], Rule]],
+    rotations: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
     """module -> level of an entry at `level`: none (every module at `level`) for a
     uniform one; a greedy one's from its allocate job's walk, or a walk of its own."""
@@ -123,7 +124,7 @@ def allocated_levels(
         return {}
     if ctx.allocation is not None:  # the allocate job's walk
         return ctx.allocation
-    return greedy_path(cfg, [level], ctx, rule_at(ctx))[level]
+    return greedy_path(cfg, [level], ctx, rule_at(ctx), rotations)[level]
 
 
 def threshold_at(ctx: BuildContext) -> Callable[[int, str, float], Rule]:
@@ -140,9 +141,11 @@ def greedy_path(
     targets: list[float],
     ctx: BuildContext,
     rule_at: Callable[[int, str, float], Rule],
+    rotations: dict[str, torch.Tensor] | None = None,
 ) -> dict[float, dict[str, float]]:
     """target -> (module -> sparsity level) from TEAL's block-wise greedy search (module
-    doc), for every target in one walk per block.
+    doc), for every target in one walk per block; `rotations`: the bases `rule_at`'s rules
+    name (WINA's transform).
 
     Walks for two targets take the same steps until a step toward the lower one would be
     cut short to land on it. There the walk for that target is finished on a copy, and the
@@ -158,7 +161,7 @@ def greedy_path(
     out: dict[float, dict[str, float]] = {t: {} for t in targets}
     desc = "teal greedy s=" + ",".join(f"{t:g}" for t in targets)
     for layer in tqdm(range(len(adapter.layers(model))), desc=desc):
-        with _BlockSearch(cfg, ctx, layer, x, rule_at) as block:
+        with _BlockSearch(cfg, ctx, layer, x, rule_at, rotations or {}) as block:
             lv = {name: 0.0 for name in block.params}
             eff = 0.0
             for target in targets:
@@ -189,6 +192,7 @@ class _BlockSearch:
         layer: int,
         x: torch.Tensor,
         rule_at: Callable[[int, str, float], Rule],
+        rotations: dict[str, torch.Tensor],
     ):
         model, adapter = ctx.model, ctx.adapter
         self.cfg, self.ctx, self.layer, self.rule_at = cfg, ctx, layer, rule_at
@@ -207,7 +211,8 @@ class _BlockSearch:
         placed = [
             Placed(layer, s, n, linear_shape(m)[0], rule_at(layer, s, 0.0)) for s, n, m in mods
         ]
-        self.handle = apply(model, adapter, SparsityPlan(cfg.method, "greedy", 0.0, placed))
+        plan = SparsityPlan(cfg.method, "greedy", 0.0, placed, rotations=rotations)
+        self.handle = apply(model, adapter, plan)
 
     def __enter__(self) -> _BlockSearch:
         return self

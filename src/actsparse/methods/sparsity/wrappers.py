@@ -120,22 +120,22 @@ class SparseInput(LinearView, _Counted):
 
     def _sparse(self, x: torch.Tensor) -> torch.Tensor:
         rule = self.placed.rule
-        if self.rotation is not None:
+        Q = g = None
+        if self.rotation is not None:  # the rule sees (x / g) Q and gives back z Q^T g
             Q = self.rotation.to(dtype=x.dtype, device=x.device)
-            g = self.rotation_scale
-            g = None if g is None else g.to(dtype=x.dtype, device=x.device)
-            xr = (x if g is None else x / g) @ Q
-            z = rule(xr)
-            self.count(xr, z)
-            return z @ Q.T if g is None else (z @ Q.T) * g
+            if self.rotation_scale is not None:
+                g = self.rotation_scale.to(dtype=x.dtype, device=x.device)
+            x = (x if g is None else x / g) @ Q
         if rule.weighted:
-            if self._scale is None:
-                self._scale = input_column_norms(self.inner)
+            if self._scale is None:  # the columns of the weight that reads what the rule gives
+                self._scale = input_column_norms(self.inner, self.rotation, self.rotation_scale)
             y = rule(x, self._scale)
         else:
             y = rule(x)
         self.count(x, y)
-        return y
+        if Q is None:
+            return y
+        return y @ Q.T if g is None else (y @ Q.T) * g
 
     def _low_rank(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`A = U_r Σ_r`, `B = V_r^T` of the plain SVD of this linear's weight (float64,
