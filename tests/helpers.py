@@ -88,6 +88,19 @@ def tiny_model(family: str, seed: int = 0):
     raise KeyError(family)
 
 
+def tiny_llama_with_norms():
+    """A float64 tiny Llama whose RMSNorm weights are not ones: what folding them into the
+    weights (LaRoSA's residual form, WINA's transform) must get right."""
+    import torch
+
+    model = tiny_model("llama").double()
+    g = torch.Generator().manual_seed(1)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.data = 0.5 + torch.rand(p.shape, generator=g, dtype=p.dtype)
+    return model
+
+
 def final_output(model, x):
     """Logits of a causal LM, the last hidden state of an encoder."""
     out = model(input_ids=x)

@@ -11,7 +11,7 @@ import copy
 
 import pytest
 import torch
-from helpers import TINY_V, Covariances, final_output, tiny_model
+from helpers import TINY_V, Covariances, final_output, tiny_llama_with_norms, tiny_model
 from torch import nn
 
 from actsparse.methods.sparsity import SPARSITY, ops
@@ -25,17 +25,6 @@ G = torch.Generator().manual_seed(0)
 FORMS = ["residual", "online"]
 
 
-def _llama():
-    """A float64 tiny Llama whose RMSNorm weights are not ones (the residual form folds
-    them), with its own LM head (SmolLM2 ties it; the folded model unties it)."""
-    model = tiny_model("llama").double()
-    g = torch.Generator().manual_seed(1)
-    for name, p in model.named_parameters():
-        if name.endswith("norm.weight"):
-            p.data = 0.5 + torch.rand(p.shape, generator=g, dtype=p.dtype)
-    return model
-
-
 def _plan(model, level, family="llama", **keys):
     adapter = adapter_for(family)
     ctx = BuildContext(model, adapter, Covariances(model, adapter), None, torch.device("cpu"))
@@ -46,7 +35,7 @@ def _plan(model, level, family="llama", **keys):
 @pytest.mark.parametrize(("family", "form"), [("llama", "residual"), ("llama", "online"),
                                               ("opt", "online")])  # fmt: skip
 def test_the_rotation_alone_leaves_the_outputs_unchanged(family, form):
-    model = _llama() if family == "llama" else tiny_model(family).double()
+    model = tiny_llama_with_norms() if family == "llama" else tiny_model(family).double()
     plan, _ = _plan(model, 0.0, family, form=form)
     assert plan.rotations and all(
         p.rule.basis for p in plan.placed if p.site in ("attn_in", "ffn_in")
@@ -62,7 +51,7 @@ def test_the_rotation_alone_leaves_the_outputs_unchanged(family, form):
 
 @pytest.mark.parametrize("form", FORMS)
 def test_the_basis_is_orthogonal_and_diagonalises_the_covariance(form):
-    model = _llama()
+    model = tiny_llama_with_norms()
     plan, ctx = _plan(model, 0.5, rotation="per_site", form=form)
     bases = {k: Q for k, Q in plan.rotations.items() if not k.endswith(".norm")}
     assert len(bases) == 4
@@ -82,7 +71,7 @@ def test_the_basis_is_orthogonal_and_diagonalises_the_covariance(form):
 
 @pytest.mark.parametrize("form", FORMS)
 def test_a_wrapped_linear_reads_the_top_k_of_the_rotated_input_rotated_back(form):
-    model = _llama()
+    model = tiny_llama_with_norms()
     plan, ctx = _plan(model, 0.5, form=form)
     q_name, q = ctx.adapter.site_linears(model, 1)["attn_in"][0]
     Q = plan.rotations["1.attn_in"]
@@ -154,7 +143,7 @@ def test_the_residual_form_is_the_papers_folded_model(monkeypatch):
     from transformers.models.llama import modeling_llama
 
     monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", _rms_norm_in_float64)
-    model = _llama()
+    model = tiny_llama_with_norms()
     plan, ctx = _plan(model, 0.5, form="residual")
     folded = folded_model(model, plan.rotations)
     # the folded model's linears read the rotated stream itself: plain top-K everywhere
@@ -175,7 +164,7 @@ def test_the_residual_form_is_the_papers_folded_model(monkeypatch):
 
 @pytest.mark.parametrize(("form", "adapters"), [("residual", 1), ("online", 4)])
 def test_per_layer_shares_the_attention_basis_and_the_plain_sites_are_plain(form, adapters):
-    model = _llama()
+    model = tiny_llama_with_norms()
     plan, _ = _plan(model, 0.5, form=form)
     bases = sorted(k for k in plan.rotations if not k.endswith(".norm"))
     assert bases == ["0.attn_in", "1.attn_in"]
@@ -202,7 +191,7 @@ def test_the_residual_form_is_refused_where_norms_are_not_rms_norms_or_not_inver
         ConfigError, match=r"sparsify.methods.larosa.models.*'opt_micro'.*LayerNorm"
     ):
         compose_study(["experiment=smoke", "sparsify.methods.larosa.models=[opt_micro]"])
-    model = _llama()
+    model = tiny_llama_with_norms()
     model.model.layers[1].post_attention_layernorm.weight.data[3] = 0.0
     with pytest.raises(ValueError, match=r"larosa: layer 1 site 'ffn_in'.*1 zero.*invertible"):
         _plan(model, 0.5)

@@ -10,7 +10,7 @@ import itertools
 
 import pytest
 import torch
-from helpers import TINY_V, final_output, tiny_model
+from helpers import TINY_V, final_output, tiny_llama_with_norms, tiny_model
 
 from actsparse.methods.sparsity import SPARSITY, ops
 from actsparse.methods.sparsity.base import BuildContext
@@ -174,16 +174,6 @@ def test_wina_greedy_takes_teals_search_with_its_own_rule():
         assert eff == pytest.approx(0.5, abs=1e-9)
 
 
-def _llama64():
-    """A float64 tiny Llama whose RMSNorm weights are not ones (the transform folds them)."""
-    model = tiny_model("llama").double()
-    g = torch.Generator().manual_seed(1)
-    for name, p in model.named_parameters():
-        if name.endswith("norm.weight"):
-            p.data = 0.5 + torch.rand(p.shape, generator=g, dtype=p.dtype)
-    return model
-
-
 def _transformed(model, level, **keys):
     ctx = BuildContext(model, adapter_for("llama"), None, None, torch.device("cpu"))
     cfg = default_entry("sparsify", "wina", transform="orthogonal", **keys).cfg
@@ -191,7 +181,7 @@ def _transformed(model, level, **keys):
 
 
 def test_the_transform_makes_k_and_gate_columns_orthogonal_and_keeps_the_model():
-    model = _llama64()
+    model = tiny_llama_with_norms()
     plan, ctx = _transformed(model, 0.0)
     block = model.model.layers[1]
     for site, linear, norm in (
@@ -215,7 +205,7 @@ def test_the_transform_makes_k_and_gate_columns_orthogonal_and_keeps_the_model()
 def test_a_transformed_linear_reads_the_weighted_top_k_of_the_rotated_stream():
     """What the folded model's q_proj (`W diag(g) V`) computes on the sparse rotated
     stream: WINA's score with that weight's columns, in the rotated basis."""
-    model = _llama64()
+    model = tiny_llama_with_norms()
     plan, ctx = _transformed(model, 0.5)
     name, q = ctx.adapter.site_linears(model, 0)["attn_in"][0]
     V, g = plan.rotations["0.attn_in"], plan.rotations["0.attn_in.norm"]
@@ -239,7 +229,7 @@ def test_a_transformed_linear_reads_the_weighted_top_k_of_the_rotated_stream():
 def test_the_transform_costs_two_adapters_a_block_and_is_refused_without_rms_norms():
     from actsparse.config import ConfigError, compose_study
 
-    model = _llama64()
+    model = tiny_llama_with_norms()
     plan, _ = _transformed(model, 0.5)
     n = model.config.hidden_size
     # the stream turns at every site: attn 0 -> ffn 0 -> attn 1 -> ffn 1
@@ -259,7 +249,7 @@ def test_the_transform_costs_two_adapters_a_block_and_is_refused_without_rms_nor
 
 
 def test_the_greedy_search_runs_in_the_transformed_basis():
-    model = _llama64()
+    model = tiny_llama_with_norms()
     tokens = torch.randint(0, TINY_V, (4096,), generator=G)
     ctx = BuildContext(model, adapter_for("llama"), None, tokens, torch.device("cpu"))
     keys = dict(allocation="greedy", greedy_step=0.1, greedy_tokens=64, greedy_seq_len=16)
