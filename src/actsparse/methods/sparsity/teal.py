@@ -161,7 +161,7 @@ def greedy_path(
     out: dict[float, dict[str, float]] = {t: {} for t in targets}
     desc = "teal greedy s=" + ",".join(f"{t:g}" for t in targets)
     for layer in tqdm(range(len(adapter.layers(model))), desc=desc):
-        with _BlockSearch(cfg, ctx, layer, x, rule_at, rotations or {}) as block:
+        with _BlockSearch(cfg, ctx, layer, x, rule_at, rotations) as block:
             lv = {name: 0.0 for name in block.params}
             eff = 0.0
             for target in targets:
@@ -192,7 +192,7 @@ class _BlockSearch:
         layer: int,
         x: torch.Tensor,
         rule_at: Callable[[int, str, float], Rule],
-        rotations: dict[str, torch.Tensor],
+        rotations: dict[str, torch.Tensor] | None = None,
     ):
         model, adapter = ctx.model, ctx.adapter
         self.cfg, self.ctx, self.layer, self.rule_at = cfg, ctx, layer, rule_at
@@ -211,7 +211,7 @@ class _BlockSearch:
         placed = [
             Placed(layer, s, n, linear_shape(m)[0], rule_at(layer, s, 0.0)) for s, n, m in mods
         ]
-        plan = SparsityPlan(cfg.method, "greedy", 0.0, placed, rotations=rotations)
+        plan = SparsityPlan(cfg.method, "greedy", 0.0, placed, rotations=rotations or {})
         self.handle = apply(model, adapter, plan)
 
     def __enter__(self) -> _BlockSearch:
