@@ -169,3 +169,21 @@ def test_schema_is_a_leaf():
         for m in schema
     }
     assert not any(outside.values()), f"the schema imports from above it: {outside}"
+
+
+def test_the_stages_run_per_variant_import_no_library_they_rarely_need():
+    """Every job is a fresh process, and the smoke study runs ~70 of them: scipy.stats
+    (0.7 s) and matplotlib load in the function that needs them, not at module level."""
+    import subprocess
+    import sys
+
+    stages = ["evaluate", "sparsify", "allocate", "decompose", "calibrate", "predictors", "train"]
+    code = (
+        "import importlib, sys\n"
+        f"for m in {stages!r}: importlib.import_module('actsparse.stages.' + m)\n"
+        "print(sorted(m for m in ('scipy.stats', 'matplotlib') if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

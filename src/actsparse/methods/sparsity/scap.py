@@ -25,7 +25,6 @@ from functools import partial
 import numpy as np
 import torch
 from omegaconf import MISSING
-from scipy.stats import gaussian_kde
 
 from actsparse.methods.sparsity.base import SPARSITY, BuildContext, SparsityMethod, check_sites
 from actsparse.methods.sparsity.calibration import ThresholdMethodCfg, calibrate_thresholds
@@ -60,6 +59,8 @@ def kde_mode(x: torch.Tensor, n_samples: int) -> float:
     v = x[:: max(1, len(x) // n_samples)].numpy()
     if np.ptp(v) == 0:
         return float(v[0])
+    from scipy.stats import gaussian_kde  # here: scipy.stats costs every job 0.7 s to import
+
     kde = gaussian_kde(v, bw_method=lambda k: 0.5 * k.scotts_factor())
     grid = np.linspace(v.min(), v.max(), 2000)
     return float(grid[np.argmax(kde(grid))])
