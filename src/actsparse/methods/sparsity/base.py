@@ -248,6 +248,12 @@ class SparsityMethod(ABC):
         raise TypeError(f"{cfg.method} has no allocation search (searches_allocation is False)")
 
 
+def basis_dtype(model) -> torch.dtype:
+    """The dtype a plan stores its bases in: float64 for a float64 model (the exact
+    tests), float32 otherwise."""
+    return torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+
+
 def rms_norm_weight(ctx: BuildContext, layer: int, site: str, who: str) -> torch.Tensor:
     """The RMSNorm weight in front of `site` (float64), for a method that rotates the
     residual stream and divides by it (LaRoSA's residual form, WINA's transform)."""

@@ -40,6 +40,7 @@ from actsparse.methods.sparsity.base import (
     BuildContext,
     LinearSitesCfg,
     SparsityMethod,
+    basis_dtype,
     rms_norm_weight,
 )
 from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
@@ -112,8 +113,7 @@ class LaRoSA(SparsityMethod):
         assert ctx.stats is not None
         model = ctx.model
         residual = cfg.form == "residual"
-        # float64 bases for a float64 model (exact tests), float32 otherwise
-        dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+        dtype = basis_dtype(model)
         rotations: dict[str, torch.Tensor] = {}
 
         def basis(layer: int, site: str) -> str:

@@ -40,6 +40,7 @@ from actsparse.methods.sparsity.base import (
     SPARSITY,
     BuildContext,
     SparsityMethod,
+    basis_dtype,
     rms_norm_weight,
 )
 from actsparse.methods.sparsity.mechanism import Rule, SparsityPlan, placed_for_sites
@@ -89,7 +90,7 @@ def orthogonal_bases(cfg: WinaCfg, ctx: BuildContext) -> dict[str, torch.Tensor]
     if cfg.transform == "none":
         return {}
     model, adapter = ctx.model, ctx.adapter
-    dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
+    dtype = basis_dtype(model)
     out: dict[str, torch.Tensor] = {}
     for layer in range(len(adapter.layers(model))):
         for site in _rotated(cfg):
