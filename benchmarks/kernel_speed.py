@@ -6,7 +6,13 @@
 - `ffn`: the neuron-sparse SwiGLU FFN (Deja Vu/CATS), d 4096, d_ff 11008, against the
   dense FFN (three `F.linear`); its limit is `1 / (1 - s)` too (weights read);
 - `stat_topk`: Spark's fused statistical top-k against `torch.topk` (values and indices)
-  and against the top-K operator the sparsify stage uses (`topk` + scatter), d = 11008.
+  and against the top-K operator the sparsify stage uses (`topk` + scatter), d = 11008;
+- `linear` (CPU): the compiled input-sparse linear with its rule fused
+  (`torch.ops.actsparse.sparse_linear`: TEAL's threshold, Q-Sparse's top-K) against
+  `F.linear`, at SmolLM2-135M's shapes (576 x 576, 576 x 1536, 1536 x 576) and Llama-7B's
+  FFN shapes. Weights come from memory and the code from cache, as in a decode step: each
+  call takes the next of enough copies of the weight to fill 512 MiB (no cache flush, which
+  would also evict the interpreter and the dispatcher and time them cold).
 
 Caches are flushed before every call, calls are interleaved (see
 `actsparse.kernels.timing`). Batch > 1 rows share one sparsity pattern (Block Q-Sparse's
@@ -31,6 +37,7 @@ from provenance import RESULTS, provenance
 from actsparse.kernels import (
     fused_stat_topk,
     input_sparse_gemv,
+    native,
     neuron_sparse_ffn,
     transpose_for_sparse,
 )
@@ -148,13 +155,59 @@ def bench_stat_topk(args, device, dtype, gen, rows):
                 print(rows[-1], file=sys.stderr)
 
 
+LINEAR_SHAPES = [(576, 576), (576, 1536), (1536, 576), (4096, 11008), (11008, 4096)]
+POOL_BYTES = 512 << 20  # weight copies cycled per shape: larger than what caches hold
+
+
+def bench_linear(args, device, dtype, gen, rows):
+    if device != "cpu":
+        return  # the compiled op is the CPU path; a GPU runs the Triton GEMV (`gemv`)
+    from actsparse.kernels import sparse_linear
+
+    if not native.load():
+        print(f"linear: no compiled ops ({native.why_unavailable()})", file=sys.stderr)
+        return
+    for k, n in LINEAR_SHAPES:
+        size = k * n * torch.tensor([], dtype=dtype).element_size()
+        copies = max(2, -(-POOL_BYTES // size))
+        ws = [torch.randn(n, k, generator=gen).to(dtype) / k**0.5 for _ in range(copies)]
+        wts = [transpose_for_sparse(w) for w in ws]
+        for b in args.batch:
+            for level in args.levels:
+                x = torch.randn(b, k, generator=gen).to(dtype)
+                t_thr = float(
+                    torch.special.ndtri(torch.tensor(0.5 + level / 2))
+                )  # |N(0,1)| quantile
+                keep = float(ops.keep_count(k, level))
+                # one cycle for both sparse calls: each reads a copy nothing read since
+                dense, sparse = cycle(ws), cycle(wts)
+                op = sparse_linear.sparse_linear
+                t = interleaved(
+                    {"dense": lambda x=x, nx=dense: F.linear(x, nx()),
+                     "threshold": lambda x=x, nx=sparse, t=t_thr, op=op: op(x, nx(), None, "threshold", t),
+                     "topk": lambda x=x, nx=sparse, k=keep, op=op: op(x, nx(), None, "topk", k)},
+                    device, reps=max(args.reps, 200), flush=False,
+                )  # fmt: skip
+                for rule in ("threshold", "topk"):
+                    kept = sparse_linear.apply_rule(
+                        x, rule, t_thr if rule == "threshold" else keep, None
+                    )
+                    achieved = float((kept == 0).all(0).float().mean())
+                    rows.append(row(f"sparse_linear ({rule})", f"{k}x{n}", dtype, b, level, achieved,
+                                    t["dense"], t[rule], "F.linear", device, "cpu (compiled)", "rows"))  # fmt: skip
+                    print(rows[-1], file=sys.stderr)
+        del ws, wts
+
+
 def path_of(device: str) -> str:
-    return "triton" if device == "cuda" else "cpu (embedding_bag)"
+    if device == "cuda":
+        return "triton"
+    return "cpu (compiled)" if native.load() else "cpu (embedding_bag)"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kernels", nargs="+", default=["gemv", "ffn", "stat_topk"])
+    p.add_argument("--kernels", nargs="+", default=["gemv", "ffn", "stat_topk", "linear"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument(
         "--dtypes",
@@ -180,7 +233,12 @@ def main() -> None:
     ]
     gen = torch.Generator().manual_seed(0)
     rows: list[dict] = []
-    bench = {"gemv": bench_gemv, "ffn": bench_ffn, "stat_topk": bench_stat_topk}
+    bench = {
+        "gemv": bench_gemv,
+        "ffn": bench_ffn,
+        "stat_topk": bench_stat_topk,
+        "linear": bench_linear,
+    }
     for name in args.kernels:
         for dtype in dtypes:
             bench[name](args, args.device, dtype, gen, rows)

@@ -317,6 +317,15 @@ def cmd_ui(args: argparse.Namespace) -> None:
         os.execv(sys.executable, cmd)
 
 
+def cmd_kernels(args: argparse.Namespace) -> None:
+    from actsparse.kernels import native
+
+    ok = native.load()
+    print(f"compiled CPU kernels: {native.describe()}")
+    if not ok:
+        raise SystemExit(1)
+
+
 # the commands that read the study table
 READERS = (cmd_show, cmd_sparsity, cmd_lowrank, cmd_predictors, cmd_claims)
 
@@ -351,6 +360,10 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("methods", help="print the registered methods' tables (as in the docs)")
     p.add_argument("--write-docs", action="store_true", help="write them into docs/*.md")
     p.set_defaults(fn=cmd_methods)
+    p = sub.add_parser(
+        "kernels", help="build (first time) and load the compiled CPU kernels; say where or why not"
+    )
+    p.set_defaults(fn=cmd_kernels)
     p = sub.add_parser("ui", help="open the MLflow UI on the study runs (binds 127.0.0.1)")
     p.add_argument(
         "--root", default="data", help="the output root holding mlflow.db (default: data)"

@@ -34,6 +34,8 @@ def step_logits(model, ids):
 
 @pytest.mark.parametrize("family", ["llama", "opt", "gpt2"])
 def test_the_kernel_linears_decode_the_same_logits(family):
+    """Top-K is a rule the compiled op applies: each wrapper is replaced whole by a kernel
+    linear carrying the rule, and the step gives the wrapped model's logits."""
     model = tiny_model(family)
     handle = topk_everywhere(model, family)
     ids = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(0))
@@ -41,14 +43,59 @@ def test_the_kernel_linears_decode_the_same_logits(family):
         plain = step_logits(model, ids)
         with sparse_linears(model, handle) as kernels:
             assert len(kernels) == len(handle.wrappers) > 0
-            assert all(isinstance(w.inner, KernelLinear) for w in handle.wrappers.values())
+            assert all(k.fused is not None and k.fused.rule == "topk" for k in kernels)
+            assert not any(w in set(model.modules()) for w in handle.wrappers.values())
             on_kernel = step_logits(model, ids)
             for k in kernels:
                 k.enabled = False
             passthrough = step_logits(model, ids)
+        with handle.disabled():
+            dense = step_logits(model, ids)
     assert torch.allclose(on_kernel, plain, atol=1e-5)
-    assert torch.equal(passthrough, plain)
+    assert torch.equal(passthrough, dense)  # off, a fused kernel is the bare linear
     assert not any(isinstance(m, KernelLinear) for m in model.modules())
+    assert all(w in set(model.modules()) for w in handle.wrappers.values())
+
+
+def test_a_rule_the_op_does_not_apply_keeps_its_wrapper():
+    """A rescaled top-K (and Spark's statistical top-k, rotations, predicted masks) stays
+    in its wrapper; the kernel under it skips the zeros the wrapper gives."""
+    model = tiny_model("llama")
+    adapter = adapter_for("llama")
+    rule = Rule("topk", 0.5, rescale=True)
+    placed = placed_for_sites(model, adapter, list(LINEAR_SITES), lambda *_: rule)
+    handle = apply(model, adapter, SparsityPlan("topk", "t", 0.5, placed))
+    ids = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        plain = step_logits(model, ids)
+        with sparse_linears(model, handle) as kernels:
+            assert all(k.fused is None for k in kernels)
+            assert all(isinstance(w.inner, KernelLinear) for w in handle.wrappers.values())
+            assert torch.allclose(step_logits(model, ids), plain, atol=1e-5)
+
+
+FUSED_RULES = [
+    Rule("threshold", 0.5, threshold=0.3),
+    Rule("threshold", 0.5, threshold=0.2, shift=0.15),  # SCAP: centred
+    Rule("topk", 0.7),
+    Rule("weighted_topk", 0.6),
+    Rule("rsparse", 0.5, threshold=0.4),  # rank 0: |x| alone
+]
+
+
+@pytest.mark.parametrize("rule", FUSED_RULES, ids=lambda r: f"{r.kind}-{r.shift}")
+def test_each_fused_rule_decodes_what_its_wrapper_does(rule):
+    model = tiny_model("llama")
+    adapter = adapter_for("llama")
+    placed = placed_for_sites(model, adapter, list(LINEAR_SITES), lambda *_: rule)
+    handle = apply(model, adapter, SparsityPlan(rule.kind, "r", rule.level, placed))
+    ids = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain = step_logits(model, ids)
+        with sparse_linears(model, handle) as kernels:
+            assert all(k.fused is not None for k in kernels) and kernels
+            fused = step_logits(model, ids)
+    assert torch.allclose(fused, plain, atol=1e-5)
 
 
 def test_a_down_projection_reading_the_gates_zeros_runs_on_the_kernel():
@@ -98,3 +145,19 @@ def test_the_swap_is_undone_when_a_step_fails():
     with pytest.raises(RuntimeError, match="boom"), sparse_linears(model, handle):
         raise RuntimeError("boom")
     assert not any(isinstance(m, KernelLinear) for m in model.modules())
+
+
+def test_each_rule_says_how_the_compiled_op_applies_it():
+    assert Rule("topk", 0.7).kernel_form(100) == ("topk", 30.0)
+    assert Rule("threshold", 0.5, threshold=0.25).kernel_form(8) == ("threshold", 0.25)
+    assert Rule("rsparse", 0.5, threshold=0.1).kernel_form(8) == ("threshold", 0.1)
+    assert Rule("weighted_topk", 0.5).kernel_form(10) == ("weighted_topk", 5.0)
+    for rule in (
+        Rule("topk", 0.5, rescale=True),
+        Rule("topk", 0.5, basis="q"),
+        Rule("rsparse", 0.5, threshold=0.1, rank=4),
+        Rule("stat_topk", 0.5),
+        Rule("head_topk", 0.5, n_heads=4),
+        Rule("block_topk", 0.5, block=2),
+    ):
+        assert rule.kernel_form(16) is None, rule

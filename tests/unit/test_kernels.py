@@ -43,10 +43,14 @@ def triton_gemv(x, w, config=None, idx=None):
 
 
 def cpu_gemv(x, w, config=None, idx=None):
-    return gemv_mod.cpu_path(x, w, idx=idx)
+    return gemv_mod.cpu_path(x, w, idx=idx)  # the compiled op where it takes the dtype
 
 
-GEMV_PATHS = {"triton": triton_gemv, "cpu": cpu_gemv}
+def torch_gemv(x, w, config=None, idx=None):
+    return gemv_mod.torch_path(x, w, idx=idx)  # where no compiler is
+
+
+GEMV_PATHS = {"triton": triton_gemv, "cpu": cpu_gemv, "torch": torch_gemv}
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -155,10 +159,12 @@ def test_sparse_ffn_matches_the_reference(b, act, gated, bias, dtype, device):
     # the Triton kernel keeps h in float32; the CPU path rounds z, up and h to the dtype
     y_triton = ffn_mod.launch(*args, idx.to(device), act, to(b_in), to(b_out))
     y_cpu = ffn_mod.cpu_path(x, w_in, w_up, w_out_t, idx, act, b_in, b_out)
+    y_torch = ffn_mod.torch_path(x, w_in, w_up, w_out_t, idx, act, b_in, b_out)
     y_op = neuron_sparse_ffn(*args, act=act, mask=mask.to(device), b_in=to(b_in), b_out=to(b_out))
-    assert y_triton.dtype == y_cpu.dtype == y_op.dtype == dtype
+    assert y_triton.dtype == y_cpu.dtype == y_torch.dtype == y_op.dtype == dtype
     assert normwise_error(y_triton.cpu(), ref) <= 2 * eps(dtype) + 1e-5
     assert normwise_error(y_cpu, ref) <= 6 * eps(dtype) + 1e-5
+    assert normwise_error(y_torch, ref) <= 6 * eps(dtype) + 1e-5
     assert normwise_error(y_op.cpu(), ref) <= 6 * eps(dtype) + 1e-5
 
 
@@ -171,14 +177,14 @@ def test_the_relu_oracle_mask_gives_the_dense_ffn_exactly():
     w_in, _, w_out_t, b_in, b_out = ffn_weights(d, d_ff, torch.float32, False, True, gen)
     z = x @ w_in.T + b_in
     dense = torch.relu(z.double()) @ w_out_t.double() + b_out.double()
-    for path in (ffn_mod.launch, ffn_mod.cpu_path):
+    for path in (ffn_mod.launch, ffn_mod.cpu_path, ffn_mod.torch_path):
         idx = (z > 0).any(dim=0).nonzero().flatten().to(torch.int32)
         assert 0.3 * d_ff < idx.numel() < d_ff
         y = path(x, w_in, None, w_out_t, idx, "relu", b_in, b_out)
         assert torch.allclose(y.double(), dense, atol=1e-5)
 
 
-@pytest.mark.parametrize("path", ["triton", "cpu"])
+@pytest.mark.parametrize("path", ["triton", "cpu", "torch"])
 def test_the_ffn_never_reads_an_inactive_neuron(path):
     gen = torch.Generator().manual_seed(6)
     d, d_ff = 32, 96
@@ -190,7 +196,7 @@ def test_the_ffn_never_reads_an_inactive_neuron(path):
     inactive[idx.long()] = False
     for w in (w_in, w_up, w_out_t):
         w[inactive] = float("nan")
-    run = ffn_mod.launch if path == "triton" else ffn_mod.cpu_path
+    run = {"triton": ffn_mod.launch, "cpu": ffn_mod.cpu_path, "torch": ffn_mod.torch_path}[path]
     y = run(x, w_in, w_up, w_out_t, idx, "silu")
     assert torch.isfinite(y).all() and normwise_error(y, ref) < 1e-5
 
@@ -220,7 +226,7 @@ def test_no_active_neuron_gives_the_output_bias():
     w_in, _, w_out_t, b_in, b_out = ffn_weights(d, d_ff, torch.float32, False, True, gen)
     x = torch.randn(2, d, generator=gen)
     none = torch.zeros(d_ff, dtype=torch.bool)
-    for path in (ffn_mod.launch, ffn_mod.cpu_path):
+    for path in (ffn_mod.launch, ffn_mod.cpu_path, ffn_mod.torch_path):
         y = path(x, w_in, None, w_out_t, none.nonzero().flatten().int(), "relu", b_in, b_out)
         assert torch.equal(y, b_out.expand(2, d))
 

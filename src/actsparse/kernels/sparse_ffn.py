@@ -12,8 +12,10 @@ of the FFN's weight bytes.
 
 Triton: one kernel gathers the gate/up rows and applies the activation in its epilogue;
 the down projection is the input-sparse GEMV with the rows picked by `idx` (it also skips
-neurons whose `h` is exactly zero, as ReLU makes). CPU: gather the rows in cache-sized
-chunks for gate/up, `embedding_bag` for down. `reference` is the float64 definition.
+neurons whose `h` is exactly zero, as ReLU makes). CPU: the compiled op of `native`
+(`torch.ops.actsparse.neuron_ffn`: each active neuron's gate/up rows dotted in parallel,
+the activation applied, its down row added), or, where it cannot be built, the rows
+gathered in cache-sized chunks for gate/up and `embedding_bag` for down. `reference` is the float64 definition.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import sparse_gemv
+from . import native, sparse_gemv
 from .checks import KernelInputError, active_indices, check_dim, check_float, check_same
 from .runtime import next_pow2, triton_runs_on
 
@@ -187,6 +189,13 @@ _CHUNK_BYTES = 1 << 20
 
 
 def cpu_path(x, w_in, w_up, w_out_t, idx, act, b_in=None, b_out=None) -> torch.Tensor:
+    """The compiled op (`native`) where it is built and takes the dtype; else PyTorch."""
+    if x.dtype in (torch.float32, torch.bfloat16) and native.load():
+        return torch.ops.actsparse.neuron_ffn(x, w_in, w_up, w_out_t, idx, ACTS[act], b_in, b_out)
+    return torch_path(x, w_in, w_up, w_out_t, idx, act, b_in, b_out)
+
+
+def torch_path(x, w_in, w_up, w_out_t, idx, act, b_in=None, b_out=None) -> torch.Tensor:
     b, d = x.shape
     n = idx.numel()
     rows_per_chunk = max(1, _CHUNK_BYTES // (d * w_in.element_size()))
@@ -207,7 +216,7 @@ def cpu_path(x, w_in, w_up, w_out_t, idx, act, b_in=None, b_out=None) -> torch.T
     h = activation(act, z)
     if u is not None:
         h = h * u
-    y = sparse_gemv.cpu_path(h, w_out_t, idx=i64)
+    y = sparse_gemv.torch_path(h, w_out_t, idx=i64)
     return y + b_out if b_out is not None else y
 
 

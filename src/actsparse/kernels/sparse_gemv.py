@@ -9,8 +9,9 @@ every row multiplies its own inputs, so the result is exact for any batch; the s
 shrinks as the rows' patterns differ (Block Q-Sparse's shared pattern keeps it).
 
 Paths: the Triton kernel on CUDA (and on CPU under Triton's interpreter, for the tests);
-on CPU `embedding_bag` (sum of the kept rows scaled by their inputs), which reads only the
-kept rows and needs no Triton. `reference` is the float64 definition both are tested
+on CPU the compiled op of `native` (`torch.ops.actsparse.sparse_linear` with rule `none`),
+or, where it cannot be built, `embedding_bag` (sum of the kept rows scaled by their
+inputs), which reads only the kept rows too. `reference` is the float64 definition both are tested
 against. Zero inputs are skipped, not multiplied: a skipped row holding inf/NaN does not
 reach the output (dense would give NaN); a NaN *input* is never skipped.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .checks import KernelInputError, check_dim, check_float, check_same
 from .runtime import next_pow2, sm_count, triton_runs_on
 
@@ -165,6 +167,14 @@ def launch(
 
 
 def cpu_path(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
+    """The compiled op (`native`, rule `none`) where it is built and takes the dtype; else
+    the PyTorch path."""
+    if idx is None and x.dtype in (torch.float32, torch.bfloat16) and native.load():
+        return torch.ops.actsparse.sparse_linear(x, w, None, 0, 0.0, None)
+    return torch_path(x, w, idx)
+
+
+def torch_path(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
     """`embedding_bag`: each output row is the sum of the kept weight rows scaled by their
     inputs; only kept rows are read. A single row is split into one bag per thread (the
     bags run in parallel), then the partial rows are added."""

@@ -137,6 +137,21 @@ class Rule:
             return 1.0 - ops.keep_count(width, self.level) / width
         return self.level
 
+    def kernel_form(self, width: int) -> tuple[str, float] | None:
+        """The rule as the compiled CPU op applies it inside the linear: `(rule, param)` in
+        the op's terms (`kernels.sparse_linear.RULE_CODES`; a centred threshold's `shift` is
+        applied around the op), or None where the op cannot (a rotated basis, a low-rank
+        remainder, a rescaled top-K, statistical, head, block and predicted rules)."""
+        if self.basis:
+            return None
+        if self.kind == "threshold" or (self.kind == "rsparse" and self.rank == 0):
+            return "threshold", float(self.threshold)  # type: ignore[arg-type]
+        if self.kind == "topk" and not self.rescale:
+            return "topk", float(ops.keep_count(width, self.level))
+        if self.kind == "weighted_topk":
+            return "weighted_topk", float(ops.keep_count(width, self.level))
+        return None
+
     def on_gate(self, g: torch.Tensor, act: nn.Module) -> torch.Tensor:
         """The gate branch: the rule on `act(g)`, or `act(rule(g))` for pre-activation rules."""
         return act(self(g)) if self.pre_activation else self(act(g))
