@@ -19,12 +19,19 @@ from actsparse.methods.sparsity.mechanism import (
 from actsparse.methods.sparsity.wrappers import apply
 from actsparse.models import adapter_for
 from actsparse.models.adapters import LINEAR_SITES
+from actsparse.models.decode_step import FlatDecoder
 
 
 def topk_everywhere(model, family: str, level: float = 0.5):
     adapter = adapter_for(family)
     placed = placed_for_sites(model, adapter, list(LINEAR_SITES), lambda *_: Rule("topk", level))
     return apply(model, adapter, SparsityPlan("topk", "t", level, placed))
+
+
+def flat_step_logits(model, ids):
+    flat = FlatDecoder(model, ids.shape[1] + 1)
+    flat.prefill(ids[:, :-1])
+    return flat.step(ids[:, -1])
 
 
 def step_logits(model, ids):
@@ -44,6 +51,8 @@ def test_the_kernel_linears_decode_the_same_logits(family):
         with sparse_linears(model, handle) as kernels:
             assert len(kernels) == len(handle.wrappers) > 0
             assert all(k.fused is not None and k.fused.rule == "topk" for k in kernels)
+            if family == "llama":  # q, k, v and gate, up: one call each on a shared input
+                assert sum(k.group is not None for k in kernels) == 2 * 5
             assert not any(w in set(model.modules()) for w in handle.wrappers.values())
             on_kernel = step_logits(model, ids)
             for k in kernels:
@@ -161,3 +170,43 @@ def test_each_rule_says_how_the_compiled_op_applies_it():
         Rule("block_topk", 0.5, block=2),
     ):
         assert rule.kernel_form(16) is None, rule
+
+
+def test_predicted_neurons_run_the_whole_ffn_on_them():
+    """Deja Vu's FFN predictor (a pre-hook on the gate projection setting the down
+    projection's mask): on decode steps the gated FFN becomes one neuron-sparse call, gate
+    and up rows of the chosen neurons only, and gives the wrapped model's logits."""
+    from actsparse.kernels.decode_ffn import NeuronFFN
+    from actsparse.methods.sparsity.ops import top_scores_mask
+
+    model = tiny_model("llama")
+    adapter = adapter_for("llama")
+    placed = []
+    for layer in range(2):
+        name, width = activation_width(model, adapter, layer, "ffn_intermediate")
+        placed.append(Placed(layer, "ffn_intermediate", name, width, Rule("predicted", 0.6)))
+    handle = apply(model, adapter, SparsityPlan("dejavu", "d", 0.6, placed))
+    g = torch.Generator().manual_seed(4)
+    for layer in range(2):
+        block = adapter.block_path(model, layer)
+        wrapper = handle.wrappers[f"{block}.mlp.down_proj"]
+        proj = torch.randn(model.config.hidden_size, wrapper.placed.width, generator=g)
+
+        def predictor(mod, args, w=wrapper, p=proj):
+            w.mask = top_scores_mask(args[0] @ p, 0.6)
+
+        hook = model.get_submodule(f"{block}.mlp.gate_proj").register_forward_pre_hook(predictor)
+        handle.hooks.append(hook)
+    ids = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        plain = step_logits(model, ids)
+        with sparse_linears(model, handle) as kernels:
+            ffns = [k for k in kernels if isinstance(k, NeuronFFN)]
+            assert len(ffns) == len(kernels) == 2  # the down wrappers live inside them
+            on_kernel = step_logits(model, ids)
+            flat_kernel = flat_step_logits(model, ids)
+        flat_plain = flat_step_logits(model, ids)
+    assert torch.allclose(on_kernel, plain, atol=1e-5)
+    assert torch.allclose(flat_kernel, flat_plain, atol=1e-5)  # the flat step calls the FFN module
+    assert torch.allclose(flat_plain[:, None], plain, atol=1e-5)
+    assert not any(isinstance(m, NeuronFFN) for m in model.modules())

@@ -28,13 +28,15 @@ import torch
 from torch import nn
 
 from actsparse.methods.sparsity.wrappers import LinearView, SparseInput
-from actsparse.models.adapters import input_column_norms
+from actsparse.models.adapters import adapter_for, input_column_norms
 from actsparse.models.decode_step import FlatDecoder, supports
 
 from . import native
 from .checks import DTYPES
+from .decode_ffn import neuron_ffn_targets
 from .sparse_gemv import input_sparse_gemv, transpose_for_sparse
-from .sparse_linear import NATIVE_DTYPES, RULE_CODES, SCORED, apply_rule
+from .sparse_gemv import torch_path as gemv_torch_path
+from .sparse_linear import CUT, NATIVE_DTYPES, RULE_CODES, SCORED, apply_rule
 from .timing import interleaved
 
 # rows (batch x tokens) up to which a linear takes the GEMV kernel; prefill takes the dense GEMM
@@ -64,6 +66,8 @@ def fused_rule(wrapper: nn.Module) -> FusedRule | None:
     if form is None:
         return None
     name, param = form
+    if name in CUT:  # the wrapper compares in the activation's dtype: the cut rounded to it
+        param = float(torch.tensor(param, dtype=wrapper.inner.weight.dtype))
     scale = None
     if name in SCORED:  # the columns of the weight the input multiplies
         scale = input_column_norms(wrapper.inner).detach().float().contiguous()
@@ -92,6 +96,7 @@ class KernelLinear(LinearView, nn.Module):
         self.native = compiled and _compiled_here(inner)
         self.group: SharedInput | None = None  # set when it joins one
         self.slot = 0
+        self.n_linears = 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled or x.dtype not in DTYPES:
@@ -117,7 +122,10 @@ class KernelLinear(LinearView, nn.Module):
         else:
             if f is not None:
                 x2 = apply_rule(x2, f.rule, f.param, f.scale)
-            y = input_sparse_gemv(x2, self.weight_t)
+            if x2.device.type == "cpu":  # the PyTorch GEMV, whatever is compiled
+                y = gemv_torch_path(x2.contiguous(), self.weight_t)
+            else:  # Triton
+                y = input_sparse_gemv(x2, self.weight_t)
             if self.bias_total is not None:
                 y = y + self.bias_total
         return y.reshape(*x.shape[:-1], y.shape[-1])
@@ -204,19 +212,24 @@ PATHS = ("fused", "kernel", "torch")
 
 
 @contextlib.contextmanager
-def sparse_linears(model: nn.Module, handle, path: str = "fused") -> Iterator[list[KernelLinear]]:
+def sparse_linears(model: nn.Module, handle, path: str = "fused") -> Iterator[list[nn.Module]]:
     """Swap the plan's sparse linears for `KernelLinear`s (restored on exit). `handle` is a
     `Sparsified` (its wrappers hold the linears they feed). On the "fused" path, on the CPU
-    with the compiled ops, a wrapper whose rule they apply is replaced whole (`fused_rule`)."""
+    with the compiled ops, a wrapper whose rule they apply is replaced whole (`fused_rule`).
+    A gated FFN whose down projection reads predicted neurons becomes a `NeuronFFN` (gate
+    and up computed on those neurons too). Each swapped module has `enabled`."""
     if path not in PATHS:
         raise ValueError(f"decode path must be one of {', '.join(PATHS)}, got {path!r}")
     swapped: list[tuple[object, str, nn.Module]] = []  # (owner, attribute, original)
-    kernels: list[KernelLinear] = []
+    kernels: list[nn.Module] = []
     modules = dict(model.named_modules())
+    # predicted neurons: the whole FFN on them (gate and up too), the down wrapper inside it
+    ffns = neuron_ffn_targets(model, handle, adapter_for(model.config.model_type))
+    in_ffns = {f.down.placed.module for _, f in ffns}
     # (owner, attribute, fused rule, (layer, site) of the input it reads)
     targets: list[tuple[object, str, FusedRule | None, tuple]] = []
     for name, w in handle.wrappers.items():
-        if not kernel_capable(w.inner):
+        if not kernel_capable(w.inner) or name in in_ffns:
             continue
         fused = fused_rule(w) if path == "fused" and _compiled_here(w.inner) else None
         where = (w.placed.layer, w.placed.site)
@@ -238,6 +251,11 @@ def sparse_linears(model: nn.Module, handle, path: str = "fused") -> Iterator[li
             kernels.append(k)
             keyed.append((k, where))
         share_inputs(keyed)
+        for name, ffn in ffns:
+            owner, attr = _owner(model, name)
+            swapped.append((owner, attr, getattr(owner, attr)))
+            setattr(owner, attr, ffn)
+            kernels.append(ffn)
         yield kernels
     finally:
         for owner, attr, original in reversed(swapped):
@@ -346,4 +364,4 @@ def decode_latency(
             t = interleaved(steps, device, reps=reps, warmup=WARMUP, flush=False)
         finally:
             mode(True)()
-        return DecodeTiming(t["variant"], t["dense"], len(kernels))
+        return DecodeTiming(t["variant"], t["dense"], sum(k.n_linears for k in kernels))

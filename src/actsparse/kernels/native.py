@@ -18,6 +18,7 @@ import logging
 import os
 import platform
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -71,8 +72,12 @@ def build_dir() -> Path:
 
 
 def _build() -> None:
-    """Load the finished build of this source, or build it (the first time, ~15 s): the
-    `.done` marker is written last, so a build killed half-way is rebuilt, never loaded."""
+    """Load the published build of this source, or build it (the first time, ~15 s).
+
+    A build happens in a folder of its own process and is published by renaming the
+    library into `build_dir()`, then writing the `.done` marker: a build killed half-way
+    leaves only its private folder (never loaded, never waited on), and two jobs that
+    start at once each build and publish the same file."""
     folder = build_dir()
     library, done = folder / f"{_name()}.so", folder / ".done"
     if done.is_file() and library.is_file():
@@ -83,18 +88,22 @@ def _build() -> None:
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         raise RuntimeError("no C++ compiler on PATH (install g++, or set CXX)")
     folder.mkdir(parents=True, exist_ok=True)
-    log.info("building the compiled CPU kernels in %s (once: ~15 s)", folder)
-    # cpp_extension holds a lock on the folder while it builds: concurrent jobs wait
-    cpp_extension.load(
-        name=_name(),
-        sources=[str(SOURCE)],
-        extra_cflags=_cflags(),
-        extra_ldflags=["-fopenmp"],
-        build_directory=str(folder),
-        is_python_module=False,
-        verbose=False,
-    )
-    done.write_text(f"{_name()}\n")
+    private = Path(tempfile.mkdtemp(prefix="build-", dir=folder))
+    log.info("building the compiled CPU kernels in %s (once: ~15 s)", private)
+    try:
+        cpp_extension.load(  # loads the library it built into this process
+            name=_name(),
+            sources=[str(SOURCE)],
+            extra_cflags=_cflags(),
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(private),
+            is_python_module=False,
+            verbose=False,
+        )
+        os.replace(private / f"{_name()}.so", library)
+        done.write_text(f"{_name()}\n")
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def load() -> bool:

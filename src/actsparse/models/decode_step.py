@@ -5,9 +5,8 @@ a KV cache allocated once: what a batch-1 CPU decode spends outside the weight r
 masks, the output classes, a flash-attention call built for long queries); at 90% sparsity
 that is more than the sparse weight reads themselves. This step calls the model's own
 modules for everything that holds weights or a sparsity wrapper (the norms, the four
-attention linears, the FFN's linears and its activation, the LM head), so a plan applied to
-the model, a kernel swapped in for a linear or a hook on a norm act here as in the model's
-forward; only the glue between them is rewritten: rotary embedding by the model's own
+attention linears, the FFN module, the LM head), so a plan applied to the model, a kernel
+swapped in for a linear or an FFN, or a hook on a norm act here as in the model's forward; only the glue between them is rewritten: rotary embedding by the model's own
 `rotary_emb`, attention of one query over the filled part of a preallocated cache.
 
 Its logits equal the model's forward's (tests/unit/test_decode_step.py); families other
@@ -115,9 +114,8 @@ class FlatDecoder:
             probs = torch.softmax(scores, dim=-1, dtype=self.softmax_dtype).to(q.dtype)
             o = torch.matmul(probs, values).reshape(1, 1, self.n_heads * self.head_dim)
             h = h + attn.o_proj(o)
-            mlp = block.mlp
-            f = block.post_attention_layernorm(h)
-            h = h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(f)) * mlp.up_proj(f))
+            # the FFN module itself: a kernel may stand in for it (the neuron-sparse FFN)
+            h = h + block.mlp(block.post_attention_layernorm(h))
         self.pos += 1
         return self.model.lm_head(m.norm(h))[:, -1]
 

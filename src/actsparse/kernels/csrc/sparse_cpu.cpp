@@ -345,8 +345,16 @@ at::Tensor neuron_ffn(const at::Tensor& x_in, const at::Tensor& w_in,
   TORCH_CHECK(x_in.dim() == 2 && x_in.size(1) == w_in.size(1), "neuron_ffn: x must be (B, ",
               w_in.size(1), "), got ", x_in.sizes());
   TORCH_CHECK(act >= 0 && act <= 4, "neuron_ffn: unknown activation code ", act);
+  TORCH_CHECK(w_out_t.size(0) == w_in.size(0), "neuron_ffn: w_out_t has ", w_out_t.size(0),
+              " rows, w_in ", w_in.size(0));
+  TORCH_CHECK(!w_up.has_value() || w_up->sizes() == w_in.sizes(),
+              "neuron_ffn: w_up must have w_in's shape ", w_in.sizes());
   const at::Tensor idx = idx_in.to(at::kLong).contiguous();
   const int64_t B = x_in.size(0), n = idx.numel(), N = w_out_t.size(1);
+  const int64_t* ip = idx.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK(ip[i] >= 0 && ip[i] < w_in.size(0), "neuron_ffn: idx ", ip[i],
+                " out of range for ", w_in.size(0), " neurons");
   at::Tensor y = at::empty({B, N}, x_in.options().dtype(at::kFloat));
   auto run = [&](auto tag) {
     using W = decltype(tag);
