@@ -32,6 +32,19 @@ def test_flat_steps_give_the_models_logits(family):
     assert torch.allclose(decode(model, ids, 6), full, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-6), (torch.bfloat16, 4e-3)])
+def test_in_single_and_half_precision_the_logits_agree_to_rounding(dtype, atol):
+    """Attention runs in float32 for a bfloat16 model (rounded once, as SDPA rounds): the
+    logits (|logit| <= 0.25 here) agree with the model's forward to a bfloat16 ulp of them."""
+    model = tiny_model("llama").to(dtype).eval()
+    ids = torch.randint(0, 64, (1, 14), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full = model(input_ids=ids).logits[:, 5:]
+    flat = decode(model, ids, 6)
+    assert flat.dtype == dtype
+    assert (flat.float() - full.float()).abs().max() <= atol
+
+
 def test_flat_steps_run_the_wrappers_of_a_plan():
     """Top-K per token: the full forward applies the same rule to each position, so each
     flat step (which calls the wrapped modules) gives the same logits."""

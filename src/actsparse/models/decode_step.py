@@ -63,10 +63,14 @@ class FlatDecoder:
         )
         self.scale = float(getattr(self.blocks[0].self_attn, "scaling", self.head_dim**-0.5))
         p = next(model.parameters())
+        self.dtype = p.dtype
+        # attention in float32 at least: a half-precision model's keys, queries and scores
+        # are rounded as attention kernels round them (each product once), and CPU matmuls
+        # of a few heads are 5x slower in bfloat16 than in float32
+        self.work = torch.promote_types(p.dtype, torch.float32)
         shape = (len(self.blocks), self.n_kv, max_len, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
-        self.v_cache = torch.zeros(shape, dtype=p.dtype, device=p.device)
-        self.softmax_dtype = torch.promote_types(p.dtype, torch.float32)
+        self.k_cache = torch.zeros(shape, dtype=self.work, device=p.device)
+        self.v_cache = torch.zeros(shape, dtype=self.work, device=p.device)
         self.max_len = max_len
         self.pos = 0
 
@@ -94,15 +98,15 @@ class FlatDecoder:
         pos = self.pos
         h = m.embed_tokens(token.reshape(1, 1))  # (1, 1, d)
         cos, sin = m.rotary_emb(h, torch.tensor([[pos]], device=h.device))
-        rot = _rotation(cos.reshape(-1), sin.reshape(-1))
+        rot = _rotation(cos.reshape(-1).to(self.work), sin.reshape(-1).to(self.work))
         rot_q = rot * self.scale  # the attention's 1/sqrt(d) folded into the queries' rotation
         g = self.n_heads // self.n_kv
         for i, block in enumerate(self.blocks):
             attn = block.self_attn
             a = block.input_layernorm(h)
             # rotary embedding as one product per step: x R = x cos + rotate_half(x) sin
-            q = attn.q_proj(a).view(self.n_heads, self.head_dim) @ rot_q
-            k = attn.k_proj(a).view(self.n_kv, self.head_dim) @ rot
+            q = attn.q_proj(a).view(self.n_heads, self.head_dim).to(self.work) @ rot_q
+            k = attn.k_proj(a).view(self.n_kv, self.head_dim).to(self.work) @ rot
             self.k_cache[i, :, pos] = k
             self.v_cache[i, :, pos] = attn.v_proj(a).view(self.n_kv, self.head_dim)
             keys = self.k_cache[i, :, : pos + 1]  # (kv, T, hd)
@@ -110,9 +114,9 @@ class FlatDecoder:
             # grouped queries: the g query heads of a kv head attend together
             qg = q.view(self.n_kv, g, self.head_dim)
             scores = torch.matmul(qg, keys.transpose(1, 2))  # (kv, g, T), scaled by rot_q
-            # at least float32, as attention kernels do for half-precision models
-            probs = torch.softmax(scores, dim=-1, dtype=self.softmax_dtype).to(q.dtype)
+            probs = torch.softmax(scores, dim=-1)
             o = torch.matmul(probs, values).reshape(1, 1, self.n_heads * self.head_dim)
+            o = o.to(self.dtype)
             h = h + attn.o_proj(o)
             # the FFN module itself: a kernel may stand in for it (the neuron-sparse FFN)
             h = h + block.mlp(block.post_attention_layernorm(h))
