@@ -17,6 +17,8 @@ bound is what the bytes allow: dense bytes over the bytes read at that sparsity.
 
     python benchmarks/decode_speed.py ../study-smollm2/data/smollm2/import_gguf/*/model \\
         --calibration ../study-smollm2/data/smollm2/calibrate/smollm2-* --levels 0.5 0.9
+    python benchmarks/decode_speed.py ../study-smollm2/data/smollm2/import_gguf/*/model \\
+        --predicted --levels 0.5 0.9                          # Deja Vu's FFN masks
     python benchmarks/decode_speed.py benchmarks/configs/smollm2-135m --random --device cuda \\
         --dtypes bfloat16 --paths fused                       # a GPU machine (gpu_checks.sh)
 """
@@ -52,6 +54,36 @@ def teal_plan(model, adapter, stats: CalibrationStats | None, level: float) -> S
     return SparsityPlan("teal" if stats else "topk", "bench", level, placed)
 
 
+def predicted_ffn(model, adapter, level: float, rank: int = 64):
+    """Deja Vu's FFN sparsity as it runs at decode: each down projection reads a neuron
+    mask that a rank-64 predictor computes from the FFN's input (a pre-hook on the gate
+    projection, as `methods.predictors.apply` installs it). The predictors are random:
+    this measures what the chosen neurons cost, not how well they are chosen."""
+    from actsparse.methods.sparsity.mechanism import Placed, activation_width
+    from actsparse.methods.sparsity.ops import top_scores_mask
+
+    layers = range(len(adapter.layers(model)))
+    placed = []
+    for layer in layers:
+        name, width = activation_width(model, adapter, layer, "ffn_intermediate")
+        placed.append(Placed(layer, "ffn_intermediate", name, width, Rule("predicted", level)))
+    handle = apply(model, adapter, SparsityPlan("dejavu", "bench", level, placed))
+    gen = torch.Generator().manual_seed(0)
+    p = next(model.parameters())
+    for layer, pl in zip(layers, placed, strict=True):
+        d = model.config.hidden_size
+        a = torch.randn(d, rank, generator=gen).to(p)
+        b = torch.randn(rank, pl.width, generator=gen).to(p)
+
+        def predictor(mod, args, w=handle.wrappers[pl.module], a=a, b=b):
+            if w.active:
+                w.mask = top_scores_mask((args[0] @ a) @ b, level)
+
+        gate = f"{adapter.block_path(model, layer)}.{adapter.gate_linear}"
+        handle.hooks.append(model.get_submodule(gate).register_forward_pre_hook(predictor))
+    return handle
+
+
 def random_model(folder: str, dtype: str, device: str):
     """A model of the checkpoint's shape (its config.json) with random weights."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -65,28 +97,33 @@ def random_model(folder: str, dtype: str, device: str):
     return model, adapter_for(config.model_type)
 
 
-def bytes_bound(model, adapter, sparsity: float) -> float:
-    """The step's dense bytes over its sparse bytes, block linears at `sparsity`, the rest
-    (embeddings' row, the LM head) dense: the most a step can gain by reading less."""
+def bytes_bound(model, adapter, skipped: float) -> float:
+    """The step's dense weight reads over its reads with `skipped` parameters not read:
+    the most a step can gain by reading less (embeddings' one row aside)."""
     block = sum(
-        linear_shape(m)[0] * linear_shape(m)[1]
+        math.prod(linear_shape(m))
         for layer in range(len(adapter.layers(model)))
         for linears in adapter.site_linears(model, layer).values()
         for _, m in linears
     )
     head = model.lm_head.weight.numel()
-    return (block + head) / (block * (1 - sparsity) + head)
+    return (block + head) / (block + head - skipped)
 
 
 @torch.no_grad()
-def achieved(model, handle, context: int) -> float:
-    """The fraction of the block linears' weight bytes the rules skip on a random prompt."""
+def achieved(model, adapter, handle, context: int) -> tuple[float, float]:
+    """(the fraction of the wrapped linears' weights the rules skip, the parameters not
+    read) on a random prompt; a predicted FFN skips its gate and up rows with its down's."""
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(0, int(model.config.vocab_size), (1, context), generator=gen)
     model(input_ids=ids.to(next(model.parameters()).device))
     a = handle.achieved()
     size = a["module"].map(lambda m: math.prod(linear_shape(model.get_submodule(m))))
-    return float((a["achieved"] * size).sum() / size.sum())
+    skipped = float((a["achieved"] * size).sum())
+    fraction = skipped / float(size.sum())
+    if (a["rule"] == "predicted").all():
+        skipped *= 3  # gate and up: as many parameters as the down projection
+    return fraction, skipped
 
 
 def main() -> None:
@@ -94,6 +131,10 @@ def main() -> None:
     p.add_argument("model", help="a save_pretrained folder (an import_gguf job's model/)")
     p.add_argument("--calibration", help="a calibrate job's folder (TEAL's thresholds)")
     p.add_argument("--random", action="store_true", help="random weights of the model's shape")
+    p.add_argument(
+        "--predicted", action="store_true",
+        help="Deja Vu's FFN neuron masks (rank-64 random predictors) instead of TEAL",
+    )  # fmt: skip
     p.add_argument("--device", default="cpu")
     p.add_argument("--levels", type=float, nargs="+", default=[0.5, 0.9])
     p.add_argument("--dtypes", nargs="+", default=["float32"])
@@ -112,8 +153,11 @@ def main() -> None:
         else:
             model, adapter = load_model(args.model, dtype, device=args.device)
         for level in args.levels:
-            handle = apply(model, adapter, teal_plan(model, adapter, stats, level))
-            got = achieved(model, handle, args.context)
+            if args.predicted:
+                handle = predicted_ffn(model, adapter, level)
+            else:
+                handle = apply(model, adapter, teal_plan(model, adapter, stats, level))
+            got, skipped = achieved(model, adapter, handle, args.context)
             for step in args.steps:
                 for path in args.paths:
                     t = decode_latency(
@@ -122,10 +166,11 @@ def main() -> None:
                     )  # fmt: skip
                     rows.append(dict(
                         model=args.model, weights="random" if args.random else "checkpoint",
-                        rule=handle.plan.method, device=args.device,
+                        sparsity="predicted FFN" if args.predicted else handle.plan.method,
+                        device=args.device,
                         dtype=dtype, level=level, achieved=got, step=step, path=path,
                         ms=1e3 * t.seconds, dense_ms=1e3 * t.dense_seconds, speedup=t.speedup,
-                        bound=bytes_bound(model, adapter, got), threads=torch.get_num_threads(),
+                        bound=bytes_bound(model, adapter, skipped), threads=torch.get_num_threads(),
                         compiled=native.load(), reps=args.reps, context=args.context,
                         **provenance(),
                     ))  # fmt: skip

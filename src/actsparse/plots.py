@@ -76,6 +76,42 @@ def _level_label(level) -> str:
     return f"{v:.0%}" if pd.notna(v) else str(level)
 
 
+# where a point's label may go, in points from it: right, then left, above, then below
+_LABEL_OFFSETS = [(4, 3), (4, -9), (-4, 3), (-4, -9), (4, 11), (4, -17), (-4, 11), (-4, -17)]
+
+
+def _place_labels(ax, labels: list[tuple[float, float, str, object]]) -> None:
+    """Label each point at the first of `_LABEL_OFFSETS` whose box overlaps no label
+    placed before (the least-overlapping one when all do), so a cluster stays readable."""
+    ax.figure.canvas.draw()  # the axes' final limits, so data maps to display points
+    to_points = 72.0 / ax.figure.dpi
+    placed: list[tuple[float, float, float, float]] = []
+
+    def overlap(a, b) -> float:
+        w = min(a[2], b[2]) - max(a[0], b[0])
+        h = min(a[3], b[3]) - max(a[1], b[1])
+        return max(w, 0.0) * max(h, 0.0)
+
+    for x, y, text, color in labels:
+        px, py = (v * to_points for v in ax.transData.transform((x, y)))
+        width, height = 4.2 * len(text), 7.0  # fontsize 7
+        best, best_cost = None, float("inf")
+        for dx, dy in _LABEL_OFFSETS:
+            x0 = px + dx if dx >= 0 else px + dx - width
+            box = (x0, py + dy, x0 + width, py + dy + height)
+            cost = sum(overlap(box, b) for b in placed)
+            if cost < best_cost:
+                best, best_cost = ((dx, dy), box), cost
+            if cost == 0:
+                break
+        (dx, dy), box = best  # type: ignore[misc]
+        placed.append(box)
+        ax.annotate(
+            text, (x, y), xytext=(dx, dy), textcoords="offset points", fontsize=7, color=color,
+            ha="left" if dx >= 0 else "right",
+        )  # fmt: skip
+
+
 def plot_quality_vs_speed(board: pd.DataFrame, out: Path) -> str | None:
     """Per model: perplexity (log scale: a variant that breaks the model sits orders of
     magnitude above one that does not) against the measured decode-step speedup over the
@@ -91,9 +127,10 @@ def plot_quality_vs_speed(board: pd.DataFrame, out: Path) -> str | None:
     color = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
     marker = {m: "osD^vPX<>"[i % 9] for i, m in enumerate(methods)}
     # one model per row, the legend beside it: a dozen methods do not fit inside the axes
-    fig, axes = plt.subplots(len(models), 1, figsize=(9, 4.6 * len(models)), squeeze=False)
+    fig, axes = plt.subplots(len(models), 1, figsize=(10, 6.5 * len(models)), squeeze=False)
     for ax, model in zip(axes.flat, models, strict=True):
         g = board[board.model == model]
+        labels: list[tuple[float, float, str, object]] = []
         for method, m in g.groupby("method", sort=True):
             m = m.assign(lv=pd.to_numeric(m.level, errors="coerce")).sort_values("lv")
             dense = method == "dense"
@@ -103,15 +140,14 @@ def plot_quality_vs_speed(board: pd.DataFrame, out: Path) -> str | None:
                 marker="*" if dense else marker[method], color=c, label=method,
                 ms=11 if dense else 5,
             )  # fmt: skip
-            for i, r in enumerate(m.itertuples()):
-                if r.level:  # alternate above and below the line, so neighbours do not collide
-                    ax.annotate(
-                        _level_label(r.level), (r.decode_speedup, r.perplexity),
-                        xytext=(4, 4 if i % 2 == 0 else -10), textcoords="offset points",
-                        fontsize=7, color=c,
-                    )  # fmt: skip
+            labels += [
+                (r.decode_speedup, r.perplexity, _level_label(r.level), c)
+                for r in m.itertuples()
+                if pd.notna(r.level) and r.level != ""  # the dense model has no level
+            ]
         ax.axvline(1.0, color="gray", lw=0.6, ls="--")
         ax.set_yscale("log")
+        _place_labels(ax, labels)
         ax.grid(True, which="both", lw=0.3, alpha=0.5)
         ax.set(
             xlabel="measured decode speedup over dense (x; right of the dashed line: faster)",

@@ -206,8 +206,9 @@ def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 # how a variant's sparse linears run on decode steps: "fused" (the rule in the compiled
-# op where it can), "kernel" (every rule in its wrapper, the compiled op skipping zeros),
-# "torch" (the rule in its wrapper, the PyTorch GEMV: no compiled code)
+# op where it can; a predicted FFN on its neurons, gate and up too), "kernel" (every rule
+# in its wrapper, the compiled op skipping zeros), "torch" (the rule in its wrapper, the
+# PyTorch GEMV: no compiled code)
 PATHS = ("fused", "kernel", "torch")
 
 
@@ -224,7 +225,8 @@ def sparse_linears(model: nn.Module, handle, path: str = "fused") -> Iterator[li
     kernels: list[nn.Module] = []
     modules = dict(model.named_modules())
     # predicted neurons: the whole FFN on them (gate and up too), the down wrapper inside it
-    ffns = neuron_ffn_targets(model, handle, adapter_for(model.config.model_type))
+    adapter = adapter_for(model.config.model_type)
+    ffns = neuron_ffn_targets(model, handle, adapter) if path == "fused" else []
     in_ffns = {f.down.placed.module for _, f in ffns}
     # (owner, attribute, fused rule, (layer, site) of the input it reads)
     targets: list[tuple[object, str, FusedRule | None, tuple]] = []

@@ -17,8 +17,10 @@ from torch import nn
 from actsparse.methods.sparsity.wrappers import PredictedInput
 from actsparse.models.adapters import FamilyAdapter
 
+from . import native
 from .sparse_ffn import ACTS, neuron_sparse_ffn
 from .sparse_gemv import transpose_for_sparse
+from .sparse_linear import NATIVE_DTYPES
 
 # one token: the op computes the union of the rows' neurons for every row, while each row
 # of the wrapped FFN keeps only its own, so more rows run through the wrapped FFN
@@ -39,6 +41,8 @@ class NeuronFFN(nn.Module):
         self.w_down_t = transpose_for_sparse(down.inner.weight)
         self.enabled = True
         self.n_linears = 3
+        w = self.w_gate
+        self.native = w.device.type == "cpu" and w.dtype in NATIVE_DTYPES and native.load()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
@@ -49,10 +53,16 @@ class NeuronFFN(nn.Module):
         mask, self.down.mask = self.down.mask, None
         if mask is None:
             raise RuntimeError(f"{self.down.placed.module}: no predicted mask for this step")
-        y = neuron_sparse_ffn(
-            x.reshape(rows, x.shape[-1]), self.w_gate, self.w_up, self.w_down_t,
-            act=self.act, mask=mask.reshape(rows, -1),
-        )  # fmt: skip
+        x2 = x.reshape(rows, x.shape[-1])
+        if self.native:  # straight to the compiled op: one token, the mask's neurons
+            idx = mask.reshape(-1).nonzero().flatten()
+            y = torch.ops.actsparse.neuron_ffn(
+                x2, self.w_gate, self.w_up, self.w_down_t, idx, ACTS[self.act], None, None
+            )
+        else:
+            y = neuron_sparse_ffn(
+                x2, self.w_gate, self.w_up, self.w_down_t, act=self.act, mask=mask.reshape(rows, -1)
+            )
         return y.reshape(x.shape)
 
 
