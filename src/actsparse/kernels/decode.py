@@ -36,7 +36,7 @@ from .checks import DTYPES
 from .decode_ffn import neuron_ffn_targets
 from .sparse_gemv import input_sparse_gemv, transpose_for_sparse
 from .sparse_gemv import torch_path as gemv_torch_path
-from .sparse_linear import CUT, NATIVE_DTYPES, RULE_CODES, SCORED, apply_rule
+from .sparse_linear import CUT, RULE_CODES, SCORED, apply_rule
 from .timing import interleaved
 
 # rows (batch x tokens) up to which a linear takes the GEMV kernel; prefill takes the dense GEMM
@@ -93,7 +93,7 @@ class KernelLinear(LinearView, nn.Module):
             back = fused.shift * self.weight_t.double().sum(0)
             bias = (back if bias is None else bias.double() + back).to(w.dtype)
         self.bias_total = bias
-        self.native = compiled and _compiled_here(inner)
+        self.native = compiled and native.takes(inner.weight)
         self.group: SharedInput | None = None  # set when it joins one
         self.slot = 0
         self.n_linears = 1
@@ -233,7 +233,7 @@ def sparse_linears(model: nn.Module, handle, path: str = "fused") -> Iterator[li
     for name, w in handle.wrappers.items():
         if not kernel_capable(w.inner) or name in in_ffns:
             continue
-        fused = fused_rule(w) if path == "fused" and _compiled_here(w.inner) else None
+        fused = fused_rule(w) if path == "fused" and native.takes(w.inner.weight) else None
         where = (w.placed.layer, w.placed.site)
         if fused is not None:
             targets.append((*_owner(model, name), fused, where))  # the wrapper goes, its rule stays
@@ -262,12 +262,6 @@ def sparse_linears(model: nn.Module, handle, path: str = "fused") -> Iterator[li
     finally:
         for owner, attr, original in reversed(swapped):
             setattr(owner, attr, original)
-
-
-def _compiled_here(linear: nn.Module) -> bool:
-    """Whether the compiled CPU op takes this linear's weight."""
-    w = linear.weight
-    return w.device.type == "cpu" and w.dtype in NATIVE_DTYPES and native.load()
 
 
 @dataclass

@@ -20,7 +20,6 @@ from actsparse.models.adapters import FamilyAdapter
 from . import native
 from .sparse_ffn import ACTS, neuron_sparse_ffn
 from .sparse_gemv import transpose_for_sparse
-from .sparse_linear import NATIVE_DTYPES
 
 # one token: the op computes the union of the rows' neurons for every row, while each row
 # of the wrapped FFN keeps only its own, so more rows run through the wrapped FFN
@@ -41,8 +40,7 @@ class NeuronFFN(nn.Module):
         self.w_down_t = transpose_for_sparse(down.inner.weight)
         self.enabled = True
         self.n_linears = 3
-        w = self.w_gate
-        self.native = w.device.type == "cpu" and w.dtype in NATIVE_DTYPES and native.load()
+        self.native = native.takes(self.w_gate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]

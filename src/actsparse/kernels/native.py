@@ -31,6 +31,7 @@ SOURCE = Path(__file__).parent / "csrc" / "sparse_cpu.cpp"
 RULE_CODES = {"none": 0, "threshold": 1, "topk": 2, "weighted_topk": 3, "scored_threshold": 4}
 DISABLE_ENV = "ACTSPARSE_NO_NATIVE"  # set to 1 to run the PyTorch paths (comparisons, debugging)
 BUILD_ENV = "ACTSPARSE_KERNELS_DIR"  # where builds live (default ~/.cache/actsparse/kernels)
+DTYPES = (torch.float32, torch.bfloat16)  # what the compiled ops take
 
 _state: dict[str, object] = {}
 
@@ -128,6 +129,12 @@ def load() -> bool:
             stacklevel=2,
         )
     return bool(_state["ok"])
+
+
+def takes(t: torch.Tensor) -> bool:
+    """Whether the compiled ops run on `t`: a CPU tensor of float32 or bfloat16, the ops
+    built and loaded (the first call builds them)."""
+    return t.device.type == "cpu" and t.dtype in DTYPES and load()
 
 
 def why_unavailable() -> str:

@@ -190,7 +190,7 @@ _CHUNK_BYTES = 1 << 20
 
 def cpu_path(x, w_in, w_up, w_out_t, idx, act, b_in=None, b_out=None) -> torch.Tensor:
     """The compiled op (`native`) where it is built and takes the dtype; else PyTorch."""
-    if x.dtype in (torch.float32, torch.bfloat16) and native.load():
+    if native.takes(x):
         return torch.ops.actsparse.neuron_ffn(x, w_in, w_up, w_out_t, idx, ACTS[act], b_in, b_out)
     return torch_path(x, w_in, w_up, w_out_t, idx, act, b_in, b_out)
 

@@ -169,7 +169,7 @@ def launch(
 def cpu_path(x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
     """The compiled op (`native`, rule `none`) where it is built and takes the dtype; else
     the PyTorch path."""
-    if idx is None and x.dtype in (torch.float32, torch.bfloat16) and native.load():
+    if idx is None and native.takes(x):
         return torch.ops.actsparse.sparse_linear(x, w, None, 0, 0.0, None)
     return torch_path(x, w, idx)
 

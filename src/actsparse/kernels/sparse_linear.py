@@ -23,7 +23,6 @@ from .sparse_gemv import torch_path as gemv_torch_path
 
 OP = "sparse_linear"
 RULE_CODES = native.RULE_CODES
-NATIVE_DTYPES = (torch.float32, torch.bfloat16)
 SCORED = ("weighted_topk", "scored_threshold")  # scored by |x| * scale
 RANKED = ("topk", "weighted_topk")  # keep the `param` largest scores of each row
 CUT = ("threshold", "scored_threshold")  # keep the scores above `param`
@@ -84,10 +83,6 @@ def check(x, weight_t, bias, rule: str, param: float, scale) -> None:
         raise KernelInputError(f"{OP}: `param` must be >= 0, got {param}")
 
 
-def runs_native(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype in NATIVE_DTYPES and native.load()
-
-
 def sparse_linear(
     x: torch.Tensor,
     weight_t: torch.Tensor,
@@ -99,7 +94,7 @@ def sparse_linear(
     """`rule(x) @ weight_t + bias` reading only the kept rows. x: (B, K) on the CPU;
     weight_t: (K, N) contiguous, x's dtype; returns (B, N) in x's dtype."""
     check(x, weight_t, bias, rule, param, scale)
-    if runs_native(x):
+    if native.takes(x):
         return torch.ops.actsparse.sparse_linear(
             x, weight_t, bias, RULE_CODES[rule], float(param), scale
         )
