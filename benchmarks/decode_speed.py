@@ -56,32 +56,24 @@ def teal_plan(model, adapter, stats: CalibrationStats | None, level: float) -> S
 
 def predicted_ffn(model, adapter, level: float, rank: int = 64):
     """Deja Vu's FFN sparsity as it runs at decode: each down projection reads a neuron
-    mask that a rank-64 predictor computes from the FFN's input (a pre-hook on the gate
-    projection, as `methods.predictors.apply` installs it). The predictors are random:
+    mask that a rank-64 predictor computes from the FFN's input, installed as the
+    predictors stage's jobs install theirs (`apply_predicted`). The predictors are random:
     this measures what the chosen neurons cost, not how well they are chosen."""
-    from actsparse.methods.sparsity.mechanism import Placed, activation_width
-    from actsparse.methods.sparsity.ops import top_scores_mask
+    from pathlib import Path
 
-    layers = range(len(adapter.layers(model)))
-    placed = []
-    for layer in layers:
-        name, width = activation_width(model, adapter, layer, "ffn_intermediate")
-        placed.append(Placed(layer, "ffn_intermediate", name, width, Rule("predicted", level)))
-    handle = apply(model, adapter, SparsityPlan("dejavu", "bench", level, placed))
-    gen = torch.Generator().manual_seed(0)
+    from torch import nn
+
+    from actsparse.methods.predictors.apply import PredictorSet, apply_predicted
+    from actsparse.methods.predictors.labels import layer_widths
+
+    torch.manual_seed(0)
     p = next(model.parameters())
-    for layer, pl in zip(layers, placed, strict=True):
-        d = model.config.hidden_size
-        a = torch.randn(d, rank, generator=gen).to(p)
-        b = torch.randn(rank, pl.width, generator=gen).to(p)
-
-        def predictor(mod, args, w=handle.wrappers[pl.module], a=a, b=b):
-            if w.active:
-                w.mask = top_scores_mask((args[0] @ a) @ b, level)
-
-        gate = f"{adapter.block_path(model, layer)}.{adapter.gate_linear}"
-        handle.hooks.append(model.get_submodule(gate).register_forward_pre_hook(predictor))
-    return handle
+    modules = [
+        nn.Sequential(nn.Linear(d, rank, bias=False), nn.Linear(rank, units, bias=False)).to(p)
+        for d, units in layer_widths(model, adapter, "mlp")
+    ]
+    meta = {"method": "dejavu", "entry": "bench", "target": "mlp"}
+    return apply_predicted(model, adapter, PredictorSet(Path("."), meta, modules), level)
 
 
 def random_model(folder: str, dtype: str, device: str):

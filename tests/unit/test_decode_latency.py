@@ -176,27 +176,18 @@ def test_predicted_neurons_run_the_whole_ffn_on_them():
     """Deja Vu's FFN predictor (a pre-hook on the gate projection setting the down
     projection's mask): on decode steps the gated FFN becomes one neuron-sparse call, gate
     and up rows of the chosen neurons only, and gives the wrapped model's logits."""
+    from pathlib import Path
+
     from actsparse.kernels.decode_ffn import NeuronFFN
-    from actsparse.methods.sparsity.ops import top_scores_mask
+    from actsparse.methods.predictors.apply import PredictorSet, apply_predicted
 
     model = tiny_model("llama")
     adapter = adapter_for("llama")
-    placed = []
-    for layer in range(2):
-        name, width = activation_width(model, adapter, layer, "ffn_intermediate")
-        placed.append(Placed(layer, "ffn_intermediate", name, width, Rule("predicted", 0.6)))
-    handle = apply(model, adapter, SparsityPlan("dejavu", "d", 0.6, placed))
-    g = torch.Generator().manual_seed(4)
-    for layer in range(2):
-        block = adapter.block_path(model, layer)
-        wrapper = handle.wrappers[f"{block}.mlp.down_proj"]
-        proj = torch.randn(model.config.hidden_size, wrapper.placed.width, generator=g)
-
-        def predictor(mod, args, w=wrapper, p=proj):
-            w.mask = top_scores_mask(args[0] @ p, 0.6)
-
-        hook = model.get_submodule(f"{block}.mlp.gate_proj").register_forward_pre_hook(predictor)
-        handle.hooks.append(hook)
+    torch.manual_seed(4)
+    d, d_ff = model.config.hidden_size, model.config.intermediate_size
+    predictors = [torch.nn.Linear(d, d_ff, bias=False) for _ in range(2)]
+    meta = {"method": "dejavu", "entry": "d", "target": "mlp"}
+    handle = apply_predicted(model, adapter, PredictorSet(Path("."), meta, predictors), 0.6)
     ids = torch.randint(0, 64, (1, 12), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         plain = step_logits(model, ids)
