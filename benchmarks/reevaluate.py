@@ -10,6 +10,13 @@ exists, `--cores` at a time with the stage's configured threads, as `snakemake -
 
     python benchmarks/reevaluate.py smollm2 --workdir ../study-smollm2
     python benchmarks/reevaluate.py smollm2 --workdir ../study-smollm2 --only smollm2.teal.s50
+
+With overrides (a config change that gives evaluate jobs new hashes, such as
+`evaluate.tasks`), `--new` runs the planned evaluate jobs that have no folder yet, their
+inputs taken as they are:
+
+    python benchmarks/reevaluate.py smollm2 --workdir ../study-smollm2 --new \
+        --only smollm2.dense smollm2.teal.s50 --overrides 'evaluate.task_paths=[../tasks-commonsense]'
 """
 
 from __future__ import annotations
@@ -35,15 +42,23 @@ def main() -> None:
     p.add_argument("--workdir", required=True, type=Path, help="the study's working folder")
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--only", nargs="+", help="variants to re-run (e.g. smollm2.teal.s50)")
+    p.add_argument(
+        "--new",
+        action="store_true",
+        help="run the planned evaluate jobs that have no folder (their inputs must)",
+    )
+    p.add_argument("--overrides", nargs="+", default=[], help="Hydra overrides of the study config")
     args = p.parse_args()
-    plan = StudyPlan(compose_study([f"experiment={args.experiment}"]))
+    plan = StudyPlan(compose_study([f"experiment={args.experiment}", *args.overrides]))
     threads = plan.cfg.resources.evaluate.threads
     jobs = [
         j for j in plan.jobs()
-        if Path(j.out_dir).parent.name == "evaluate" and (args.workdir / j.out_dir).is_dir()
+        if Path(j.out_dir).parent.name == "evaluate"
+        and (args.workdir / j.out_dir).is_dir() != args.new
+        and (not args.new or all((args.workdir / i).exists() for i in j.inputs.values()))
         and (not args.only or Path(j.out_dir).name.rsplit("-", 1)[0] in args.only)
     ]  # fmt: skip
-    print(f"{len(jobs)} finished evaluate jobs to re-run", flush=True)
+    print(f"{len(jobs)} {'new' if args.new else 'finished'} evaluate jobs to run", flush=True)
 
     def run(job) -> int:
         start = time.time()

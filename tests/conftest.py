@@ -34,6 +34,16 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def hub_on_but_unreachable(monkeypatch):
+    """The hub not switched off but at an address that refuses every connection: what
+    plans here reached no network. The presets that list lm-evaluation-harness's hub tasks
+    plan as on a cluster (with the hub off they are refused, as they could not run)."""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+
+
 @pytest.fixture(scope="session")
 def smoke_outputs(tmp_path_factory):
     """Data (both corpora), a trained micro Llama and micro OPT of the smoke study, run in-process once."""

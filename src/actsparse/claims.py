@@ -54,6 +54,7 @@ class Tables:
     main_corpus: str = ""
     scaling_fit: pd.DataFrame | None = None  # SCALING_FIT rows
     scaling_compare: pd.DataFrame | None = None  # SCALING_COMPARE rows
+    tasks: pd.DataFrame | None = None  # results.task_scores: zero-shot accuracy per task
 
     def entries_of(self, method: str, **options) -> list[str]:
         return [
@@ -412,14 +413,61 @@ def _vs_line(g: pd.DataFrame, me: str, them: str) -> str:
     )
 
 
+def _zero_shot_beside(t: Tables, mine: list[str], theirs: list[str]) -> pd.DataFrame:
+    """Per (model, level) both ran: the zero-shot mean (in points, over the harness's tasks,
+    `lastword` left out) of the best entry of `mine` and of `theirs`, and the standard
+    error of their difference (the tasks' errors taken as independent)."""
+    s = t.tasks
+    if s is None or s.empty or not mine or not theirs:
+        return pd.DataFrame()
+    s = s[(s.task != "lastword") & ~s.model.isin(t.decomposed_models)]
+    per = s.groupby(["model", "method", "level"]).agg(
+        acc=("accuracy", "mean"), var=("stderr", lambda x: float((x**2).sum())),
+        n=("task", "nunique"),
+    )  # fmt: skip
+    per["se"] = per["var"] ** 0.5 / per["n"]
+    per = per.reset_index()
+
+    def best(entries: list[str]) -> pd.DataFrame:
+        g = per[per.method.isin(entries)]
+        return g.loc[g.groupby(["model", "level"]).acc.idxmax()].set_index(["model", "level"])
+
+    a, b = best(mine), best(theirs)
+    both = a.join(b, lsuffix="_mine", rsuffix="_theirs", how="inner").reset_index()
+    both["diff_pts"] = 100 * (both.acc_mine - both.acc_theirs)
+    both["se_pts"] = 100 * (both.se_mine**2 + both.se_theirs**2) ** 0.5
+    return both
+
+
+def _pts_line(g: pd.DataFrame, me: str, them: str) -> str:
+    return "; ".join(
+        f"{100 * r.level:g}%: {me} {100 * r.acc_mine:.1f} vs {them} {100 * r.acc_theirs:.1f} "
+        f"({r.diff_pts:+.1f} +/- {r.se_pts:.1f} pts)"
+        for r in g.itertuples()
+    )
+
+
 def wina(t: Tables) -> list[Row]:
+    acc = _zero_shot_beside(t, t.entries_of("wina"), t.entries_of("teal"))
+    if not acc.empty:
+        rows = []
+        for model, g in acc.groupby("model"):
+            gain = float(g.diff_pts.mean())
+            se = float((g.se_pts**2).mean() ** 0.5 / len(g) ** 0.5)  # of the mean over levels
+            noise = (f"; within twice its standard error ({se:.1f}): more items are needed to "
+                     "tell" if abs(gain) < 2 * se else "")  # fmt: skip
+            reason = (f"mean zero-shot gain over the levels both ran: {gain:+.2f} points (paper "
+                      f"+2.94), over {int(g.n_mine.min())} tasks{noise}")  # fmt: skip
+            rows.append(_row(WINA, _pts_line(g, "wina", "teal"), model,
+                             t.protocols.get(model, ""), HOLDS if gain > 0 else FAILS, reason))  # fmt: skip
+        return rows
     both = _beside(t, t.entries_of("wina"), t.entries_of("teal"))
     if both.empty:
         return _missing(WINA, "wina and teal at the same levels")
     return [
         _row(WINA, _vs_line(g, "wina", "teal"), model, t.protocols.get(model, ""), NOT_COMPARABLE,
-             "the claim is zero-shot accuracy, which this study does not measure yet "
-             "(lm-evaluation-harness); perplexity increases beside TEAL shown")
+             "the claim is zero-shot accuracy, which this study did not measure "
+             "(evaluate.tasks); perplexity increases beside TEAL shown")
         for model, g in both.groupby("model")
     ]  # fmt: skip
 
@@ -432,14 +480,23 @@ def larosa(t: Tables) -> list[Row]:
     both = both[(both.level - 0.4).abs() < 1e-9] if not both.empty else both
     if both.empty:
         return _missing(LAROSA, "larosa and teal at 40%")
+    acc = _zero_shot_beside(t, mine, teal_uniform)
+    acc = acc.set_index(["model", "level"]) if not acc.empty else acc
     rows = []
     for r in both.itertuples():
         ok = r.mine <= SMALL_PCT and r.mine < r.theirs
         reason = (f"within +{SMALL_PCT:g}%: {'yes' if r.mine <= SMALL_PCT else 'no'}; below "
                   f"TEAL's {_pct(r.theirs)}: {'yes' if r.mine < r.theirs else 'no'} (effective "
-                  f"sparsity {r.eff_mine:.3f} vs {r.eff_theirs:.3f}); the zero-shot part is not "
-                  "measured yet")  # fmt: skip
-        rows.append(_row(LAROSA, f"40%: {_pct(r.mine)}", r.model, t.protocols.get(r.model, ""),
+                  f"sparsity {r.eff_mine:.3f} vs {r.eff_theirs:.3f})")  # fmt: skip
+        measured = f"40%: {_pct(r.mine)}"
+        if (r.model, r.level) in acc.index:  # the zero-shot part: above TEAL too
+            z = acc.loc[(r.model, r.level)]
+            ok = ok and z.diff_pts > 0
+            measured += f"; zero-shot {z.diff_pts:+.1f} +/- {z.se_pts:.1f} pts over TEAL"
+            reason += f"; zero-shot above TEAL's: {'yes' if z.diff_pts > 0 else 'no'}"
+        else:
+            reason += "; the zero-shot part was not measured (evaluate.tasks)"
+        rows.append(_row(LAROSA, measured, r.model, t.protocols.get(r.model, ""),
                          HOLDS if ok else FAILS, reason))  # fmt: skip
     return rows
 

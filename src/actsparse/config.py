@@ -165,7 +165,10 @@ class _Sources:
         candidates: list[tuple[Path, str]] = []
         exp = self.choices.get("experiment")
         if exp:
-            candidates.append((self.conf_dir / "experiment" / f"{exp}.yaml", key))
+            path = self.conf_dir / "experiment" / f"{exp}.yaml"
+            candidates.append((path, key))
+            # the shared files the experiment includes whole (`- /protocol/cluster_7b`)
+            candidates += [(self.conf_dir / f"{inc}.yaml", key) for inc in _global_includes(path)]
         candidates.append((self.conf_dir / "study.yaml", key))
         for group, option in self.choices.items():
             if option is None or group.startswith("hydra/") or group == "experiment":
@@ -181,6 +184,15 @@ class _Sources:
                 return f"set in {path}"
         files = [str(p) for p, _ in candidates if p.is_file()]
         return "default in the schema (actsparse.schema)" if not files else f"from {files[-1]}"
+
+
+def _global_includes(path: Path) -> list[str]:
+    """The files a config's defaults list includes at the top level ("/protocol/x"), as
+    paths under conf/ without their suffix, most specific (last listed) first."""
+    if not path.is_file():
+        return []
+    defaults = (yaml.safe_load(path.read_text()) or {}).get("defaults") or []
+    return [d.lstrip("/") for d in reversed(defaults) if isinstance(d, str) and d.startswith("/")]
 
 
 def _yaml_has_key(path: Path, dotted: str) -> bool:

@@ -186,6 +186,44 @@ def plot_sparsity_sweep(sweep: pd.DataFrame, out: Path) -> str | None:
     return _save(fig, out / "sparsity_vs_perplexity.png")
 
 
+def plot_task_accuracy(scores: pd.DataFrame, out: Path) -> str | None:
+    """Zero-shot accuracy vs sparsity level: one panel per (model, task), one line per
+    sparsity method with the harness's standard error as bars, the dense score as a dashed
+    line in a band of its standard error. Decompositions (ratios, not levels) are left out."""
+    sparse = scores[scores.method != "dense"].dropna(subset=["level"])
+    if sparse.empty:
+        return None
+    panels = sorted(set(zip(sparse.model, sparse.task, strict=True)))
+    color = {m: f"C{i}" for i, m in enumerate(sorted(sparse.method.unique()))}
+    ncol = min(4, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.4 * nrow), squeeze=False)
+    for ax, (model, task) in zip(axes.flat, panels, strict=False):
+        g = sparse[(sparse.model == model) & (sparse.task == task)]
+        for method, m in g.groupby("method", sort=True):
+            m = m.sort_values("level")
+            ax.errorbar(m.level, 100 * m.accuracy, yerr=100 * m.stderr.fillna(0), fmt="o-",
+                        ms=3, capsize=2, label=method, color=color[method])  # fmt: skip
+        dense = scores[(scores.model == model) & (scores.task == task) & (scores.method == "dense")]
+        if not dense.empty:
+            d = dense.iloc[0]
+            ax.axhline(100 * d.accuracy, color="k", lw=0.8, ls="--")
+            if pd.notna(d.stderr):
+                ax.axhspan(100 * (d.accuracy - d.stderr), 100 * (d.accuracy + d.stderr),
+                           color="k", alpha=0.08)  # fmt: skip
+        metric = g.metric.iloc[0]
+        items = int(g["items"].max())
+        ax.set(title=f"{model}: {task} ({items} items)", xlabel="sparsity level",
+               ylabel=f"{metric} (%)")  # fmt: skip
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    fig.suptitle("Zero-shot accuracy vs sparsity (bars: standard error; dashed: dense, band: "
+                 "its standard error)")  # fmt: skip
+    return _save(fig, out / "task_accuracy.png")
+
+
 def plot_lowrank_sweep(sweep: pd.DataFrame, out: Path) -> str | None:
     """Perplexity against the ratio removed, one line per method; a column per corpus (the
     study's, on which it was calibrated, and each eval_data corpus), a row per model."""

@@ -51,8 +51,73 @@ def evaluate_wide(summary: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
+# the accuracy a task is read by, in this order: the papers report normalized accuracy
+# (by the choice's length) where the harness computes it, plain accuracy elsewhere
+TASK_METRICS = ("acc_norm", "acc")
+LASTWORD = "lastword"  # the study corpus's own task (downstream.catalog), kept out of the mean
+MEAN_ACC = "zero_shot_mean"
+
+
+def task_scores(summary: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, method, level, task) an evaluate job ran a zero-shot task on:
+    the task's accuracy (`metric`: acc_norm where the harness reports it, else acc), its
+    standard error, the items scored, the seconds it took, and its change against the
+    same model's dense score in points (`vs_dense_pts`)."""
+    cols = ["model", "method", "level", "task", "metric", "accuracy", "stderr", "items",
+            "seconds", "vs_dense_pts"]  # fmt: skip
+    ev = on_corpus(summary)
+    ev = ev[ev.metric.str.startswith("task_items.")]
+    if ev.empty:
+        return pd.DataFrame(columns=cols)
+    wide = evaluate_wide(summary)
+    rows = []
+    for _, r in wide.iterrows():
+        for col in r.index:
+            if not col.startswith("task_items.") or pd.isna(r[col]):
+                continue
+            task = col.removeprefix("task_items.")
+            metric = next((m for m in TASK_METRICS if pd.notna(r.get(f"{m}.{task}"))), None)
+            if metric is None:
+                continue
+            rows.append({
+                "model": r.model, "method": r.method,
+                "level": float(r.level) if r.level != "" else math.nan, "task": task,
+                "metric": metric, "accuracy": r[f"{metric}.{task}"],
+                "stderr": r.get(f"{metric}_stderr.{task}", math.nan), "items": r[col],
+                "seconds": r.get(f"task_s.{task}", math.nan),
+            })  # fmt: skip
+    out = pd.DataFrame(rows, columns=cols[:-1])
+    dense = out[out.method == "dense"].set_index(["model", "task"]).accuracy
+    key = pd.MultiIndex.from_frame(out[["model", "task"]])
+    out["vs_dense_pts"] = 100 * (out.accuracy.to_numpy() - dense.reindex(key).to_numpy())
+    return out.sort_values(["model", "task", "method", "level"], na_position="first").reset_index(
+        drop=True
+    )
+
+
+def task_columns(scores: pd.DataFrame) -> pd.DataFrame:
+    """The tasks as leaderboard columns, one row per (model, method, level): each task's
+    accuracy (`<metric>.<task>`) and the mean over the tasks other than `lastword`
+    (`zero_shot_mean`, the papers' average), in [0, 1]."""
+    if scores.empty:
+        return pd.DataFrame(columns=["model", "method", "level"])
+    s = scores.assign(
+        column=scores.metric + "." + scores.task,
+        level=scores.level.map(lambda v: "" if pd.isna(v) else f"{v:g}"),
+    )
+    wide = s.pivot_table(index=["model", "method", "level"], columns="column", values="accuracy",
+                         aggfunc="first").reset_index()  # fmt: skip
+    wide.columns.name = None
+    harness = s[s.task != LASTWORD]
+    if not harness.empty:
+        mean = harness.groupby(["model", "method", "level"]).accuracy.mean().rename(MEAN_ACC)
+        wide = wide.merge(mean.reset_index(), on=["model", "method", "level"], how="left")
+    return wide
+
+
 def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per evaluated (model, method, level): perplexity and fidelity, best first."""
+    """One row per evaluated (model, method, level): perplexity and fidelity, best first;
+    then the zero-shot tasks' accuracies, where the study ran tasks (`task_columns`)."""
     wide = evaluate_wide(summary)
     if wide.empty:
         return pd.DataFrame(columns=["model", "method", "level", "perplexity"])
@@ -75,6 +140,12 @@ def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
     board = wide[["model", "method", "level", *cols]].copy()
     dense = board[board.method == "dense"].set_index("model")["perplexity"]
     board.insert(4, "ppl_vs_dense_%", 100 * (board.perplexity / board.model.map(dense) - 1))
+    tasks = task_columns(task_scores(summary))
+    if len(tasks.columns) > 3:
+        first = [c for c in tasks.columns if c == MEAN_ACC]
+        rest = sorted(c for c in tasks.columns if c not in ("model", "method", "level", MEAN_ACC))
+        tasks = tasks[["model", "method", "level", *first, *rest]]
+        board = board.merge(tasks, on=["model", "method", "level"], how="left")
     return board.sort_values("perplexity").reset_index(drop=True)
 
 
@@ -118,9 +189,12 @@ def sparsity_sweep(summary: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def sparsity_frontier(sweep: pd.DataFrame) -> pd.DataFrame:
+def sparsity_frontier(sweep: pd.DataFrame, scores: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per model and method: the largest evaluated level (and its effective sparsity) whose
-    perplexity increase stays within 1% and within 5%."""
+    perplexity increase stays within 1% and within 5%; with task `scores`, also the largest
+    whose accuracy stays within 1 point of the dense model's (`max_level_acc-1pt`): the
+    zero-shot mean over the harness's tasks, or `lastword` where it is the only task."""
+    acc = _frontier_accuracy(scores)
     rows = []
     for (model, method), g in sweep.groupby(["model", "method"], sort=True):
         row = {"model": model, "method": method}
@@ -132,8 +206,31 @@ def sparsity_frontier(sweep: pd.DataFrame) -> pd.DataFrame:
             row[f"eff_sparsity_ppl+{budget}%"] = (
                 best.effective_sparsity if best is not None else math.nan
             )
+        if acc is not None:
+            mine = acc[(acc.model == model) & (acc.method == method) & (acc.drop_pts <= 1)]
+            row["max_level_acc-1pt"] = mine.level.max() if not mine.empty else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _frontier_accuracy(scores: pd.DataFrame | None) -> pd.DataFrame | None:
+    """(model, method, level, drop_pts): the accuracy the frontier reads, in points below
+    the same model's dense score."""
+    if scores is None or scores.empty:
+        return None
+    cols = task_columns(scores)
+    col = (
+        MEAN_ACC
+        if MEAN_ACC in cols
+        else next((c for c in cols if c.endswith(f".{LASTWORD}")), None)
+    )
+    if col is None:
+        return None
+    dense = cols[cols.method == "dense"].set_index("model")[col]
+    out = cols[cols.method != "dense"].copy()
+    out["level"] = pd.to_numeric(out.level)
+    out["drop_pts"] = 100 * (out.model.map(dense) - out[col])
+    return out[["model", "method", "level", "drop_pts"]].dropna()
 
 
 def decomposed_variants(summary: pd.DataFrame) -> set[str]:
@@ -235,5 +332,6 @@ def claims(summary: pd.DataFrame, context: dict[str, Any]) -> pd.DataFrame:
             main_corpus=corpus,
             scaling_fit=fit,
             scaling_compare=compare,
+            tasks=task_scores(summary),
         )
     )

@@ -1,5 +1,6 @@
 """The checks of a study config that need more than the schema: the method registries
-(sweep entries), the model adapters (site names per family) and GGUF headers.
+(sweep entries), the model adapters (site names per family), GGUF headers and the
+downstream task catalog (task names, their data, the hub while offline).
 
 `study_problems` is the one list `actsparse.config.validate` reports: the schema's own
 `problems()` first, then these. Checks that read several parts of a valid config (which
@@ -10,6 +11,7 @@ does not surface as a cascade of follow-on messages.
 from __future__ import annotations
 
 from actsparse import gguf_source
+from actsparse.downstream.catalog import task_problems
 from actsparse.models.adapters import LINEAR_SITES, adapter_for
 from actsparse.schema.study import StudyConfig
 from actsparse.schema.training import TRAIN_OPERATORS, ScalingCfg, SparseTrainCfg
@@ -23,6 +25,8 @@ def study_problems(cfg: StudyConfig) -> list[tuple[str, str]]:
         if model.source == "gguf" and model.gguf.path and not model.gguf.problems():
             key = f"models.{name}.gguf.path"
             out += [(key, m) for m in gguf_source.file_problems(model.gguf.path, model.gguf.sha256)]
+    if not any(k.startswith("evaluate.") for k, _ in out):  # reads task YAMLs
+        out += task_problems(cfg.evaluate)
     if not out:  # needs valid entries and models
         out += _sparsify_model_problems(cfg)
         out += _decompose_model_problems(cfg)

@@ -3,11 +3,18 @@
 import shutil
 
 import pytest
+import yaml
 
 from actsparse.config import CONF_DIR, ConfigError, compose_study, snakemake_config_to_overrides
 from actsparse.plan import StudyPlan
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True)
+def _plan_as_on_a_cluster(hub_on_but_unreachable):
+    """The real-model presets list the hub's zero-shot tasks; with the hub switched off
+    they are refused (a test below), so the presets plan here with it on but unreachable."""
 
 
 def test_the_presets_the_issue_names_exist():
@@ -270,6 +277,22 @@ def test_real_model_presets_calibrate_on_c4_and_evaluate_on_wikitext2(experiment
             ["experiment=smoke", "scaling.fit.bootstrap=-1"],
             r"scaling\.fit\.bootstrap: must be >= 0",
         ),
+        (
+            ["experiment=smoke", "evaluate.tasks=[lastword]", "evaluate.task_limit=0"],
+            r"evaluate\.task_limit: must be >= 1 or null \(every item\), got 0",
+        ),
+        (
+            ["experiment=smoke", "evaluate.tasks=[hellaswagg]"],
+            r"evaluate\.tasks: unknown task 'hellaswagg': .*did you mean 'hellaswag'",
+        ),
+        (
+            ["experiment=smoke", "evaluate.tasks=[lastword,lastword]"],
+            r"evaluate\.tasks: lists lastword more than once",
+        ),
+        (
+            ["experiment=smoke", "evaluate.tasks=[lastword]", "evaluate.task_paths=[no/such]"],
+            r"evaluate\.task_paths: no such folder: no/such",
+        ),
     ],
 )
 def test_bad_config_is_refused_naming_the_key(overrides, pattern):
@@ -277,14 +300,76 @@ def test_bad_config_is_refused_naming_the_key(overrides, pattern):
         compose_study(overrides)
 
 
+COMMONSENSE = [
+    "piqa",
+    "hellaswag",
+    "winogrande",
+    "arc_easy",
+    "arc_challenge",
+    "boolq",
+    "openbookqa",
+]
+
+
+@pytest.mark.parametrize("experiment", ["smollm2", "llama2_7b", "mistral_7b", "opt_6_7b"])
+def test_real_model_presets_list_the_seven_commonsense_tasks(experiment):
+    e = compose_study([f"experiment={experiment}"]).evaluate
+    assert set(COMMONSENSE) <= set(e.tasks) and "lastword" in e.tasks
+    # a laptop runs the first 100 items of each; a cluster every item
+    assert e.task_limit == (100 if experiment == "smollm2" else None)
+
+
+def test_a_hub_task_while_the_hub_is_off_is_refused_unless_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for var in ("HF_HUB_CACHE", "HF_DATASETS_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(
+        ConfigError,
+        match=r"evaluate\.tasks: task 'arc_easy' reads dataset "
+        r"'allenai/ai2_arc' \(ARC-Easy\) from the Hugging Face hub, which is off",
+    ):
+        compose_study(["experiment=smoke", "evaluate.tasks=[lastword,arc_easy]"])
+    (tmp_path / "hf" / "hub" / "datasets--allenai--ai2_arc").mkdir(parents=True)  # cached
+    assert compose_study(["experiment=smoke", "evaluate.tasks=[arc_easy]"]).evaluate.tasks
+    # a preset's tasks, set in the protocol file it includes: that file is named
+    with pytest.raises(
+        ConfigError, match=r"task 'piqa' reads dataset .*set in \S*/conf/protocol/cluster_7b\.yaml"
+    ):
+        compose_study(["experiment=llama2_7b"])
+
+
+def test_a_local_task_is_found_in_task_paths_and_its_data_checked(tmp_path):
+    folder = tmp_path / "tasks"
+    folder.mkdir()
+    task = {"task": "mine", "dataset_path": "json", "output_type": "multiple_choice",
+            "dataset_kwargs": {"data_files": {"test": str(tmp_path / "mine.jsonl")}},
+            "test_split": "test", "doc_to_text": "{{q}}", "doc_to_choice": "{{c}}",
+            "doc_to_target": "label"}  # fmt: skip
+    (folder / "mine.yaml").write_text(yaml.safe_dump(task))
+    over = ["experiment=smoke", f"evaluate.task_paths=[{folder}]", "evaluate.tasks=[mine]"]
+    with pytest.raises(
+        ConfigError, match=rf"task 'mine' .*reads {tmp_path}/mine.jsonl, which does not exist"
+    ):
+        compose_study(over)
+    (tmp_path / "mine.jsonl").write_text('{"q": "a", "c": ["b", "c"], "label": 0}\n')
+    assert compose_study(over).evaluate.tasks == ["mine"]
+    task["task"] = "lastword"
+    (folder / "mine.yaml").write_text(yaml.safe_dump(task))
+    with pytest.raises(
+        ConfigError, match=r"evaluate\.task_paths: .*defines a task named 'lastword'"
+    ):
+        compose_study(over)
+
+
 def test_a_bad_value_in_a_yaml_file_names_that_file(tmp_path):
     conf = tmp_path / "conf"
     shutil.copytree(CONF_DIR, conf)
     path = conf / "evaluate" / "default.yaml"
-    path.write_text(path.read_text().replace("batch_size: 8", "batch_size: -3"))
+    path.write_text(path.read_text().replace("\nbatch_size: 8", "\nbatch_size: -3"))
     with pytest.raises(ConfigError, match=rf"evaluate\.batch_size: must be >= 1.*set in {path}"):
         compose_study([], conf_dir=conf)
-    path.write_text(path.read_text().replace("batch_size: -3", "batch_size: 8\nbatchsize: 4"))
+    path.write_text(path.read_text().replace("\nbatch_size: -3", "\nbatch_size: 8\nbatchsize: 4"))
     with pytest.raises(ConfigError, match=rf"'evaluate\.batchsize'.*{path}.*unknown key"):
         compose_study([], conf_dir=conf)
 

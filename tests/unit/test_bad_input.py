@@ -81,7 +81,7 @@ def test_a_method_name_that_is_not_a_string_is_refused_by_key(entry, value):
           "calibrate.corpus=c4"], "none"),
     ],
 )  # fmt: skip
-def test_a_calibration_corpus_must_be_an_eval_data_corpus(overrides, known):
+def test_a_calibration_corpus_must_be_an_eval_data_corpus(overrides, known, hub_on_but_unreachable):
     with pytest.raises(ConfigError) as err:
         compose_study(overrides)
     corpus = overrides[-1].split("=")[1]
@@ -90,7 +90,7 @@ def test_a_calibration_corpus_must_be_an_eval_data_corpus(overrides, known):
     assert f"command-line override '{overrides[-1]}'" in str(err.value)
 
 
-def test_the_study_corpus_by_name_is_refused_as_a_calibration_corpus():
+def test_the_study_corpus_by_name_is_refused_as_a_calibration_corpus(hub_on_but_unreachable):
     # the study's own corpus is `null`, not its name (one spelling, one hash)
     with pytest.raises(ConfigError, match=r"calibrate\.corpus: unknown corpus 'wikitext2': must "
                        r"be null \(the study's corpus, 'wikitext2'\)"):  # fmt: skip

@@ -37,7 +37,9 @@ def sweep(rows):
     return pd.DataFrame([(*r, *[r[2]] * (len(cols) - len(r))) for r in rows], columns=cols)
 
 
-def tables(sparsity=None, lowrank=None, predictors=None, fit=None, compare=None) -> Tables:
+def tables(
+    sparsity=None, lowrank=None, predictors=None, fit=None, compare=None, tasks=None
+) -> Tables:
     return Tables(
         sparsity=sweep(sparsity or []),
         lowrank=pd.DataFrame(
@@ -52,7 +54,14 @@ def tables(sparsity=None, lowrank=None, predictors=None, fit=None, compare=None)
         main_corpus="wikitext2",
         scaling_fit=fit,
         scaling_compare=compare,
+        tasks=None if tasks is None else task_frame(tasks),
     )
+
+
+def task_frame(rows) -> pd.DataFrame:
+    """results.task_scores rows from (model, entry, level, task, accuracy, stderr)."""
+    cols = ["model", "method", "level", "task", "accuracy", "stderr"]
+    return pd.DataFrame(rows, columns=cols).assign(metric="acc", items=100, seconds=1.0)
 
 
 def rows_of(t: Tables, paper: str) -> pd.DataFrame:
@@ -181,6 +190,31 @@ def test_larosa_at_40_percent_must_be_small_and_below_uniform_teal(mine, theirs,
             ("m", "t_greedy", 0.4, 10, 0.1)]  # fmt: skip
     r = rows_of(tables(rows), "LaRoSA").iloc[0]
     assert r.verdict == verdict and "0.370 vs 0.400" in r.reason
+
+
+def test_wina_is_judged_on_the_zero_shot_mean_beside_the_best_teal():
+    ppl = [("m", "wi", 0.5, 10, 3.0), ("m", "t_uniform", 0.5, 10, 4.0)]
+    acc = [("m", "wi", 0.5, "piqa", 0.70, 0.03), ("m", "wi", 0.5, "boolq", 0.60, 0.04),
+           ("m", "wi", 0.5, "lastword", 0.10, 0.03),  # left out of the mean
+           ("m", "t_uniform", 0.5, "piqa", 0.66, 0.03), ("m", "t_uniform", 0.5, "boolq", 0.61, 0.04),
+           ("m", "t_greedy", 0.5, "piqa", 0.60, 0.03), ("m", "t_greedy", 0.5, "boolq", 0.60, 0.04),
+           ("m", "t_uniform", 0.5, "lastword", 0.50, 0.03)]  # fmt: skip
+    r = rows_of(tables(ppl, tasks=acc), "WINA").iloc[0]
+    # 65.0 vs 63.5 (the best TEAL entry); se = sqrt(2) * sqrt(0.03^2 + 0.04^2) / 2 = 3.5 pts
+    assert r.measured == "50%: wina 65.0 vs teal 63.5 (+1.5 +/- 3.5 pts)"
+    assert r.verdict == HOLDS and "+1.50 points (paper +2.94), over 2 tasks" in r.reason
+    assert "within twice its standard error (3.5): more items are needed" in r.reason
+    acc[1] = ("m", "wi", 0.5, "boolq", 0.55, 0.04)  # 62.5 < 63.5
+    assert rows_of(tables(ppl, tasks=acc), "WINA").iloc[0].verdict == FAILS
+
+
+def test_larosa_must_also_beat_teal_in_zero_shot_accuracy_where_measured():
+    rows = [("m", "la", 0.4, 10, 3.0, 0.37), ("m", "t_uniform", 0.4, 10, 4.0, 0.4)]
+    acc = [("m", "la", 0.4, "piqa", 0.60, 0.05), ("m", "t_uniform", 0.4, "piqa", 0.62, 0.05)]
+    r = rows_of(tables(rows, tasks=acc), "LaRoSA").iloc[0]
+    assert r.verdict == FAILS and r.measured == "40%: +3.00%; zero-shot -2.0 +/- 7.1 pts over TEAL"
+    acc[0] = ("m", "la", 0.4, "piqa", 0.63, 0.05)
+    assert rows_of(tables(rows, tasks=acc), "LaRoSA").iloc[0].verdict == HOLDS
 
 
 def test_larosa_stands_for_its_paper_in_the_residual_form():

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 from smk import copy_workflow, overrides_arg, planned, snakemake
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -19,6 +20,7 @@ from gguf_files import tiny_llama, write_llama_gguf, write_wheel  # noqa: E402
 from actsparse.config import compose_study  # noqa: E402
 from actsparse.gguf_source import sha256_of  # noqa: E402
 from actsparse.plan import StudyPlan  # noqa: E402
+from actsparse.tracking import metric_key  # noqa: E402
 
 pytestmark = pytest.mark.workflow
 
@@ -36,6 +38,9 @@ def test_a_gguf_package_runs_through_the_dag(repo, tmp_path):
         f"+models.g.gguf.sha256={sha256_of(gguf)}",
         "evaluate.seq_len=64",
         "sparsify.methods.topk.models=[g]",
+        # the study corpus's last-word task through lm-evaluation-harness in each job
+        "evaluate.tasks=[lastword]",
+        "evaluate.task_limit=5",
     ]
     plan = StudyPlan(compose_study([*overrides, f"study.output_root={wd / 'data'}"]))
     targets = [
@@ -60,4 +65,14 @@ def test_a_gguf_package_runs_through_the_dag(repo, tmp_path):
     on_study = (dense.metric == "perplexity") & (dense.corpus == "stdlib")
     dense_ppl = dense[on_study & (dense.method == "dense")].value.item()
     assert math.isfinite(ppl) and math.isfinite(dense_ppl) and ppl != dense_ppl
+    client = MlflowClient(f"sqlite:///{wd / 'tracking' / 'mlflow.db'}")
+    for job, metrics in ((plan.evaluate("g"), dense), (plan.evaluate_sparse("g", "topk", 0.5), m)):
+        rows = metrics.set_index("metric").value
+        assert rows["task_items.lastword"] == 5 and 0 <= rows["acc.lastword"] <= 1
+        run = client.get_run((Path(job.out_dir) / "mlflow_run_id").read_text().strip())
+        task_rows = metrics[metrics.metric.str.endswith(".lastword")]
+        assert len(task_rows) == 4  # acc, its stderr, items, seconds
+        for r in task_rows.itertuples():
+            key = metric_key(r.metric, r.method, r.split or "", r.corpus or "")
+            assert run.data.metrics[key] == pytest.approx(r.value, rel=1e-12)
     assert planned(snakemake(wd, "-n", *config, "--", *targets)) == {}  # nothing left to do

@@ -493,10 +493,12 @@ MODEL_TYPE = {"llama2_7b": "llama", "mistral_7b": "mistral", "opt_6_7b": "opt"}
 
 
 @pytest.mark.parametrize("experiment", list(MODEL_TYPE))
-def test_real_model_presets_plan_without_downloading(workdir, experiment):
-    """The full sweep of each 7B preset, planned offline: Snakemake's DAG holds exactly the
-    plan's jobs, and every registered method whose sites the model has is in it. (How long
-    planning takes is measured by benchmarks/plan_time.py, not here.)"""
+def test_real_model_presets_plan_without_downloading(workdir, experiment, monkeypatch):
+    """The full sweep of each 7B preset, planned without the network: Snakemake's DAG holds
+    exactly the plan's jobs, and every registered method whose sites the model has is in it.
+    (How long planning takes is measured by benchmarks/plan_time.py, not here.)"""
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # the hub's tasks plan as on a cluster
+        monkeypatch.delenv(var, raising=False)
     cfg = compose_study([f"experiment={experiment}"])
     methods = {g: {e["method"] for e in getattr(cfg, g).methods.values() if e["models"] != []}
                for g in ("sparsify", "decompose", "predictors")}  # fmt: skip
@@ -509,7 +511,16 @@ def test_real_model_presets_plan_without_downloading(workdir, experiment):
     has_gate = adapter_for(family).gated
     assert methods["predictors"] == set(PREDICTORS.names()) - (set() if has_gate else gated)
     assert cfg.calibrate.corpus == "c4" and set(cfg.eval_data) == {"c4"}
-    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    result = snakemake(workdir, "-n", "--config", f"experiment={experiment}", env=offline)
+    # the hub not switched off (the presets' zero-shot tasks read their data from it, as on a
+    # cluster) but at an address that refuses every connection: planning reaches no network
+    unreachable = {"HF_HUB_OFFLINE": "0", "HF_DATASETS_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0",
+                   "HF_ENDPOINT": "http://127.0.0.1:9"}  # fmt: skip
+    result = snakemake(workdir, "-n", "--config", f"experiment={experiment}", env=unreachable)
     assert planned(result) == rule_counts(StudyPlan(cfg))
     assert not (workdir / "data" / experiment).exists()  # planned, nothing fetched or run
+    # with the hub off, the tasks that need it stop the DAG before any job, named
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+               "HF_HOME": str(workdir / "empty-hf-cache")}  # fmt: skip
+    result = snakemake(workdir, "-n", "--config", f"experiment={experiment}", env=offline)
+    assert result.returncode != 0 and "evaluate.tasks: task 'piqa' reads dataset" in result.stderr
+    assert not (workdir / "data" / experiment).exists()

@@ -68,9 +68,24 @@ class EvaluateCfg:
     # after a prompt of `decode_context` tokens; 0 steps: not measured
     decode_reps: int = MISSING
     decode_context: int = MISSING
+    # zero-shot tasks run through lm-evaluation-harness on the very model the job built
+    # (sparsity and low-rank factors included; actsparse.downstream): harness task names,
+    # the names of tasks defined in `task_paths`, or `lastword` (the study corpus's own
+    # last-word task). Empty: none
+    tasks: list[str] = MISSING
+    task_limit: int | None = MISSING  # the first N items of each task; null: all of them
+    task_batch_size: int = MISSING
+    task_paths: list[str] = MISSING  # folders of your own lm-eval task YAMLs (include paths)
 
     def problems(self) -> list[tuple[str, str]]:
         out = []
+        if self.task_limit is not None and self.task_limit < 1:
+            out.append(("task_limit", f"must be >= 1 or null (every item), got {self.task_limit}"))
+        if self.task_batch_size < 1:
+            out.append(("task_batch_size", f"must be >= 1, got {self.task_batch_size}"))
+        twice = sorted({t for t in self.tasks if self.tasks.count(t) > 1})
+        if twice:
+            out.append(("tasks", f"lists {', '.join(twice)} more than once"))
         if self.decode_reps < 0:
             out.append(("decode_reps", f"must be >= 0, got {self.decode_reps}"))
         if self.decode_context < 1:

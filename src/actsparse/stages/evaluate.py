@@ -32,7 +32,11 @@ Protocol (docs/usage.md, "Perplexity protocols"):
 - for predicted masks (input `predictors`: a predictors job): the same, with the masks
   chosen by the predictors (their FLOPs added to the cost), then the oracle at the same
   sites and level on the same windows: `oracle_perplexity`, `oracle_gap_pct` (perplexity
-  with predicted masks over the oracle's, in %) and `oracle_sparsity`.
+  with predicted masks over the oracle's, in %) and `oracle_sparsity`;
+- zero-shot tasks (`tasks`) through lm-evaluation-harness on this variant as built (its
+  sparsity on every token of every request): per task, `acc.<task>`, `acc_norm.<task>`
+  and their `_stderr`, as the harness reports them, with `task_items.<task>` and
+  `task_s.<task>` (seconds); `tasks.json` records where each task was defined.
 """
 
 from __future__ import annotations
@@ -40,12 +44,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
 from actsparse.data import TokenData
+from actsparse.downstream import lastword
+from actsparse.downstream.catalog import LASTWORD
+from actsparse.downstream.harness import run_tasks
 from actsparse.io import write_text
 from actsparse.kernels.decode import decode_latency
 from actsparse.methods.predictors.apply import apply_predicted, load_predictors, oracle_plan
@@ -126,6 +134,43 @@ def decode_metrics(model, handle, reference, e: EvaluateCfg, **mk) -> list[Metri
         Metric("decode_context", context, **mk),
         Metric("decode_kernel_linears", t.n_kernel_linears, **mk),
     ]
+
+
+def task_metrics(model, data: TokenData, e: EvaluateCfg, seed: int, out: Path, **mk):
+    """The zero-shot tasks on `model` as it stands, as metrics (no corpus: a task is its
+    own data), and the files that record them."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(data.tokenizer_dir)
+    files = [out / "tasks.json"]
+    with tempfile.TemporaryDirectory() as task_dir:  # lastword's YAML (it names a path)
+        paths: list[str | Path] = list(e.task_paths)
+        if LASTWORD in e.tasks:
+            docs = lastword.held_out_docs(data.tokens(e.split), tokenizer)
+            items = lastword.items_from_text(docs)
+            lastword.write_task(items, out / "lastword.jsonl", Path(task_dir))
+            paths.append(task_dir)
+            files.append(out / "lastword.jsonl")
+        scores = run_tasks(
+            model, tokenizer, list(e.tasks), limit=e.task_limit, batch_size=e.task_batch_size,
+            local_paths=paths, seed=seed,
+        )  # fmt: skip
+    metrics = []
+    for s in scores:
+        for task, values in s.results.items():
+            metrics += [Metric(f"{k}.{task}", v, **mk) for k, v in sorted(values.items())]
+        metrics += [
+            Metric(f"task_items.{s.task}", s.n_items, **mk),
+            Metric(f"task_s.{s.task}", s.seconds, **mk),
+        ]
+    built = "lastword.jsonl: built by this job from the held-out split"
+    record = [
+        {"task": s.task, "defined_in": built if s.task == LASTWORD else s.defined_in,
+         "items": s.n_items, "seconds": s.seconds, "limit": e.task_limit, "results": s.results}
+        for s in scores
+    ]  # fmt: skip
+    write_text(out / "tasks.json", json.dumps(record, indent=2) + "\n")
+    return metrics, files
 
 
 def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
@@ -225,6 +270,10 @@ def run(cfg: EvaluateJob, inputs: dict[str, str], out: Path) -> StageResult:
     # extra corpora (eval_data) after the zeros above were counted on the study's own
     for key in sorted(k for k in inputs if k.startswith("data.")):
         metrics += measure(TokenData(inputs[key]), e.eval_data_max_tokens or e.max_tokens)
+    if e.tasks:  # after the zeros above were counted: the tasks' tokens are not the study's
+        task_rows, task_files = task_metrics(model, data, e, cfg.seed, out, **mk)
+        metrics += task_rows
+        artifacts += task_files
     if pset is not None and handle is not None:
         ppl = next(m.value for m in metrics if m.metric == "perplexity" and m.method == cfg.method)
         handle.remove()

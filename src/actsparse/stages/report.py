@@ -8,7 +8,9 @@ the page. Sections appear as their stages land: now the training curves, the
 perplexity of every dense model next to the unigram baseline, the natural activation
 sparsity per layer found by calibration, and the sparsity sweep: perplexity against
 sparsity (one line per method), the largest level each method reaches within +1% and +5%
-perplexity, and how far achieved sparsity landed from its target; the low-rank sweep
+perplexity (and within 1 point of dense zero-shot accuracy), and how far achieved sparsity
+landed from its target; zero-shot accuracy vs sparsity per task (where the study ran
+tasks: `evaluate.tasks`); the low-rank sweep
 (perplexity vs ratio, per corpus); predictors (recall vs cost over rank, predicted masks
 vs the oracle, hot and cold neurons); the claims table (each paper's claim beside what the
 study measured, `--claims`). The plots and tables are also logged as one MLflow run
@@ -38,6 +40,7 @@ from actsparse.results import (
     predictor_scores,
     sparsity_frontier,
     sparsity_sweep,
+    task_scores,
 )
 from actsparse.tables import METRICS, SCALING_COMPARE, SCALING_FIT, read_table
 
@@ -113,6 +116,7 @@ def build(
     lowrank = lowrank_sweep(summary)
     predictors = predictor_scores(summary)
     predicted = predicted_sweep(summary)
+    scores = task_scores(summary)
     figures = [
         ("Training", plots.plot_loss_curves(folders.train, staging)),
         (
@@ -121,6 +125,7 @@ def build(
         ),
         ("Natural activation sparsity", plots.plot_natural_sparsity(folders.calibrate, staging)),
         ("Sparsity vs perplexity", plots.plot_sparsity_sweep(sweep, staging)),
+        ("Zero-shot accuracy vs sparsity", plots.plot_task_accuracy(scores, staging)),
         ("Low-rank decomposition vs perplexity", plots.plot_lowrank_sweep(lowrank, staging)),
         ("Predictors: recall vs cost", plots.plot_predictor_cost(folders.predictors, staging)),
         ("Predicted masks vs the oracle", plots.plot_predicted_vs_oracle(predicted, staging)),
@@ -133,7 +138,7 @@ def build(
     table = _html(board)
     tables = ""
     if not sweep.empty:
-        frontier = sparsity_frontier(sweep)
+        frontier = sparsity_frontier(sweep, scores)
         sweep.to_csv(staging / "sparsity_sweep.csv", index=False)
         frontier.to_csv(staging / "sparsity_frontier.csv", index=False)
         tables = (
@@ -142,6 +147,13 @@ def build(
             + "\n<h2>Sparsity sweep (err_pts: |achieved - target| over every wrapped module; "
             "worst_err_pts: in the worst site and layer; on the evaluation tokens)</h2>\n"
             + _html(sweep)
+        )
+    if not scores.empty:
+        scores.to_csv(staging / "task_scores.csv", index=False)
+        tables += (
+            "\n<h2>Zero-shot tasks (lm-evaluation-harness; accuracy: acc_norm where the "
+            "harness reports it, else acc; vs_dense_pts: against the same model's dense "
+            "score, in points; seconds: the task's time in its evaluate job)</h2>\n" + _html(scores)
         )
     if not lowrank.empty:
         lowrank.to_csv(staging / "lowrank_sweep.csv", index=False)
