@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from actsparse.schema.stages import LASTWORD
+
 # What the papers' words are taken to mean, as perplexity increases over the dense model on
 # the same tokens (in %): "negligible" and "small degradation" / "close to dense".
 NEGLIGIBLE_PCT = 1.0
@@ -420,7 +422,7 @@ def _zero_shot_beside(t: Tables, mine: list[str], theirs: list[str]) -> pd.DataF
     s = t.tasks
     if s is None or s.empty or not mine or not theirs:
         return pd.DataFrame()
-    s = s[(s.task != "lastword") & ~s.model.isin(t.decomposed_models)]
+    s = s[(s.task != LASTWORD) & ~s.model.isin(t.decomposed_models)]
     per = s.groupby(["model", "method", "level"]).agg(
         acc=("accuracy", "mean"), var=("stderr", lambda x: float((x**2).sum())),
         n=("task", "nunique"),
@@ -453,13 +455,19 @@ def wina(t: Tables) -> list[Row]:
         rows = []
         for model, g in acc.groupby("model"):
             gain = float(g.diff_pts.mean())
-            se = float((g.se_pts**2).mean() ** 0.5 / len(g) ** 0.5)  # of the mean over levels
-            noise = (f"; within twice its standard error ({se:.1f}): more items are needed to "
-                     "tell" if abs(gain) < 2 * se else "")  # fmt: skip
+            # every level scores the same items: the levels' errors are not independent, so
+            # the mean's is taken as their mean (not divided by sqrt(levels))
+            se = float(g.se_pts.mean())
             reason = (f"mean zero-shot gain over the levels both ran: {gain:+.2f} points (paper "
-                      f"+2.94), over {int(g.n_mine.min())} tasks{noise}")  # fmt: skip
+                      f"+2.94), over {int(g.n_mine.min())} tasks")  # fmt: skip
+            if abs(gain) < 2 * se:
+                verdict = NOT_COMPARABLE
+                reason += (f"; within twice its standard error ({se:.1f}): the study's items "
+                           "cannot tell (more items: evaluate.task_limit)")  # fmt: skip
+            else:
+                verdict = HOLDS if gain > 0 else FAILS
             rows.append(_row(WINA, _pts_line(g, "wina", "teal"), model,
-                             t.protocols.get(model, ""), HOLDS if gain > 0 else FAILS, reason))  # fmt: skip
+                             t.protocols.get(model, ""), verdict, reason))  # fmt: skip
         return rows
     both = _beside(t, t.entries_of("wina"), t.entries_of("teal"))
     if both.empty:
@@ -491,9 +499,12 @@ def larosa(t: Tables) -> list[Row]:
         measured = f"40%: {_pct(r.mine)}"
         if (r.model, r.level) in acc.index:  # the zero-shot part: above TEAL too
             z = acc.loc[(r.model, r.level)]
-            ok = ok and z.diff_pts > 0
             measured += f"; zero-shot {z.diff_pts:+.1f} +/- {z.se_pts:.1f} pts over TEAL"
-            reason += f"; zero-shot above TEAL's: {'yes' if z.diff_pts > 0 else 'no'}"
+            if abs(z.diff_pts) < 2 * z.se_pts:
+                reason += "; zero-shot: within twice its standard error, not counted"
+            else:
+                ok = ok and z.diff_pts > 0
+                reason += f"; zero-shot above TEAL's: {'yes' if z.diff_pts > 0 else 'no'}"
         else:
             reason += "; the zero-shot part was not measured (evaluate.tasks)"
         rows.append(_row(LAROSA, measured, r.model, t.protocols.get(r.model, ""),

@@ -89,11 +89,15 @@ def cmd_show(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     from actsparse.plan import StudyPlan
-    from actsparse.results import evaluate_wide
+    from actsparse.results import MEAN_ACC, evaluate_wide, task_columns, task_scores
 
     plan = StudyPlan(compose_study(_overrides(args)))
     summary = _study_table(plan, args.finished)
     wide = evaluate_wide(summary)
+    tasks = task_columns(task_scores(summary))  # zero-shot accuracy, where the study ran tasks
+    accuracy = [c for c in tasks.columns if c not in ("model", "method", "level")]
+    if accuracy:
+        wide = wide.merge(tasks, on=["model", "method", "level"], how="left")
     cols = [
         c
         for c in (
@@ -104,6 +108,8 @@ def cmd_show(args: argparse.Namespace) -> None:
             "flops_ratio",
             "tokens_per_s",
             "eval_tokens",
+            MEAN_ACC,
+            *sorted(c for c in accuracy if c != MEAN_ACC),
         )
         if c in wide
     ]

@@ -190,7 +190,7 @@ def plot_task_accuracy(scores: pd.DataFrame, out: Path) -> str | None:
     """Zero-shot accuracy vs sparsity level: one panel per (model, task), one line per
     sparsity method with the harness's standard error as bars, the dense score as a dashed
     line in a band of its standard error. Decompositions (ratios, not levels) are left out."""
-    sparse = scores[scores.method != "dense"].dropna(subset=["level"])
+    sparse = scores[(scores.method != "dense") & ~scores.decomposed].dropna(subset=["level"])
     if sparse.empty:
         return None
     panels = sorted(set(zip(sparse.model, sparse.task, strict=True)))

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from actsparse.claims import Tables, claims_table, protocols
+from actsparse.schema.stages import LASTWORD
 from actsparse.tables import SCALING_COMPARE, SCALING_FIT, read_table
 
 
@@ -54,22 +55,25 @@ def evaluate_wide(summary: pd.DataFrame) -> pd.DataFrame:
 # the accuracy a task is read by, in this order: the papers report normalized accuracy
 # (by the choice's length) where the harness computes it, plain accuracy elsewhere
 TASK_METRICS = ("acc_norm", "acc")
-LASTWORD = "lastword"  # the study corpus's own task (downstream.catalog), kept out of the mean
 MEAN_ACC = "zero_shot_mean"
 
 
 def task_scores(summary: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, method, level, task) an evaluate job ran a zero-shot task on:
-    the task's accuracy (`metric`: acc_norm where the harness reports it, else acc), its
-    standard error, the items scored, the seconds it took, and its change against the
-    same model's dense score in points (`vs_dense_pts`)."""
+    """One row per (model, method, level, task) an evaluate job ran a zero-shot task on (a
+    group's or tag's tasks each their own row): the task's accuracy (`metric`: acc_norm
+    where the harness reports it, else acc), its standard error, the items scored, the
+    seconds it took (the task named in evaluate.tasks), whether the variant is a
+    decomposition (its level is a ratio), and its change against the same model's dense
+    score in points (`vs_dense_pts`)."""
     cols = ["model", "method", "level", "task", "metric", "accuracy", "stderr", "items",
-            "seconds", "vs_dense_pts"]  # fmt: skip
+            "seconds", "decomposed", "vs_dense_pts"]  # fmt: skip
     ev = on_corpus(summary)
     ev = ev[ev.metric.str.startswith("task_items.")]
     if ev.empty:
         return pd.DataFrame(columns=cols)
     wide = evaluate_wide(summary)
+    lowrank = ev[ev.variant.isin(decomposed_variants(summary))]
+    decomposed = set(zip(lowrank.model, lowrank.method, strict=True))
     rows = []
     for _, r in wide.iterrows():
         for col in r.index:
@@ -85,6 +89,7 @@ def task_scores(summary: pd.DataFrame) -> pd.DataFrame:
                 "metric": metric, "accuracy": r[f"{metric}.{task}"],
                 "stderr": r.get(f"{metric}_stderr.{task}", math.nan), "items": r[col],
                 "seconds": r.get(f"task_s.{task}", math.nan),
+                "decomposed": (r.model, r.method) in decomposed,
             })  # fmt: skip
     out = pd.DataFrame(rows, columns=cols[:-1])
     dense = out[out.method == "dense"].set_index(["model", "task"]).accuracy

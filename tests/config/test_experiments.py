@@ -360,6 +360,13 @@ def test_a_local_task_is_found_in_task_paths_and_its_data_checked(tmp_path):
         ConfigError, match=r"evaluate\.task_paths: .*defines a task named 'lastword'"
     ):
         compose_study(over)
+    # a file the harness cannot read (its index would skip it, and the harness's own task
+    # of that name would run instead): named
+    (folder / "mine.yaml").write_text("include: /nowhere/piqa.yaml\ntask: piqa\n")
+    with pytest.raises(
+        ConfigError, match=rf"evaluate\.task_paths: {folder}/mine\.yaml cannot be read"
+    ):
+        compose_study([*over[:2], "evaluate.tasks=[piqa]"])
 
 
 def test_a_bad_value_in_a_yaml_file_names_that_file(tmp_path):

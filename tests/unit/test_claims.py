@@ -202,19 +202,24 @@ def test_wina_is_judged_on_the_zero_shot_mean_beside_the_best_teal():
     r = rows_of(tables(ppl, tasks=acc), "WINA").iloc[0]
     # 65.0 vs 63.5 (the best TEAL entry); se = sqrt(2) * sqrt(0.03^2 + 0.04^2) / 2 = 3.5 pts
     assert r.measured == "50%: wina 65.0 vs teal 63.5 (+1.5 +/- 3.5 pts)"
-    assert r.verdict == HOLDS and "+1.50 points (paper +2.94), over 2 tasks" in r.reason
-    assert "within twice its standard error (3.5): more items are needed" in r.reason
-    acc[1] = ("m", "wi", 0.5, "boolq", 0.55, 0.04)  # 62.5 < 63.5
+    assert "+1.50 points (paper +2.94), over 2 tasks" in r.reason
+    assert r.verdict == NOT_COMPARABLE and "within twice its standard error (3.5)" in r.reason
+    acc[0] = ("m", "wi", 0.5, "piqa", 0.85, 0.03)  # 72.5 vs 63.5: +9.0 > 2 x 3.5
+    assert rows_of(tables(ppl, tasks=acc), "WINA").iloc[0].verdict == HOLDS
+    acc[0] = ("m", "wi", 0.5, "piqa", 0.45, 0.03)  # 52.5 vs 63.5
     assert rows_of(tables(ppl, tasks=acc), "WINA").iloc[0].verdict == FAILS
 
 
 def test_larosa_must_also_beat_teal_in_zero_shot_accuracy_where_measured():
     rows = [("m", "la", 0.4, 10, 3.0, 0.37), ("m", "t_uniform", 0.4, 10, 4.0, 0.4)]
-    acc = [("m", "la", 0.4, "piqa", 0.60, 0.05), ("m", "t_uniform", 0.4, "piqa", 0.62, 0.05)]
+    acc = [("m", "la", 0.4, "piqa", 0.50, 0.02), ("m", "t_uniform", 0.4, "piqa", 0.62, 0.02)]
     r = rows_of(tables(rows, tasks=acc), "LaRoSA").iloc[0]
-    assert r.verdict == FAILS and r.measured == "40%: +3.00%; zero-shot -2.0 +/- 7.1 pts over TEAL"
-    acc[0] = ("m", "la", 0.4, "piqa", 0.63, 0.05)
+    assert r.verdict == FAILS and r.measured == "40%: +3.00%; zero-shot -12.0 +/- 2.8 pts over TEAL"
+    acc[0] = ("m", "la", 0.4, "piqa", 0.70, 0.02)
     assert rows_of(tables(rows, tasks=acc), "LaRoSA").iloc[0].verdict == HOLDS
+    acc[0] = ("m", "la", 0.4, "piqa", 0.60, 0.02)  # -2 +/- 2.8: not counted, perplexity decides
+    r = rows_of(tables(rows, tasks=acc), "LaRoSA").iloc[0]
+    assert r.verdict == HOLDS and "within twice its standard error, not counted" in r.reason
 
 
 def test_larosa_stands_for_its_paper_in_the_residual_form():

@@ -9,6 +9,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -110,7 +111,7 @@ def test_harness_on_the_model_in_memory_equals_its_own_run_and_float64(micro):
         log_samples=False,
     )["results"]["nextline"]
     r = ours.results["nextline"]
-    assert ours.n_items == N_ITEMS and ours.task == "nextline"
+    assert ours.items == {"nextline": N_ITEMS} and ours.task == "nextline"
     assert r["acc"] == own["acc,none"] and r["acc_norm"] == own["acc_norm,none"]
     assert r["acc_stderr"] == pytest.approx(own["acc_stderr,none"], rel=1e-12)
     acc, acc_norm = float64_scores(model, tokenizer, folder)
@@ -191,17 +192,36 @@ def test_last_word_docs_are_the_held_out_text_cut_at_separators(micro):
 
 
 def test_evaluate_stage_records_task_accuracy_and_its_cost(micro, smoke_outputs):
-    from actsparse.stages import evaluate
+    """A sparsified variant with tasks: their rows and files, and the rest of the job's
+    tables exactly as without tasks (the zeros are counted before the tasks run)."""
+    from actsparse.stages import evaluate, sparsify
     from actsparse.stages.job import run_job
-    from actsparse.tables import METRICS, read_table
+    from actsparse.tables import ACHIEVED_SPARSITY, METRICS, read_table
 
-    _, _, _, folder, job = micro
+    _, _, _, folder, _ = micro
+    plan = smoke_outputs
+    run_job(plan.sparsify("llama_micro", "topk", 0.5), sparsify.SparsifyJob, sparsify.run)
+    job = plan.evaluate_sparse("llama_micro", "topk", 0.5)
     cfg = json.loads(json.dumps(job.config))
+    cfg["evaluate"]["decode_reps"] = 0
+    plain = run_job(replace(job, config=cfg, output=job.output + "-plain"), evaluate.EvaluateJob,
+                    evaluate.run)  # fmt: skip
     cfg["evaluate"].update(tasks=["lastword", "nextline"], task_limit=10, task_batch_size=4,
-                           task_paths=[str(folder)], decode_reps=0)  # fmt: skip
+                           task_paths=[str(folder)])  # fmt: skip
     out = run_job(replace(job, config=cfg, output=job.output + "-tasks"), evaluate.EvaluateJob,
                   evaluate.run)  # fmt: skip
-    m = read_table(out / "metrics.parquet", METRICS).set_index("metric")["value"]
+    achieved = [
+        read_table(d / "achieved_sparsity.parquet", ACHIEVED_SPARSITY) for d in (plain, out)
+    ]
+    pd.testing.assert_frame_equal(*achieved)
+    before = read_table(plain / "metrics.parquet", METRICS)
+    after = read_table(out / "metrics.parquet", METRICS)
+    timings = {"tokens_per_s", "wall_time_s", "peak_rss_mb"}
+    keep = ~after.metric.str.contains(r"\.(lastword|nextline)$")
+    same = ["metric", "method", "corpus", "value"]
+    cmp = [f[~f.metric.isin(timings)][same].reset_index(drop=True) for f in (before, after[keep])]
+    pd.testing.assert_frame_equal(*cmp)
+    m = after.set_index("metric")["value"]
     for task in ("lastword", "nextline"):
         assert m[f"task_items.{task}"] == 10 and m[f"task_s.{task}"] > 0
         assert 0 <= m[f"acc.{task}"] <= 1 and m[f"acc_stderr.{task}"] >= 0

@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from actsparse.io import write_text
-from actsparse.schema.stages import EvaluateCfg
+from actsparse.schema.stages import LASTWORD, EvaluateCfg
 
-LASTWORD = "lastword"
 # dataset builders that read the files a task names, not a hub repository
 FILE_BUILDERS = frozenset({"json", "csv", "parquet", "text", "arrow"})
 INDEX_ENV = "ACTSPARSE_CACHE_DIR"  # where the harness's index is kept (default ~/.cache/actsparse)
@@ -118,6 +117,23 @@ def local_index(paths: tuple[str, ...]) -> dict[str, TaskInfo]:
     return _index(TaskManager(include_path=[str(p) for p in paths], include_defaults=False))
 
 
+def broken_yaml(paths: tuple[str, ...]) -> list[tuple[Path, str]]:
+    """(file, error) for each YAML file under `paths` the harness cannot read. Its index
+    skips such a file without a word, so a local task whose `include` broke (the harness
+    moved, say) would silently become the harness's own task of the same name."""
+    # the reader the harness's index uses (lm_eval 0.4's; the version is pinned below 0.5)
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    out = []
+    for folder in paths:
+        for path in sorted(Path(folder).rglob("*.yaml")):
+            try:
+                load_yaml(path, resolve_func=False)
+            except Exception as e:  # noqa: BLE001 - any failure: the harness skips the file
+                out.append((path, f"{type(e).__name__}: {e}"))
+    return out
+
+
 def harness_version() -> str:
     from importlib.metadata import version
 
@@ -125,8 +141,15 @@ def harness_version() -> str:
 
 
 def index_file() -> Path:
+    """The cached index of this harness install: its version and where it lives (two
+    environments share the cache folder)."""
+    import hashlib
+
+    import lm_eval
+
+    where = hashlib.sha256(str(Path(lm_eval.__file__).parent).encode()).hexdigest()[:8]
     root = os.environ.get(INDEX_ENV) or Path.home() / ".cache" / "actsparse"
-    return Path(root) / f"lm_eval_tasks-{harness_version()}.json"
+    return Path(root) / f"lm_eval_tasks-{harness_version()}-{where}.json"
 
 
 @cache
@@ -161,7 +184,8 @@ def hub_cached(d: Dataset) -> bool:
     """Whether a hub dataset has been downloaded into this machine's caches before (the
     hub's file cache or the `datasets` cache): what an offline run can read."""
     # the variables are read now, not when huggingface_hub was imported
-    home = Path(os.environ.get("HF_HOME") or Path.home() / ".cache" / "huggingface")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    home = Path(os.environ.get("HF_HOME") or cache / "huggingface")
     hub = Path(os.environ.get("HF_HUB_CACHE") or home / "hub")
     datasets = Path(os.environ.get("HF_DATASETS_CACHE") or home / "datasets")
     return (hub / f"datasets--{d.path.replace('/', '--')}").is_dir() or (
@@ -176,6 +200,11 @@ def task_problems(e: EvaluateCfg) -> list[tuple[str, str]]:
     bad_paths = [p for p in e.task_paths if not Path(p).is_dir()]
     if bad_paths:
         return [("evaluate.task_paths", f"no such folder: {', '.join(bad_paths)}")]
+    broken = broken_yaml(tuple(e.task_paths))
+    if broken:
+        return [("evaluate.task_paths", f"{path} cannot be read by lm-evaluation-harness "
+                 f"({err}); a mirror from `actsparse tasks` names the harness's own task files: "
+                 "write it again after the harness moved or changed") for path, err in broken]  # fmt: skip
     local = local_index(tuple(e.task_paths))
     if LASTWORD in local:
         return [("evaluate.task_paths", f"{local[LASTWORD].where} defines a task named "

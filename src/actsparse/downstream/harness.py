@@ -32,7 +32,7 @@ class TaskScore:
     # named `<metric>` for the harness's "none" filter and `<metric>@<filter>` otherwise;
     # standard errors are `<metric>_stderr`
     results: dict[str, dict[str, float]]
-    n_items: int  # items scored (a group: summed over its tasks)
+    items: dict[str, int]  # items scored per reported task (a group or tag: summed)
     seconds: float
     defined_in: str  # the local YAML file (a tag: its folders), or "lm-eval <version>"
 
@@ -57,8 +57,8 @@ def run_tasks(
     local_paths: list[str | Path],
     seed: int = 0,
 ) -> list[TaskScore]:
-    """Each of `names` on `model` (any state: sparsified, decomposed), zero-shot, the first
-    `limit` items of each (None: all)."""
+    """Each of `names` on `model` (any state: sparsified, decomposed), zero-shot (a task's
+    own `num_fewshot` is overridden), the first `limit` items of each (None: all)."""
     from importlib.metadata import version
 
     from lm_eval import simple_evaluate
@@ -79,13 +79,15 @@ def run_tasks(
             tm, where = harness, f"lm-eval {version('lm_eval')}"
         start = time.perf_counter()
         res = simple_evaluate(
-            model=lm, tasks=[name], limit=limit, task_manager=tm, log_samples=False,
+            model=lm, tasks=[name], num_fewshot=0, limit=limit, task_manager=tm, log_samples=False,
             bootstrap_iters=BOOTSTRAP_ITERS, random_seed=seed, numpy_random_seed=seed,
             torch_random_seed=seed, fewshot_random_seed=seed, verbosity="WARNING",
         )  # fmt: skip
         seconds = time.perf_counter() - start
         results = {task: _numbers(r) for task, r in res["results"].items()}
-        n = sum(int(s["effective"]) for s in res.get("n-samples", {}).values())
-        log.info("%s: %s on %d items in %.1f s", name, results.get(name, results), n, seconds)
-        scores.append(TaskScore(name, results, n, seconds, where))
+        items = {task: int(s["effective"]) for task, s in res.get("n-samples", {}).items()}
+        items.setdefault(name, sum(items.values()))  # a group or tag: its tasks' items
+        log.info("%s: %s on %d items in %.1f s", name, results.get(name, results), items[name],
+                 seconds)  # fmt: skip
+        scores.append(TaskScore(name, results, items, seconds, where))
     return scores

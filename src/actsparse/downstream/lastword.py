@@ -12,8 +12,9 @@ model predicts exactly under greedy decoding (lm-evaluation-harness's `acc` of a
 words that need the whole context: the task measures what sparsity does to a model's
 prediction of a whole word on the very text whose perplexity the job reports.
 
-The text is the held-out split as the data job tokenized it, decoded: the same tokens the
-perplexity is measured on, in corpus order, cut at document separators. Every variant of
+The text is the whole held-out split as the data job tokenized it, decoded (the tokens
+the perplexity windows are cut from; perplexity reads the first `evaluate.max_tokens`),
+in corpus order, cut at document separators. Every variant of
 a study reads the same items (`items` is deterministic), and each evaluate job writes
 them beside its metrics (`lastword.jsonl`).
 """
@@ -27,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from actsparse.downstream.catalog import LASTWORD
 from actsparse.io import write_text
+from actsparse.schema.stages import LASTWORD
 
 MIN_CONTEXT_WORDS = 20  # fewer leave little context to predict from
 MAX_CONTEXT_WORDS = 100

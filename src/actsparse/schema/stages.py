@@ -49,6 +49,11 @@ class CalibrateCfg:
         return out
 
 
+# the study corpus's own last-word task (actsparse.downstream.lastword): a reserved name in
+# evaluate.tasks, kept out of the zero-shot mean (it is not one of the papers' tasks)
+LASTWORD = "lastword"
+
+
 @dataclass
 class EvaluateCfg:
     split: str = MISSING

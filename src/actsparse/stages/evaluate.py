@@ -52,7 +52,6 @@ import pandas as pd
 
 from actsparse.data import TokenData
 from actsparse.downstream import lastword
-from actsparse.downstream.catalog import LASTWORD
 from actsparse.downstream.harness import run_tasks
 from actsparse.io import write_text
 from actsparse.kernels.decode import decode_latency
@@ -62,7 +61,7 @@ from actsparse.methods.sparsity.mechanism import SparsityPlan
 from actsparse.methods.sparsity.wrappers import Sparsified, apply
 from actsparse.models import LoadCfg, adapter_for, default_device, load_model_as
 from actsparse.perplexity import Protocol, evaluate_lm, unigram_logprobs, windows
-from actsparse.schema.stages import EvaluateCfg
+from actsparse.schema.stages import LASTWORD, EvaluateCfg
 from actsparse.stages.job import Metric, StageResult, main
 from actsparse.tables import ACHIEVED_SPARSITY, write_table
 
@@ -159,14 +158,15 @@ def task_metrics(model, data: TokenData, e: EvaluateCfg, seed: int, out: Path, *
     for s in scores:
         for task, values in s.results.items():
             metrics += [Metric(f"{k}.{task}", v, **mk) for k, v in sorted(values.items())]
-        metrics += [
-            Metric(f"task_items.{s.task}", s.n_items, **mk),
-            Metric(f"task_s.{s.task}", s.seconds, **mk),
-        ]
+            if not {"acc", "acc_norm"} & set(values):
+                log.warning("task %s reports %s, no acc or acc_norm: in the job's metrics, not "
+                            "in the report's accuracy tables", task, sorted(values))  # fmt: skip
+        metrics += [Metric(f"task_items.{t}", n, **mk) for t, n in sorted(s.items.items())]
+        metrics.append(Metric(f"task_s.{s.task}", s.seconds, **mk))
     built = "lastword.jsonl: built by this job from the held-out split"
     record = [
         {"task": s.task, "defined_in": built if s.task == LASTWORD else s.defined_in,
-         "items": s.n_items, "seconds": s.seconds, "limit": e.task_limit, "results": s.results}
+         "items": s.items, "seconds": s.seconds, "limit": e.task_limit, "results": s.results}
         for s in scores
     ]  # fmt: skip
     write_text(out / "tasks.json", json.dumps(record, indent=2) + "\n")
