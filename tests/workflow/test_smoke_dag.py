@@ -522,5 +522,6 @@ def test_real_model_presets_plan_without_downloading(workdir, experiment, monkey
     offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "HF_HOME": str(workdir / "empty-hf-cache")}  # fmt: skip
     result = snakemake(workdir, "-n", "--config", f"experiment={experiment}", env=offline)
-    assert result.returncode != 0 and "evaluate.tasks: task 'piqa' reads dataset" in result.stderr
+    said = result.stdout + result.stderr
+    assert result.returncode != 0 and "evaluate.tasks: task 'piqa' reads dataset" in said
     assert not (workdir / "data" / experiment).exists()
