@@ -89,7 +89,7 @@ def cmd_show(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     from actsparse.plan import StudyPlan
-    from actsparse.results import MEAN_ACC, evaluate_wide, task_columns, task_scores
+    from actsparse.results import evaluate_wide, task_columns, task_scores
 
     plan = StudyPlan(compose_study(_overrides(args)))
     summary = _study_table(plan, args.finished)
@@ -108,8 +108,7 @@ def cmd_show(args: argparse.Namespace) -> None:
             "flops_ratio",
             "tokens_per_s",
             "eval_tokens",
-            MEAN_ACC,
-            *sorted(c for c in accuracy if c != MEAN_ACC),
+            *accuracy,  # the zero-shot mean, then each task
         )
         if c in wide
     ]

@@ -101,9 +101,9 @@ def task_scores(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def task_columns(scores: pd.DataFrame) -> pd.DataFrame:
-    """The tasks as leaderboard columns, one row per (model, method, level): each task's
-    accuracy (`<metric>.<task>`) and the mean over the tasks other than `lastword`
-    (`zero_shot_mean`, the papers' average), in [0, 1]."""
+    """The tasks as leaderboard columns, one row per (model, method, level): the mean over
+    the tasks other than `lastword` (`zero_shot_mean`, the papers' average) first, then
+    each task's accuracy (`<metric>.<task>`, sorted), in [0, 1]."""
     if scores.empty:
         return pd.DataFrame(columns=["model", "method", "level"])
     s = scores.assign(
@@ -117,7 +117,9 @@ def task_columns(scores: pd.DataFrame) -> pd.DataFrame:
     if not harness.empty:
         mean = harness.groupby(["model", "method", "level"]).accuracy.mean().rename(MEAN_ACC)
         wide = wide.merge(mean.reset_index(), on=["model", "method", "level"], how="left")
-    return wide
+    keys = ["model", "method", "level"]
+    tasks = sorted(c for c in wide.columns if c not in (*keys, MEAN_ACC))
+    return wide[keys + [c for c in (MEAN_ACC,) if c in wide] + tasks]
 
 
 def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
@@ -147,9 +149,6 @@ def leaderboard(summary: pd.DataFrame) -> pd.DataFrame:
     board.insert(4, "ppl_vs_dense_%", 100 * (board.perplexity / board.model.map(dense) - 1))
     tasks = task_columns(task_scores(summary))
     if len(tasks.columns) > 3:
-        first = [c for c in tasks.columns if c == MEAN_ACC]
-        rest = sorted(c for c in tasks.columns if c not in ("model", "method", "level", MEAN_ACC))
-        tasks = tasks[["model", "method", "level", *first, *rest]]
         board = board.merge(tasks, on=["model", "method", "level"], how="left")
     return board.sort_values("perplexity").reset_index(drop=True)
 
