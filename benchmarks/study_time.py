@@ -1,8 +1,15 @@
 """Wall time and peak memory of a whole study, as `/usr/bin/time -v snakemake -c2` reports,
 and how busy the cores were: `core_use` = the jobs' summed wall time / (wall x cores).
 
-Runs the study in a fresh working directory (nothing cached), prints a table and appends a
-row to benchmarks/results/study_time.parquet.
+Beside it, one of the study's own jobs (its first dense evaluation) is rerun alone into a
+scratch folder: `job_equivalents` = the study's wall / that job's, the figure that holds on
+a slower or busier machine (the smoke's budget: 50, i.e. 5 minutes at 6 s a job; the
+workflow test checks it the same way). A table per stage gives the jobs' mean wall and CPU
+seconds (Snakemake's `benchmark:` files): at micro sizes nearly all of it is each process
+importing torch, transformers and MLflow.
+
+Runs the study in a fresh working directory (nothing cached), prints the tables and appends
+a row to benchmarks/results/study_time.parquet.
 
     python benchmarks/study_time.py quickstart     # or smoke
 """
@@ -10,18 +17,38 @@ row to benchmarks/results/study_time.parquet.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from provenance import RESULTS, provenance
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def time_one_job(wd: Path, experiment: str, env: dict[str, str]) -> float:
+    """Wall seconds of the study's first dense evaluation rerun alone from its config.yaml,
+    into a scratch folder and another MLflow experiment (the best of two)."""
+    job = sorted((wd / "data" / experiment / "evaluate").glob("*.dense-*"))[0]
+    spec = yaml.safe_load((job / "config.yaml").read_text())
+    spec["study"] += "-timing"
+    times = []
+    for i in range(2):
+        spec["output"] = str(wd / "timing" / f"{job.name}.{i}")
+        cmd = [sys.executable, "-m", "actsparse.stages.evaluate", "--threads", "1"]
+        t = time.perf_counter()
+        subprocess.run([*cmd, "--spec", json.dumps(spec)], cwd=wd, env=env, check=True,
+                       capture_output=True)  # fmt: skip
+        times.append(time.perf_counter() - t)
+    return min(times)
 
 
 def main() -> None:
@@ -60,11 +87,16 @@ def main() -> None:
     rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr).group(1))
     summary = pd.read_parquet(wd / "data" / args.experiment / "summary.parquet")
     ev = summary[(summary.stage == "evaluate") & (summary.metric == "perplexity")]
-    # every job's own wall time (Snakemake's `benchmark:` files): how busy the cores were
-    job_s = [
-        pd.read_csv(f, sep="\t")["s"].iloc[-1]
-        for f in (wd / "data" / args.experiment / "benchmarks").rglob("*.tsv")
-    ]
+    # every job's own wall and CPU time (Snakemake's `benchmark:` files): how busy the cores were
+    bench = wd / "data" / args.experiment / "benchmarks"
+    jobs = pd.DataFrame(
+        [
+            {"stage": f.relative_to(bench).parts[0], **pd.read_csv(f, sep="\t").iloc[-1]}
+            for f in bench.rglob("*.tsv")
+        ]
+    )
+    job_s = jobs.s.tolist()
+    one_job = time_one_job(wd, args.experiment, env)
     row = {
         "benchmark": "study_time",
         "experiment": args.experiment,
@@ -73,10 +105,17 @@ def main() -> None:
         "jobs": len(job_s),
         "job_s": float(sum(job_s)),
         "core_use": float(sum(job_s)) / (wall_s * args.cores),
+        "one_job_s": one_job,
+        "job_equivalents": wall_s / one_job,
         "peak_rss_mib": rss_kb / 1024,
         **provenance(),
     }
     print(pd.DataFrame([row]).to_string(index=False))
+    print()
+    per_stage = jobs.groupby("stage").agg(
+        jobs=("s", "size"), wall_s=("s", "mean"), cpu_s=("cpu_time", "mean")
+    )
+    print(per_stage.round(2).to_string())
     print()
     dense = ev[ev.method.isin(["dense", "unigram"])]  # other variants: see the report
     print(

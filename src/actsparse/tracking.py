@@ -96,6 +96,7 @@ class JobRun:
         if self._failed:
             return
         try:
+            self._import_store()
             with self._lock():
                 fn()
         except Exception as e:  # noqa: BLE001 - the store is a view; results must survive it
@@ -105,6 +106,14 @@ class JobRun:
                 "The job's outputs are unaffected; re-log later from the files.",
                 stacklevel=3,
             )
+
+    def _import_store(self) -> None:
+        """Import the client and its store before taking the lock: the imports are most
+        of a job's tracking time, and a job waiting on the lock would wait for them too."""
+        import mlflow.tracking  # noqa: F401
+
+        if self.uri.startswith("sqlite"):
+            import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
     def _lock(self):
         if self.uri.startswith("sqlite:///"):

@@ -41,7 +41,7 @@ OVERRIDE = st.one_of(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(OVERRIDE, min_size=1, max_size=4))
 def test_any_overrides_end_in_a_clear_error_or_a_valid_plan(overrides):
     try:

@@ -244,7 +244,13 @@ def test_the_transform_costs_two_adapters_a_block_and_is_refused_without_rms_nor
     with pytest.raises(ValueError, match=r"wina.*transform 'orthogonal'.*'opt'.*transform: none"):
         SPARSITY.get("wina")().plan(cfg, 0.5, ctx)
     with pytest.raises(ConfigError, match=r"sparsify.methods.wina.models.*'opt_micro'.*orthogonal"):
-        compose_study(["experiment=smoke", "sparsify.methods.wina.transform=orthogonal"])
+        compose_study(
+            [
+                "experiment=smoke",
+                "sparsify.methods.wina.models=[llama_micro,opt_micro]",
+                "sparsify.methods.wina.transform=orthogonal",
+            ]
+        )
     assert "transform" in dict(default_entry("sparsify", "wina", transform="svd").cfg.problems())
 
 
