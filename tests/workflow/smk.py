@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -41,13 +42,13 @@ SMOKE_SUBSET = [
 SMOKE_SUBSET_JOBS = 14
 
 
-def time_one_job(wd: Path, job: Path, tracking: str, repeats: int = 2) -> float:
-    """Seconds one finished job takes when rerun alone from its config.yaml (the fastest of
+def time_one_job(wd: Path, job: Path, tracking: str, repeats: int = 3) -> float:
+    """Seconds one finished job takes when rerun alone from its config.yaml (the median of
     `repeats`), into a scratch folder and another MLflow experiment: the study's per-job
     cost on this machine now, tracking included."""
     spec = yaml.safe_load((job / "config.yaml").read_text())
     spec["study"] += "-timing"
-    best = float("inf")
+    times = []
     for i in range(repeats):
         spec["output"] = str(wd / "timing" / f"{job.name}.{i}")
         t = time.perf_counter()
@@ -57,9 +58,9 @@ def time_one_job(wd: Path, job: Path, tracking: str, repeats: int = 2) -> float:
             cwd=wd, env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
-        best = min(best, time.perf_counter() - t)
+        times.append(time.perf_counter() - t)
         assert r.returncode == 0, r.stderr[-3000:]
-    return best
+    return statistics.median(times)
 
 
 def overrides_arg(overrides: list[str]) -> str:
