@@ -17,7 +17,6 @@ a row to benchmarks/results/study_time.parquet.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -29,25 +28,21 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 from provenance import RESULTS, provenance
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def time_one_job(wd: Path, experiment: str, env: dict[str, str]) -> float:
-    """Wall seconds of the study's first dense evaluation rerun alone from its config.yaml,
-    into a scratch folder and another MLflow experiment (the median of three)."""
+    """Wall seconds of the study's first dense evaluation rerun alone beside it (`--out`,
+    tracked in the experiment '<study>-rerun'; the median of three)."""
     job = sorted((wd / "data" / experiment / "evaluate").glob("*.dense-*"))[0]
-    spec = yaml.safe_load((job / "config.yaml").read_text())
-    spec["study"] += "-timing"
     times = []
     for i in range(3):
-        spec["output"] = str(wd / "timing" / f"{job.name}.{i}")
-        cmd = [sys.executable, "-m", "actsparse.stages.evaluate", "--threads", "1"]
+        cmd = [sys.executable, "-m", "actsparse.stages.evaluate", str(job / "config.yaml"),
+               "--out", str(wd / "timing" / f"{job.name}.{i}"), "--threads", "1"]  # fmt: skip
         t = time.perf_counter()
-        subprocess.run([*cmd, "--spec", json.dumps(spec)], cwd=wd, env=env, check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(cmd, cwd=wd, env=env, check=True, capture_output=True)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 

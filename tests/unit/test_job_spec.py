@@ -5,6 +5,7 @@ the plan never writes, is refused naming it."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -51,3 +52,34 @@ def test_a_bad_spec_is_refused_naming_the_key(tmp_path):
     path.write_text("- not a mapping\n")
     with pytest.raises(SystemExit, match="not a mapping"):
         load_spec(str(path))
+
+
+def test_a_finished_job_reruns_beside_the_study_with_out(smoke_outputs, tmp_path, monkeypatch):
+    """`python -m actsparse.stages.<stage> <job>/config.yaml --out DIR`: the same job written
+    into DIR and tracked as '<study>-rerun', the study's folder left as it was; an existing
+    DIR is refused (finishing would replace it)."""
+    from mlflow.tracking import MlflowClient
+
+    from actsparse.stages import data
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    job = smoke_outputs.data("stdlib")
+    before = {p.name: p.stat().st_mtime_ns for p in Path(job.out_dir).rglob("*")}
+    out = tmp_path / "again"
+    data.main(
+        "data", data.DataJob, data.run, argv=[f"{job.out_dir}/config.yaml", "--out", str(out)]
+    )
+    again = load_spec(str(out / "config.yaml"))
+    assert (again.output, again.study, again.hash) == (str(out), f"{job.study}-rerun", job.hash)
+    shards = sorted(p.name for p in (out / "tokens").rglob("*.npy"))
+    assert shards and shards == sorted(
+        p.name for p in (Path(job.out_dir) / "tokens").rglob("*.npy")
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in Path(job.out_dir).rglob("*")} == before
+    run = MlflowClient(uri).get_run((out / "mlflow_run_id").read_text().strip())
+    assert MlflowClient(uri).get_experiment(run.info.experiment_id).name == f"{job.study}-rerun"
+    with pytest.raises(SystemExit, match=f"--out {out} exists; give a new folder"):
+        data.main(
+            "data", data.DataJob, data.run, argv=[f"{job.out_dir}/config.yaml", "--out", str(out)]
+        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -11,8 +10,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import yaml
 
 # The smoke's budget: 5 minutes on this project's 2-core machine, where one of its jobs, rerun
 # alone, takes ~6 s (a process that imports torch, transformers and MLflow: ~5 s before its
@@ -43,21 +40,16 @@ SMOKE_SUBSET_JOBS = 14
 
 
 def time_one_job(wd: Path, job: Path, tracking: str, repeats: int = 3) -> float:
-    """Seconds one finished job takes when rerun alone from its config.yaml (the median of
-    `repeats`), into a scratch folder and another MLflow experiment: the study's per-job
-    cost on this machine now, tracking included."""
-    spec = yaml.safe_load((job / "config.yaml").read_text())
-    spec["study"] += "-timing"
+    """Seconds one finished job takes when rerun alone beside the study (`--out`; the median
+    of `repeats`): the study's per-job cost on this machine now, tracking included."""
+    stage = job.parent.name
     times = []
     for i in range(repeats):
-        spec["output"] = str(wd / "timing" / f"{job.name}.{i}")
+        cmd = [sys.executable, "-m", f"actsparse.stages.{stage}", str(job / "config.yaml"),
+               "--out", str(wd / "timing" / f"{job.name}.{i}"), "--threads", "1"]  # fmt: skip
+        env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
         t = time.perf_counter()
-        r = subprocess.run(
-            [sys.executable, "-m", f"actsparse.stages.{spec['stage']}", "--threads", "1",
-             "--spec", json.dumps(spec)],
-            cwd=wd, env={**os.environ, "MLFLOW_TRACKING_URI": tracking},
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        r = subprocess.run(cmd, cwd=wd, env=env, capture_output=True, text=True, timeout=300)
         times.append(time.perf_counter() - t)
         assert r.returncode == 0, r.stderr[-3000:]
     return statistics.median(times)

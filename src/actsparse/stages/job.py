@@ -5,6 +5,7 @@ A stage module defines a typed config dataclass for its slice and
 
     python -m actsparse.stages.train data/quickstart/train/llama_tiny-1a2b3c4d/config.yaml
     python -m actsparse.stages.train --spec '<the JSON Snakemake passes>'
+    python -m actsparse.stages.evaluate <job>/config.yaml --out /tmp/again   # a rerun beside
 
 The job writes into `<out>.partial/`, records `config.yaml` (the spec: the canonical
 record) and `mlflow_run_id` there, writes `metrics.parquet` (schema `tables.METRICS`), and
@@ -14,6 +15,7 @@ renames the folder to `<out>/` only when everything is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -143,6 +145,14 @@ def run_job(
     return out
 
 
+def rerun_elsewhere(spec: JobSpec, out: str) -> JobSpec:
+    """The spec of a rerun into the new folder `out`, tracked apart from the study's runs
+    (the study's folders and MLflow experiment stay as they were)."""
+    if Path(out).exists():  # a finished job's folder would be replaced
+        raise SystemExit(f"error: --out {out} exists; give a new folder")
+    return dataclasses.replace(spec, output=str(out), study=f"{spec.study}-rerun")
+
+
 def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(f"terminated by signal {signum}")
 
@@ -160,6 +170,11 @@ def main(
     parser.add_argument("config", nargs="?", help="a job's config.yaml (e.g. from an earlier run)")
     parser.add_argument("--spec", help="the job spec as JSON (what Snakemake passes)")
     parser.add_argument(
+        "--out",
+        help="write into this new folder instead of the job's own, and track the run in the "
+        "MLflow experiment '<study>-rerun' (a finished job rerun beside the study)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=int(os.environ.get("ACTSPARSE_THREADS", "0")),
@@ -176,6 +191,8 @@ def main(
     spec = load_spec(args.spec or args.config)
     if spec.stage != stage:
         parser.error(f"spec is for stage {spec.stage!r}, not {stage!r}")
+    if args.out:
+        spec = rerun_elsewhere(spec, args.out)
     # SLURM's scancel and time limits send SIGTERM: unwind (marking the MLflow run FAILED
     # and leaving only the .partial folder) instead of dying mid-write
     signal.signal(signal.SIGTERM, _terminate)
